@@ -1,0 +1,234 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetNSDir is where named network namespaces are bind-mounted, shared with
+// iproute2's `ip netns`.
+const NetNSDir = "/run/netns"
+
+// maxNSName keeps names usable as file names and readable in `ip netns`.
+const maxNSName = 200
+
+// NetNS is an open network namespace. Close it when done; closing does not
+// delete the namespace (DeleteNetNS does).
+type NetNS struct {
+	name string
+	path string
+	fd   netns.NsHandle
+	nl   *netlink.Handle
+}
+
+// Name is the namespace's name under NetNSDir (empty when opened by path).
+func (n *NetNS) Name() string { return n.name }
+
+// Path is the namespace's file, usable with setns(2) and nsenter --net=.
+func (n *NetNS) Path() string { return n.path }
+
+// Close releases the handle on the namespace.
+func (n *NetNS) Close() error {
+	if n == nil {
+		return nil
+	}
+	if n.nl != nil {
+		n.nl.Close()
+	}
+	return n.fd.Close()
+}
+
+func validNSName(name string) error {
+	if name == "" || len(name) > maxNSName || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return fmt.Errorf("invalid network namespace name %q", name)
+	}
+	return nil
+}
+
+// CreateNetNS creates a new named network namespace with its loopback up and
+// returns it open. It fails with an error wrapping fs.ErrExist when the name
+// is taken. The calling thread is never left inside the new namespace.
+func CreateNetNS(name string) (*NetNS, error) {
+	if err := validNSName(name); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(NetNSDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	path := filepath.Join(NetNSDir, name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	f.Close()
+	if err := bindNewNetNS(path); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	n, err := OpenNetNS(name)
+	if err != nil {
+		_ = DeleteNetNS(name)
+		return nil, err
+	}
+	if err := n.LinkUp("lo"); err != nil {
+		n.Close()
+		_ = DeleteNetNS(name)
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return n, nil
+}
+
+// bindNewNetNS unshares a new network namespace on a locked thread, bind
+// mounts it at path, and returns the thread to where it was.
+func bindNewNetNS(path string) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("unshare: %w", err)
+	}
+	self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+	mountErr := unix.Mount(self, path, "none", unix.MS_BIND, "")
+	if err := netns.Set(orig); err != nil {
+		// The thread is stuck in the new namespace: leave it locked so
+		// the runtime retires it when this goroutine ends.
+		return fmt.Errorf("return to original netns: %w", err)
+	}
+	runtime.UnlockOSThread()
+	if mountErr != nil {
+		return fmt.Errorf("bind mount %s: %w", path, mountErr)
+	}
+	return nil
+}
+
+// OpenNetNS opens a namespace by name (under NetNSDir) or by absolute path.
+func OpenNetNS(nameOrPath string) (*NetNS, error) {
+	name, path := nameOrPath, nameOrPath
+	if strings.HasPrefix(nameOrPath, "/") {
+		name = ""
+	} else {
+		if err := validNSName(nameOrPath); err != nil {
+			return nil, err
+		}
+		path = filepath.Join(NetNSDir, nameOrPath)
+	}
+	fd, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", nameOrPath, err)
+	}
+	if err := checkIsNetNS(int(fd)); err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("open netns %s: %w", nameOrPath, err)
+	}
+	nl, err := netlink.NewHandleAt(fd)
+	if err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("open netlink in netns %s: %w", nameOrPath, err)
+	}
+	return &NetNS{name: name, path: path, fd: fd, nl: nl}, nil
+}
+
+// errNotNetNS is returned when a path is not a network namespace file.
+var errNotNetNS = errors.New("not a network namespace")
+
+func checkIsNetNS(fd int) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return err
+	}
+	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
+		return errNotNetNS
+	}
+	return nil
+}
+
+// DeleteNetNS unmounts and removes a named namespace. The namespace itself
+// goes away with its last process and open handle. Deleting a namespace
+// that does not exist is not an error.
+func DeleteNetNS(name string) error {
+	if err := validNSName(name); err != nil {
+		return err
+	}
+	path := filepath.Join(NetNSDir, name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete netns %s: unmount: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// ListNetNS returns the names of the named namespaces starting with prefix,
+// sorted.
+func ListNetNS(prefix string) ([]string, error) {
+	entries, err := os.ReadDir(NetNSDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list netns: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// Do runs fn on a locked OS thread inside the namespace and returns the
+// thread to its original namespace afterwards. Processes started by fn
+// (os/exec) inherit the namespace.
+func (n *NetNS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(n.fd); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", n, err)
+			return
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: the runtime discards it when this
+			// goroutine exits, so no other goroutine runs in the wrong netns.
+			errc <- fmt.Errorf("leave netns %s: %w", n, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
+}
+
+// String names the namespace for messages.
+func (n *NetNS) String() string {
+	if n.name != "" {
+		return n.name
+	}
+	return n.path
+}

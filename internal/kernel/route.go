@@ -1,0 +1,126 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Route is an IPv4/IPv6 unicast or blackhole route in the main table.
+type Route struct {
+	Dst       netip.Prefix // zero value: default route
+	Gateway   netip.Addr   // optional
+	Dev       string       // optional output interface
+	Src       netip.Addr   // optional preferred source
+	Blackhole bool
+	OnLink    bool
+}
+
+func (r Route) String() string {
+	s := "default"
+	if r.Dst.IsValid() {
+		s = r.Dst.String()
+	}
+	if r.Blackhole {
+		return "blackhole " + s
+	}
+	if r.Gateway.IsValid() {
+		s += " via " + r.Gateway.String()
+	}
+	if r.Dev != "" {
+		s += " dev " + r.Dev
+	}
+	if r.OnLink {
+		s += " onlink"
+	}
+	if r.Src.IsValid() {
+		s += " src " + r.Src.String()
+	}
+	return s
+}
+
+func (n *NetNS) toNetlinkRoute(r Route) (*netlink.Route, error) {
+	nr := &netlink.Route{}
+	if r.Dst.IsValid() {
+		nr.Dst = prefixToIPNet(r.Dst)
+	} else {
+		nr.Dst = &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+	}
+	if r.Gateway.IsValid() {
+		nr.Gw = net.IP(r.Gateway.AsSlice())
+	}
+	if r.Src.IsValid() {
+		nr.Src = net.IP(r.Src.AsSlice())
+	}
+	if r.Dev != "" {
+		l, err := n.link(r.Dev)
+		if err != nil {
+			return nil, err
+		}
+		nr.LinkIndex = l.Attrs().Index
+	}
+	if r.Blackhole {
+		nr.Type = unix.RTN_BLACKHOLE
+	}
+	if r.OnLink {
+		nr.Flags |= int(netlink.FLAG_ONLINK)
+	}
+	return nr, nil
+}
+
+// ReplaceRoute installs a route, replacing one to the same destination.
+func (n *NetNS) ReplaceRoute(r Route) error {
+	nr, err := n.toNetlinkRoute(r)
+	if err != nil {
+		return fmt.Errorf("route %s in %s: %w", r, n, err)
+	}
+	if err := n.nl.RouteReplace(nr); err != nil {
+		return fmt.Errorf("replace route %s in %s: %w", r, n, err)
+	}
+	return nil
+}
+
+// DeleteRoute removes a route; a missing route is not an error.
+func (n *NetNS) DeleteRoute(r Route) error {
+	nr, err := n.toNetlinkRoute(r)
+	if err != nil {
+		return fmt.Errorf("route %s in %s: %w", r, n, err)
+	}
+	if err := n.nl.RouteDel(nr); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("delete route %s in %s: %w", r, n, err)
+	}
+	return nil
+}
+
+// Routes lists the IPv4 routes of the main table.
+func (n *NetNS) Routes() ([]Route, error) {
+	rs, err := n.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes in %s: %w", n, err)
+	}
+	names := map[int]string{}
+	if ls, err := n.nl.LinkList(); err == nil {
+		for _, l := range ls {
+			names[l.Attrs().Index] = l.Attrs().Name
+		}
+	}
+	out := make([]Route, 0, len(rs))
+	for _, nr := range rs {
+		r := Route{Dev: names[nr.LinkIndex], Blackhole: nr.Type == unix.RTN_BLACKHOLE, OnLink: nr.Flags&int(netlink.FLAG_ONLINK) != 0}
+		if p, ok := ipNetToPrefix(nr.Dst); ok && p.Bits() > 0 {
+			r.Dst = p
+		}
+		if a, ok := netip.AddrFromSlice(nr.Gw); ok {
+			r.Gateway = a.Unmap()
+		}
+		if a, ok := netip.AddrFromSlice(nr.Src); ok {
+			r.Src = a.Unmap()
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
