@@ -1,0 +1,254 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/lab"
+)
+
+func newLabCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Build and inspect a multi-node cluster made of network namespaces on this machine",
+		Long: `A lab is a cluster made of network namespaces: nodes in subnets joined by a
+router that, like a cloud VPC, drops pod-addressed packets between subnets, and
+an external client behind the router. Nothing of a lab touches the host's own
+network. State lives under /run/kdive/labs/NAME/.`,
+	}
+	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(),
+		&cobra.Command{
+			Use:   "apply NAME -f objects.yaml",
+			Short: "Apply Kubernetes objects (Pod, Deployment, Service) to a running lab",
+			Args:  cobra.ExactArgs(1),
+			RunE:  notImplemented("kdive lab apply"),
+		},
+		&cobra.Command{
+			Use:   "delete NAME KIND/NAME",
+			Short: "Delete a Kubernetes object from a running lab",
+			Args:  cobra.ExactArgs(2),
+			RunE:  notImplemented("kdive lab delete"),
+		})
+	return cmd
+}
+
+func newLabUpCmd() *cobra.Command {
+	var (
+		name, preset, file string
+		print              bool
+	)
+	cmd := &cobra.Command{
+		Use:   "up [--name NAME] [--preset A|B|C|D] [-f lab.yaml]",
+		Short: "Bring up a lab from a preset (default D) or a lab file",
+		Long: `Bring up a lab from a preset or a lab file (kind: Lab). The presets are the
+reference clusters:
+
+  A  routed veths, IPIP only across subnets, IPVS        (Calico-style)
+  B  routed veths, IPIP always, iptables
+  C  kube-bridge, direct in a subnet, IPIP across, iptables (kube-router-style)
+  D  routed veths, VXLAN only across subnets, nftables   (the default)
+
+--print prints the lab file instead of building it: start your own from it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			src, err := labSource(preset, file)
+			if err != nil {
+				return err
+			}
+			if print {
+				if len(src.File) > 0 {
+					_, err = cmd.OutOrStdout().Write(src.File)
+					return err
+				}
+				b, err := lab.PresetYAML(src.Preset)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(b)
+				return err
+			}
+			plan, raw, err := lab.Prepare(name, src)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			st, err := lab.Up(ctx, plan, raw)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is up\n\n", plan.Name)
+			return lab.GetStatus(ctx, st).WriteText(cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", `lab name (default "kdive", or the lab file's metadata.name)`)
+	cmd.Flags().StringVar(&preset, "preset", "", "preset: A, B, C or D (default D)")
+	cmd.Flags().StringVarP(&file, "filename", "f", "", "lab file (kind: Lab); - reads stdin")
+	cmd.Flags().BoolVar(&print, "print", false, "print the lab file and exit")
+	return cmd
+}
+
+func labSource(preset, file string) (lab.Source, error) {
+	if file == "" {
+		if preset == "" {
+			preset = lab.DefaultPreset
+		}
+		if _, err := lab.PresetYAML(preset); err != nil {
+			return lab.Source{}, fmt.Errorf("--preset: %w", err)
+		}
+		return lab.Source{Preset: preset}, nil
+	}
+	if preset != "" {
+		return lab.Source{}, errors.New("--preset and -f are exclusive: a preset is a lab file")
+	}
+	var (
+		b   []byte
+		err error
+	)
+	if file == "-" {
+		b, err = io.ReadAll(os.Stdin)
+	} else {
+		b, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return lab.Source{}, fmt.Errorf("read lab file: %w", err)
+	}
+	return lab.Source{File: b, FileName: file}, nil
+}
+
+func newLabDownCmd() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "down NAME | --all",
+		Short: "Remove a lab: its processes, namespaces, links and files",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if (all && len(args) == 0) || (!all && len(args) == 1) {
+				return nil
+			}
+			return errors.New("give a lab name or --all")
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all {
+				return lab.DownAll()
+			}
+			if err := lab.Down(args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is down\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "remove every lab, including leftovers of interrupted ones")
+	return cmd
+}
+
+func newLabListCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the labs on this machine",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			names, err := lab.Names()
+			if err != nil {
+				return err
+			}
+			var sts []*lab.Status
+			for _, n := range names {
+				s, err := lab.Load(n)
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kdive: %v\n", err)
+					continue
+				}
+				sts = append(sts, lab.GetStatus(cmd.Context(), s))
+			}
+			if output == "json" {
+				if sts == nil {
+					sts = []*lab.Status{}
+				}
+				return writeJSON(cmd.OutOrStdout(), sts)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tPRESET\tSTATE\tNODES\tPODS\tSERVICES\tCREATED")
+			for _, s := range sts {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", s.Name, orDash(s.Preset), s.State, len(s.Nodes), len(s.Pods), len(s.Services), s.Created.Format("2006-01-02T15:04:05Z"))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func newLabStatusCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status NAME",
+		Short: "Show a lab's nodes, external client, router counters, pods and services",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := lab.Load(args[0])
+			if err != nil {
+				return err
+			}
+			st := lab.GetStatus(cmd.Context(), s)
+			switch output {
+			case "json":
+				return writeJSON(cmd.OutOrStdout(), st)
+			case "table", "":
+				return st.WriteText(cmd.OutOrStdout())
+			}
+			return fmt.Errorf("--output %q: must be table or json", output)
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func newLabExecCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec NAME NODE|POD -- CMD [ARGS...]",
+		Short: "Run a command inside a lab node's, pod's, the router's or the external client's network namespace",
+		Long: `Run a command inside a network namespace of a lab, with stdin, stdout, stderr
+and the exit status passed through. The target is a node name, a pod
+(namespace/name, or a bare name that is unique), "router" or "external".`,
+		Args: cobra.MinimumNArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 2 {
+				return errors.New("usage: kdive lab exec NAME NODE|POD -- CMD [ARGS...]")
+			}
+			s, err := lab.Load(args[0])
+			if err != nil {
+				return err
+			}
+			path, err := lab.ExecTarget(s, args[1])
+			if err != nil {
+				return err
+			}
+			return kernel.ExecIn(path, args[2:])
+		},
+	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+

@@ -1,0 +1,82 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// The commands below are part of the stable command line (DESIGN.md) and
+// answer "not implemented yet" with exit status 2 until their capability
+// lands. Their flags are registered now so scripts fail for the right reason.
+
+func newShowCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:       "show routes|links|lb|pods|blocks",
+		Short:     "Show a node's routes, links, load-balancing tables, pods or pod blocks with their Kubernetes meaning",
+		ValidArgs: []string{"routes", "links", "lb", "pods", "blocks"},
+		Args:      cobra.MatchAll(cobra.ExactArgs(1), cobra.OnlyValidArgs),
+		RunE:      notImplemented("kdive show"),
+	}
+	cmd.Flags().String("lab", "", "lab to look at (default: this machine)")
+	cmd.Flags().String("node", "", "node of the lab")
+	cmd.Flags().StringP("output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func newTraceCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "trace --from POD|NODE --to SERVICE|POD|IP[:PORT]",
+		Short: "Trace a packet's path through the kernel's actual routes, load balancing and encapsulation",
+		Args:  cobra.NoArgs,
+		RunE:  notImplemented("kdive trace"),
+	}
+	cmd.Flags().String("from", "", "source pod (namespace/name) or node")
+	cmd.Flags().String("to", "", "destination service (namespace/name[:port]), pod or IP[:PORT]")
+	cmd.Flags().String("proto", "tcp", "protocol: tcp or udp")
+	cmd.Flags().String("lab", "", "lab to trace in (default: this machine)")
+	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func newVerifyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Verify connectivity and load balancing by sending real traffic (exit status 1 when a check fails)",
+		Args:  cobra.NoArgs,
+		RunE:  notImplemented("kdive verify"),
+	}
+	cmd.Flags().String("lab", "", "lab to verify (default: this machine)")
+	cmd.Flags().StringP("output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Benchmark the proxy modes and encapsulations in throwaway namespaces",
+	}
+	for _, sub := range []struct{ name, short string }{
+		{"sync", "Control-plane cost of programming services"},
+		{"datapath", "First-packet latency and throughput to a ClusterIP"},
+		{"encap", "Throughput and latency between pods on two nodes per encapsulation"},
+	} {
+		c := &cobra.Command{
+			Use:   sub.name,
+			Short: sub.short,
+			Args:  cobra.NoArgs,
+			RunE:  notImplemented("kdive bench " + sub.name),
+		}
+		c.Flags().StringP("output", "o", "table", "output format: table, json or markdown")
+		c.Flags().String("svg", "", "also write a chart to this SVG file")
+		cmd.AddCommand(c)
+	}
+	return cmd
+}
+
+func newAgentCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: pod network routes and the service proxy",
+		Args:  cobra.NoArgs,
+		RunE:  notImplemented("kdive agent"),
+	}
+	cmd.Flags().String("config", "", "AgentConfiguration file")
+	return cmd
+}

@@ -1,0 +1,23 @@
+// Package lab builds a multi-node cluster out of network namespaces on one
+// Linux machine, so kdive runs with no Kubernetes installed.
+//
+// A lab is described by a lab file (kind: Lab, see spec.go; the presets A-D
+// are embedded lab files). NewPlan validates the file and decides every
+// address and name, without touching the kernel; Up builds the plan through
+// internal/kernel and records it under /run/kdive/labs/NAME/; Down removes
+// every namespace, link, process and file of the lab.
+//
+// The underlay (underlay.go) models a cloud VPC: each node is a namespace
+// whose eth0 sits in a subnet; the nodes of a subnet share an L2 bridge,
+// which lives in the router namespace and holds the subnet's gateway
+// address; the router joins the subnets and an external client namespace.
+// Like a VPC's source/destination check, the router forwards a packet only
+// when its source MAC and IP belong to the same lab host and its destination
+// is a lab host; everything else (pod addresses above all) is dropped and
+// counted, so pod traffic crosses subnets only encapsulated. Nothing of a
+// lab connects to the host's root namespace and no lab namespace has a
+// default route.
+//
+// Naming: lab L's namespaces are kdive-L.<node>, kdive-L.router and
+// kdive-L.external; the links it creates carry the ifalias "kdive-lab:L".
+package lab

@@ -1,0 +1,114 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	"sigs.k8s.io/yaml"
+)
+
+// APIVersion and Kind identify a lab file.
+const (
+	APIVersion = "kdive.dev/v1alpha1"
+	Kind       = "Lab"
+)
+
+// File is a lab file: the whole description of a lab. Presets are lab files.
+type File struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Metadata   Metadata `json:"metadata,omitempty"`
+	Spec       Spec     `json:"spec"`
+}
+
+// Metadata names the lab file. Name is the default lab name and, for the
+// embedded presets, the preset's name.
+type Metadata struct {
+	Name        string `json:"name,omitempty"`
+	Description string `json:"description,omitempty"`
+}
+
+// Spec is the desired lab.
+type Spec struct {
+	// PodCIDR is the cluster pod range, cut into one block per node.
+	PodCIDR string `json:"podCIDR"`
+	// BlockSize is the prefix length of each node's pod block (e.g. 24).
+	BlockSize int `json:"blockSize"`
+	// ServiceCIDR is the range Service cluster IPs come from.
+	ServiceCIDR string     `json:"serviceCIDR"`
+	PodNetwork  PodNetwork `json:"podNetwork"`
+	Proxy       Proxy      `json:"proxy"`
+	// MTU of the underlay links; default 1500.
+	MTU      int      `json:"mtu,omitempty"`
+	Subnets  []Subnet `json:"subnets"`
+	Nodes    []Node   `json:"nodes"`
+	External External `json:"external,omitempty"`
+	// Objects are Kubernetes objects (Pod, Deployment, Service) the lab
+	// starts with, as they would be given to `kubectl apply`.
+	Objects []json.RawMessage `json:"objects,omitempty"`
+}
+
+// PodNetwork chooses how pods are attached and how pod traffic crosses
+// nodes.
+type PodNetwork struct {
+	Interface   string `json:"interface"`   // routed | bridge
+	Encap       string `json:"encap"`       // none | ipip | vxlan
+	EncapPolicy string `json:"encapPolicy"` // always | cross-subnet
+}
+
+// Proxy chooses the service proxy mode.
+type Proxy struct {
+	Mode          string `json:"mode"`                    // nftables | iptables | ipvs
+	IPVSScheduler string `json:"ipvsScheduler,omitempty"` // ipvs only; default rr
+}
+
+// Subnet is one L2 segment of the underlay.
+type Subnet struct {
+	Name string `json:"name"`
+	CIDR string `json:"cidr"`
+}
+
+// Node is one lab node.
+type Node struct {
+	Name   string `json:"name"`
+	Subnet string `json:"subnet"`
+	// IP in its subnet; default: the subnet's 10th address onwards, in
+	// node order.
+	IP     string            `json:"ip,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// External is the client namespace behind the router, standing for a
+// host outside the cluster.
+type External struct {
+	CIDR string `json:"cidr,omitempty"` // default 198.51.100.0/24
+	IP   string `json:"ip,omitempty"`   // default the CIDR's 10th address
+}
+
+// Values the lab understands.
+var (
+	Interfaces    = []string{"routed", "bridge"}
+	Encaps        = []string{"none", "ipip", "vxlan"}
+	EncapPolicies = []string{"always", "cross-subnet"}
+	ProxyModes    = []string{"nftables", "iptables", "ipvs"}
+	// IPVSSchedulers are the schedulers kube-proxy's IPVS mode offers.
+	IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"}
+)
+
+// Parse decodes a lab file strictly: unknown fields are errors, so a typo
+// never silently falls back to a default. It does not validate; see
+// Validate.
+func Parse(data []byte) (*File, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("lab file is empty")
+	}
+	var f File
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		return nil, fmt.Errorf("lab file: %w", err)
+	}
+	return &f, nil
+}
+
+// Marshal renders a lab file as YAML.
+func (f *File) Marshal() ([]byte, error) { return yaml.Marshal(f) }

@@ -1,0 +1,185 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kdive/kdive/internal/kernel"
+)
+
+// Status is what `kdive lab status -o json` prints; scripts depend on its
+// field names.
+type Status struct {
+	Name        string          `json:"name"`
+	Preset      string          `json:"preset"`
+	State       string          `json:"state"` // running | degraded
+	Problems    []string        `json:"problems,omitempty"`
+	Created     time.Time       `json:"created"`
+	PodCIDR     string          `json:"podCIDR"`
+	ServiceCIDR string          `json:"serviceCIDR"`
+	PodNetwork  PodNetwork      `json:"podNetwork"`
+	Proxy       Proxy           `json:"proxy"`
+	Nodes       []NodeStatus    `json:"nodes"`
+	External    HostStatus      `json:"external"`
+	Router      RouterStatus    `json:"router"`
+	Pods        []PodStatus     `json:"pods"`
+	Services    []ServiceStatus `json:"services"`
+}
+
+// NodeStatus is one node.
+type NodeStatus struct {
+	Name    string `json:"name"`
+	Subnet  string `json:"subnet"`
+	IP      string `json:"ip"`
+	PodCIDR string `json:"podCIDR"`
+	NetNS   string `json:"netns"`
+}
+
+// HostStatus is the external client.
+type HostStatus struct {
+	IP    string `json:"ip"`
+	NetNS string `json:"netns"`
+}
+
+// RouterStatus is the router and what its VPC check did.
+type RouterStatus struct {
+	NetNS     string  `json:"netns"`
+	Forwarded Counter `json:"forwarded"`
+	Dropped   Counter `json:"dropped"`
+}
+
+// PodStatus is one pod; IP is empty until the pod is attached.
+type PodStatus struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Node      string `json:"node"`
+	IP        string `json:"ip"`
+}
+
+// ServiceStatus is one service.
+type ServiceStatus struct {
+	Namespace string       `json:"namespace"`
+	Name      string       `json:"name"`
+	Type      string       `json:"type"`
+	ClusterIP string       `json:"clusterIP"`
+	Ports     []PortStatus `json:"ports"`
+}
+
+// PortStatus is one service port.
+type PortStatus struct {
+	Name       string `json:"name"`
+	Port       int32  `json:"port"`
+	Protocol   string `json:"protocol"`
+	NodePort   int32  `json:"nodePort,omitempty"`
+	TargetPort string `json:"targetPort,omitempty"`
+}
+
+// GetStatus reports a lab as recorded and as the kernel has it now: a
+// missing namespace makes the lab degraded.
+func GetStatus(ctx context.Context, s *State) *Status {
+	p := s.Plan
+	st := &Status{
+		Name: p.Name, Preset: p.Preset, State: "running", Created: s.Created,
+		PodCIDR: p.PodCIDR.String(), ServiceCIDR: p.ServiceCIDR.String(),
+		PodNetwork: p.PodNetwork, Proxy: p.Proxy,
+		External: HostStatus{IP: p.External.IP.String(), NetNS: p.External.NetNS},
+		Router:   RouterStatus{NetNS: p.Router.NetNS},
+		Nodes:    []NodeStatus{}, Pods: []PodStatus{}, Services: []ServiceStatus{},
+	}
+	present, _ := kernel.ListNetNS(NetNSPrefix(p.Name))
+	want := []string{p.Router.NetNS, p.External.NetNS}
+	for _, n := range p.Nodes {
+		want = append(want, n.NetNS)
+		st.Nodes = append(st.Nodes, NodeStatus{Name: n.Name, Subnet: n.Subnet, IP: n.IP.String(), PodCIDR: n.PodCIDR.String(), NetNS: n.NetNS})
+	}
+	for _, w := range want {
+		if !slices.Contains(present, w) {
+			st.Problems = append(st.Problems, "network namespace "+w+" is missing")
+		}
+	}
+	if fwd, drop, err := RouterCounters(ctx, p); err != nil {
+		st.Problems = append(st.Problems, "router counters: "+err.Error())
+	} else {
+		st.Router.Forwarded, st.Router.Dropped = fwd, drop
+	}
+	if len(st.Problems) > 0 {
+		st.State = "degraded"
+	}
+	for _, pod := range p.Objects.Pods {
+		st.Pods = append(st.Pods, PodStatus{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IP: pod.Status.PodIP})
+	}
+	for _, svc := range p.Objects.Services {
+		ss := ServiceStatus{Namespace: svc.Namespace, Name: svc.Name, Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP, Ports: []PortStatus{}}
+		for _, pt := range svc.Spec.Ports {
+			ps := PortStatus{Name: pt.Name, Port: pt.Port, Protocol: string(pt.Protocol), NodePort: pt.NodePort}
+			if pt.TargetPort.String() != "0" {
+				ps.TargetPort = pt.TargetPort.String()
+			}
+			ss.Ports = append(ss.Ports, ps)
+		}
+		st.Services = append(st.Services, ss)
+	}
+	return st
+}
+
+// WriteText prints a status for people.
+func (st *Status) WriteText(w io.Writer) error {
+	preset := st.Preset
+	if preset == "" {
+		preset = "(lab file)"
+	}
+	fmt.Fprintf(w, "Lab %s: %s, preset %s, created %s\n", st.Name, st.State, preset, st.Created.Format(time.RFC3339))
+	for _, p := range st.Problems {
+		fmt.Fprintf(w, "  problem: %s\n", p)
+	}
+	fmt.Fprintf(w, "Pod network: %s veths, encap %s (%s); proxy %s", st.PodNetwork.Interface, st.PodNetwork.Encap, st.PodNetwork.EncapPolicy, st.Proxy.Mode)
+	if st.Proxy.IPVSScheduler != "" {
+		fmt.Fprintf(w, " (scheduler %s)", st.Proxy.IPVSScheduler)
+	}
+	fmt.Fprintf(w, "\nPod CIDR %s, service CIDR %s\n\n", st.PodCIDR, st.ServiceCIDR)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSUBNET\tIP\tPOD BLOCK\tNETNS")
+	for _, n := range st.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Subnet, n.IP, n.PodCIDR, n.NetNS)
+	}
+	fmt.Fprintf(tw, "external\t-\t%s\t-\t%s\n", st.External.IP, st.External.NetNS)
+	fmt.Fprintf(tw, "router\t-\t-\t-\t%s\n", st.Router.NetNS)
+	tw.Flush()
+	fmt.Fprintf(w, "\nRouter: forwarded %d packets, dropped %d (VPC source/destination check)\n", st.Router.Forwarded.Packets, st.Router.Dropped.Packets)
+	if len(st.Services) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tTYPE\tCLUSTER-IP\tPORTS")
+		for _, s := range st.Services {
+			var ports []string
+			for _, p := range s.Ports {
+				pt := fmt.Sprintf("%d/%s", p.Port, p.Protocol)
+				if p.NodePort != 0 {
+					pt = fmt.Sprintf("%d:%d/%s", p.Port, p.NodePort, p.Protocol)
+				}
+				ports = append(ports, pt)
+			}
+			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.Type, s.ClusterIP, strings.Join(ports, ","))
+		}
+		tw.Flush()
+	}
+	if len(st.Pods) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "POD\tNODE\tIP")
+		for _, p := range st.Pods {
+			ip := p.IP
+			if ip == "" {
+				ip = "<not attached>"
+			}
+			fmt.Fprintf(tw, "%s/%s\t%s\t%s\n", p.Namespace, p.Name, p.Node, ip)
+		}
+		tw.Flush()
+	}
+	return nil
+}
