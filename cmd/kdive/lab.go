@@ -251,4 +251,3 @@ func orDash(s string) string {
 	}
 	return s
 }
-

@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
 )
 
 // Objects are the Kubernetes objects of a lab after the work the control
@@ -47,47 +46,47 @@ func planObjects(raw []json.RawMessage, p *Plan, fp *field.Path) (Objects, field
 			errs = append(errs, field.Invalid(ip, string(r), "not a Kubernetes object: "+err.Error()))
 			continue
 		}
-		var meta *objectMeta
+		var meta *metav1.ObjectMeta
 		switch {
 		case tm.Kind == "Pod" && tm.APIVersion == "v1":
 			var o corev1.Pod
 			if !decodeStrict(r, &o, ip, &errs) {
 				continue
 			}
-			meta = &objectMeta{&o.ObjectMeta.Namespace, o.Name}
 			objs.Pods = append(objs.Pods, o)
+			meta = &objs.Pods[len(objs.Pods)-1].ObjectMeta
 		case tm.Kind == "Deployment" && tm.APIVersion == "apps/v1":
 			var o appsv1.Deployment
 			if !decodeStrict(r, &o, ip, &errs) {
 				continue
 			}
-			meta = &objectMeta{&o.ObjectMeta.Namespace, o.Name}
 			objs.Deployments = append(objs.Deployments, o)
+			meta = &objs.Deployments[len(objs.Deployments)-1].ObjectMeta
 		case tm.Kind == "Service" && tm.APIVersion == "v1":
 			var o corev1.Service
 			if !decodeStrict(r, &o, ip, &errs) {
 				continue
 			}
-			meta = &objectMeta{&o.ObjectMeta.Namespace, o.Name}
 			objs.Services = append(objs.Services, o)
+			meta = &objs.Services[len(objs.Services)-1].ObjectMeta
 		default:
 			errs = append(errs, field.NotSupported(ip.Child("kind"), tm.APIVersion+"/"+tm.Kind,
 				[]string{"v1/Pod", "apps/v1/Deployment", "v1/Service"}))
 			continue
 		}
-		if *meta.ns == "" {
-			*meta.ns = "default"
+		if meta.Namespace == "" {
+			meta.Namespace = "default"
 		}
-		for _, m := range validation.IsDNS1123Label(*meta.ns) {
-			errs = append(errs, field.Invalid(ip.Child("metadata", "namespace"), *meta.ns, m))
+		for _, m := range validation.IsDNS1123Label(meta.Namespace) {
+			errs = append(errs, field.Invalid(ip.Child("metadata", "namespace"), meta.Namespace, m))
 		}
-		if meta.name == "" {
+		if meta.Name == "" {
 			errs = append(errs, field.Required(ip.Child("metadata", "name"), ""))
 		}
-		for _, m := range validation.IsDNS1123Subdomain(meta.name) {
-			errs = append(errs, field.Invalid(ip.Child("metadata", "name"), meta.name, m))
+		for _, m := range validation.IsDNS1123Subdomain(meta.Name) {
+			errs = append(errs, field.Invalid(ip.Child("metadata", "name"), meta.Name, m))
 		}
-		key := tm.Kind + " " + *meta.ns + "/" + meta.name
+		key := tm.Kind + " " + meta.Namespace + "/" + meta.Name
 		if prev, dup := seen[key]; dup {
 			errs = append(errs, field.Duplicate(ip.Child("metadata", "name"), fmt.Sprintf("%s (also %s)", key, prev)))
 		}
@@ -102,13 +101,8 @@ func planObjects(raw []json.RawMessage, p *Plan, fp *field.Path) (Objects, field
 	return objs, errs
 }
 
-type objectMeta struct {
-	ns   *string
-	name string
-}
-
 func decodeStrict(raw json.RawMessage, into any, fp *field.Path, errs *field.ErrorList) bool {
-	if err := yaml.UnmarshalStrict(raw, into); err != nil {
+	if err := unmarshalStrictJSON(raw, into); err != nil {
 		*errs = append(*errs, field.Invalid(fp, "", err.Error()))
 		return false
 	}

@@ -3,7 +3,10 @@ package lab
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+
+	kjson "sigs.k8s.io/json"
 
 	"sigs.k8s.io/yaml"
 )
@@ -103,11 +106,28 @@ func Parse(data []byte) (*File, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("lab file is empty")
 	}
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("lab file: %w", err)
+	}
 	var f File
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+	if err := unmarshalStrictJSON(j, &f); err != nil {
 		return nil, fmt.Errorf("lab file: %w", err)
 	}
 	return &f, nil
+}
+
+// unmarshalStrictJSON decodes like the API server does: unknown and
+// duplicate fields are errors that name the field's full path.
+func unmarshalStrictJSON(data []byte, into any) error {
+	strictErrs, err := kjson.UnmarshalStrict(data, into)
+	if err != nil {
+		return err
+	}
+	if len(strictErrs) > 0 {
+		return errors.Join(strictErrs...)
+	}
+	return nil
 }
 
 // Marshal renders a lab file as YAML.
