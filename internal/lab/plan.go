@@ -103,9 +103,33 @@ func NewPlan(name, preset string, f *File) (*Plan, error) {
 	p := &Plan{Name: name, Preset: preset, Router: RouterPlan{NetNS: NetNSPrefix(name) + RouterName}}
 	errs = append(errs, p.planSpec(&f.Spec, field.NewPath("spec"))...)
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("invalid lab %q: %w", name, errs.ToAggregate())
+		return nil, &InvalidError{Lab: name, Errs: errs}
 	}
 	return p, nil
+}
+
+// InvalidError lists every problem of a lab file, each with its field path.
+type InvalidError struct {
+	Lab  string
+	Errs field.ErrorList
+}
+
+func (e *InvalidError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "invalid lab %q:", e.Lab)
+	for _, err := range e.Errs {
+		b.WriteString("\n  " + err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap gives the individual field errors to errors.Is/As.
+func (e *InvalidError) Unwrap() []error {
+	out := make([]error, len(e.Errs))
+	for i, err := range e.Errs {
+		out[i] = err
+	}
+	return out
 }
 
 // ranges tracks the address ranges decided so far, to reject overlaps.

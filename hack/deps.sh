@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what kdive's build, tests and demo need on a Debian machine, and
+# does nothing when everything is already there (so `make test` stays fast).
+set -euo pipefail
+pkgs=(iproute2 nftables iptables ipset conntrack ipvsadm curl kmod
+      qemu-system-x86 linux-image-amd64 busybox-static)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "kdive needs these Debian packages (run as root to install them): ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "kdive needs Go 1.26 on PATH (/usr/local/go/bin)" >&2; exit 1; }
+go mod download
