@@ -25,13 +25,14 @@ router that, like a cloud VPC, drops pod-addressed packets between subnets, and
 an external client behind the router. Nothing of a lab touches the host's own
 network. State lives under /run/kdive/labs/NAME/.`,
 	}
-	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(),
-		&cobra.Command{
-			Use:   "apply NAME -f objects.yaml",
-			Short: "Apply Kubernetes objects (Pod, Deployment, Service) to a running lab",
-			Args:  cobra.ExactArgs(1),
-			RunE:  notImplemented("kdive lab apply"),
-		},
+	apply := &cobra.Command{
+		Use:   "apply NAME -f objects.yaml",
+		Short: "Apply Kubernetes objects (Pod, Deployment, Service) to a running lab",
+		Args:  cobra.ExactArgs(1),
+		RunE:  notImplemented("kdive lab apply"),
+	}
+	apply.Flags().StringP("filename", "f", "", "Kubernetes YAML with Pods, Deployments and Services")
+	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(), apply,
 		&cobra.Command{
 			Use:   "delete NAME KIND/NAME",
 			Short: "Delete a Kubernetes object from a running lab",

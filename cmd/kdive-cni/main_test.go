@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+)
+
+// TestVersionThroughLibcni builds the plugin and asks it for its versions
+// the way a container runtime does, through libcni and CNI_PATH.
+func TestVersionThroughLibcni(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "kdive"), ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build kdive-cni: %v\n%s", err, out)
+	}
+	cni := libcni.NewCNIConfig([]string{dir}, nil)
+	info, err := cni.GetVersionInfo(context.Background(), "kdive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := info.SupportedVersions()
+	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		if !slices.Contains(got, v) {
+			t.Errorf("supported versions %v lack %s", got, v)
+		}
+	}
+	// ADD is not built yet: it must fail with a CNI error, not succeed.
+	conf, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"kdive","plugins":[{"type":"kdive"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cni.AddNetworkList(context.Background(), conf, &libcni.RuntimeConf{
+		ContainerID: "c1", NetNS: "/proc/self/ns/net", IfName: "eth0",
+	})
+	if err == nil {
+		t.Fatal("ADD succeeded on a plugin that cannot attach pods yet")
+	}
+	_ = os.Remove(filepath.Join(dir, "kdive"))
+}
