@@ -18,7 +18,23 @@ type Route struct {
 	Src       netip.Addr   // optional preferred source
 	Blackhole bool
 	OnLink    bool
+	// Scope: 0 (universe) unless set, e.g. unix.RT_SCOPE_LINK for a
+	// directly reachable gateway such as a pod's 169.254.1.1.
+	Scope uint8
+	// Protocol marks who owns the route (see RouteProtocolAgent); 0
+	// means the kernel's default for routes added by hand (boot).
+	Protocol int
 }
+
+// Route protocol numbers (rtm_protocol) kdive marks its routes with, so each
+// part removes only routes of its own and never someone else's.
+const (
+	// RouteProtocolAgent marks the node agent's routes (pod blocks of
+	// peers, the node's own blackhole).
+	RouteProtocolAgent = 0x6b
+	// RouteProtocolCNI marks the CNI plugin's routes (a pod's /32).
+	RouteProtocolCNI = 0x6c
+)
 
 func (r Route) String() string {
 	s := "default"
@@ -37,8 +53,14 @@ func (r Route) String() string {
 	if r.OnLink {
 		s += " onlink"
 	}
+	if r.Scope == unix.RT_SCOPE_LINK {
+		s += " scope link"
+	}
 	if r.Src.IsValid() {
 		s += " src " + r.Src.String()
+	}
+	if r.Protocol != 0 {
+		s += fmt.Sprintf(" proto %d", r.Protocol)
 	}
 	return s
 }
@@ -69,6 +91,8 @@ func (n *NetNS) toNetlinkRoute(r Route) (*netlink.Route, error) {
 	if r.OnLink {
 		nr.Flags |= int(netlink.FLAG_ONLINK)
 	}
+	nr.Scope = netlink.Scope(r.Scope)
+	nr.Protocol = netlink.RouteProtocol(r.Protocol)
 	return nr, nil
 }
 
@@ -110,7 +134,10 @@ func (n *NetNS) Routes() ([]Route, error) {
 	}
 	out := make([]Route, 0, len(rs))
 	for _, nr := range rs {
-		r := Route{Dev: names[nr.LinkIndex], Blackhole: nr.Type == unix.RTN_BLACKHOLE, OnLink: nr.Flags&int(netlink.FLAG_ONLINK) != 0}
+		r := Route{
+			Dev: names[nr.LinkIndex], Blackhole: nr.Type == unix.RTN_BLACKHOLE,
+			OnLink: nr.Flags&int(netlink.FLAG_ONLINK) != 0, Scope: uint8(nr.Scope), Protocol: int(nr.Protocol),
+		}
 		if p, ok := ipNetToPrefix(nr.Dst); ok && p.Bits() > 0 {
 			r.Dst = p
 		}
