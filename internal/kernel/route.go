@@ -21,6 +21,9 @@ type Route struct {
 	// Scope: 0 (universe) unless set, e.g. unix.RT_SCOPE_LINK for a
 	// directly reachable gateway such as a pod's 169.254.1.1.
 	Scope uint8
+	// Metric is the route's priority; lower wins among routes to the same
+	// destination.
+	Metric int
 	// Protocol marks who owns the route (see RouteProtocolAgent); 0
 	// means the kernel's default for routes added by hand (boot).
 	Protocol int
@@ -62,6 +65,9 @@ func (r Route) String() string {
 	if r.Protocol != 0 {
 		s += fmt.Sprintf(" proto %d", r.Protocol)
 	}
+	if r.Metric != 0 {
+		s += fmt.Sprintf(" metric %d", r.Metric)
+	}
 	return s
 }
 
@@ -93,6 +99,7 @@ func (n *NetNS) toNetlinkRoute(r Route) (*netlink.Route, error) {
 	}
 	nr.Scope = netlink.Scope(r.Scope)
 	nr.Protocol = netlink.RouteProtocol(r.Protocol)
+	nr.Priority = r.Metric
 	return nr, nil
 }
 
@@ -137,6 +144,7 @@ func (n *NetNS) Routes() ([]Route, error) {
 		r := Route{
 			Dev: names[nr.LinkIndex], Blackhole: nr.Type == unix.RTN_BLACKHOLE,
 			OnLink: nr.Flags&int(netlink.FLAG_ONLINK) != 0, Scope: uint8(nr.Scope), Protocol: int(nr.Protocol),
+			Metric: nr.Priority,
 		}
 		if p, ok := ipNetToPrefix(nr.Dst); ok && p.Bits() > 0 {
 			r.Dst = p
