@@ -130,6 +130,7 @@ func (o *Objects) expandDeployments(fp *field.Path) field.ErrorList {
 			}
 			pod.Name = fmt.Sprintf("%s-%d", d.Name, i)
 			pod.Namespace = d.Namespace
+			pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: d.Name}}
 			o.Pods = append(o.Pods, pod)
 		}
 	}
@@ -138,23 +139,60 @@ func (o *Objects) expandDeployments(fp *field.Path) field.ErrorList {
 
 var metaPod = metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}
 
-// schedule places pods without spec.nodeName round-robin over the nodes,
-// like a scheduler spreading replicas, and checks the ones that name a node.
+// schedule places pods without spec.nodeName on the nodes matching their
+// nodeSelector (all nodes when it has none): a Deployment's replicas
+// round-robin from the first matching node, like a scheduler spreading
+// them; bare pods round-robin too. Pods naming a node are checked.
 func (o *Objects) schedule(p *Plan, fp *field.Path) field.ErrorList {
 	var errs field.ErrorList
-	next := 0
+	next := map[string]int{} // by owner
 	for i := range o.Pods {
 		pod := &o.Pods[i]
+		pp := fp.Key("Pod " + pod.Namespace + "/" + pod.Name).Child("spec")
 		if pod.Spec.NodeName != "" {
 			if _, ok := p.Node(pod.Spec.NodeName); !ok {
-				errs = append(errs, field.NotFound(fp.Key("Pod "+pod.Namespace+"/"+pod.Name).Child("spec", "nodeName"), pod.Spec.NodeName))
+				errs = append(errs, field.NotFound(pp.Child("nodeName"), pod.Spec.NodeName))
 			}
 			continue
 		}
-		pod.Spec.NodeName = p.Nodes[next%len(p.Nodes)].Name
-		next++
+		var fits []string
+		for _, n := range p.Nodes {
+			if matchesSelector(n, pod.Spec.NodeSelector) {
+				fits = append(fits, n.Name)
+			}
+		}
+		if len(fits) == 0 {
+			errs = append(errs, field.Invalid(pp.Child("nodeSelector"), pod.Spec.NodeSelector, "no node of the lab matches"))
+			continue
+		}
+		owner := ""
+		if len(pod.OwnerReferences) > 0 {
+			owner = pod.OwnerReferences[0].Kind + "/" + pod.OwnerReferences[0].Name
+		}
+		pod.Spec.NodeName = fits[next[owner]%len(fits)]
+		next[owner]++
 	}
 	return errs
+}
+
+// NodeLabels are the labels a lab node carries: its own, plus the ones
+// the kubelet sets.
+func (n NodePlan) NodeLabels() map[string]string {
+	l := map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux"}
+	for k, v := range n.Labels {
+		l[k] = v
+	}
+	return l
+}
+
+func matchesSelector(n NodePlan, sel map[string]string) bool {
+	l := n.NodeLabels()
+	for k, v := range sel {
+		if l[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // allocateServices checks and assigns cluster IPs (from the service CIDR,

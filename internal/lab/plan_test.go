@@ -22,7 +22,7 @@ spec:
   nodes:
   - {name: n1, subnet: a}
   - {name: n2, subnet: a, ip: 172.20.1.50}
-  - {name: n3, subnet: b}
+  - {name: n3, subnet: b, labels: {zone: b}}
   objects:
   - apiVersion: v1
     kind: Service
@@ -46,6 +46,15 @@ spec:
       template:
         metadata: {labels: {app: web}}
         spec: {containers: [{name: echo, image: kdive-echo}]}
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: picky}
+    spec:
+      replicas: 2
+      selector: {matchLabels: {app: picky}}
+      template:
+        metadata: {labels: {app: picky}}
+        spec: {nodeSelector: {zone: b}, containers: [{name: echo, image: kdive-echo}]}
   - apiVersion: v1
     kind: Pod
     metadata: {name: pinned}
@@ -145,7 +154,7 @@ func TestPlanObjects(t *testing.T) {
 		pods = append(pods, pod.Namespace+"/"+pod.Name+"@"+pod.Spec.NodeName)
 	}
 	// The pinned pod keeps its node; the replicas spread round-robin.
-	if got := strings.Join(pods, " "); got != "default/pinned@n3 default/web-0@n1 default/web-1@n2 default/web-2@n3 default/web-3@n1" {
+	if got := strings.Join(pods, " "); got != "default/pinned@n3 default/web-0@n1 default/web-1@n2 default/web-2@n3 default/web-3@n1 default/picky-0@n3 default/picky-1@n3" {
 		t.Errorf("pods = %s", got)
 	}
 	if o.Pods[1].Labels["app"] != "web" || o.Pods[1].Kind != "Pod" {
@@ -173,7 +182,7 @@ func TestBadLabFiles(t *testing.T) {
 		name, old, new string
 		want           []string // every one must appear in the error
 	}{
-		{"unknown subnet", "{name: n3, subnet: b}", "{name: n3, subnet: c}", []string{`spec.nodes[2].subnet: Not found: "c"`, "subnets are a, b"}},
+		{"unknown subnet", "{name: n3, subnet: b,", "{name: n3, subnet: c,", []string{`spec.nodes[2].subnet: Not found: "c"`, "subnets are a, b"}},
 		{"overlapping subnets", "cidr: 172.20.2.0/24", "cidr: 172.20.0.0/16", []string{"spec.subnets[1].cidr", "overlaps spec.subnets[0].cidr"}},
 		{"subnet overlaps pods", "cidr: 172.20.2.0/24", "cidr: 10.0.9.0/24", []string{"spec.subnets[1].cidr", "overlaps spec.podCIDR"}},
 		{"service overlaps pods", "serviceCIDR: 10.1.0.0/16", "serviceCIDR: 10.0.128.0/17", []string{"spec.serviceCIDR", "overlaps spec.podCIDR"}},
@@ -181,9 +190,9 @@ func TestBadLabFiles(t *testing.T) {
 		{"node IP is the gateway", "ip: 172.20.1.50", "ip: 172.20.1.1", []string{"spec.nodes[1].ip", "gateway"}},
 		{"node IP is broadcast", "ip: 172.20.1.50", "ip: 172.20.1.255", []string{"spec.nodes[1].ip", "broadcast"}},
 		{"duplicate node IP", "ip: 172.20.1.50", "ip: 172.20.1.10", []string{"spec.nodes[1].ip: Duplicate value", "also node n1"}},
-		{"duplicate node name", "{name: n3, subnet: b}", "{name: n1, subnet: b}", []string{`spec.nodes[2].name: Duplicate value: "n1"`}},
+		{"duplicate node name", "{name: n3, subnet: b,", "{name: n1, subnet: b,", []string{`spec.nodes[2].name: Duplicate value: "n1"`}},
 		{"duplicate subnet name", "{name: b, cidr", "{name: a, cidr", []string{`spec.subnets[1].name: Duplicate value: "a"`}},
-		{"reserved node name", "{name: n3, subnet: b}", "{name: router, subnet: b}", []string{"spec.nodes[2].name", "reserved"}},
+		{"reserved node name", "{name: n3, subnet: b,", "{name: router, subnet: b,", []string{"spec.nodes[2].name", "reserved"}},
 		{"bad encap", "encap: vxlan", "encap: geneve", []string{`spec.podNetwork.encap: Unsupported value: "geneve"`, `"ipip"`}},
 		{"bad proxy mode", "mode: nftables", "mode: ebpf", []string{`spec.proxy.mode: Unsupported value: "ebpf"`}},
 		{"host bits", "podCIDR: 10.0.0.0/16", "podCIDR: 10.0.0.1/16", []string{"spec.podCIDR", "did you mean 10.0.0.0/16"}},
@@ -192,7 +201,8 @@ func TestBadLabFiles(t *testing.T) {
 		{"wrong kind", "kind: Lab", "kind: Cluster", []string{`kind: Unsupported value: "Cluster"`}},
 		{"cluster IP outside range", "clusterIP: 10.1.0.10", "clusterIP: 10.2.0.10", []string{"spec.objects[Service kube-system/dns].spec.clusterIP", "10.1.0.0/16"}},
 		{"node port out of range", "nodePort: 30000", "nodePort: 80", []string{"spec.objects[Service default/web].spec.ports[1].nodePort", "30000-32767"}},
-		{"unknown object kind", "kind: Pod\n", "kind: Secret\n", []string{"spec.objects[3].kind", "v1/Secret"}},
+		{"unknown object kind", "kind: Pod\n", "kind: Secret\n", []string{"spec.objects[4].kind", "v1/Secret"}},
+		{"selector matches no node", "nodeSelector: {zone: b}", "nodeSelector: {zone: c}", []string{"spec.objects[Pod default/picky-0].spec.nodeSelector", "no node of the lab matches"}},
 		{"pod on unknown node", "nodeName: n3", "nodeName: n9", []string{`spec.objects[Pod default/pinned].spec.nodeName: Not found: "n9"`}},
 		{"unknown protocol", "protocol: UDP", "protocol: ICMP", []string{"spec.ports[0].protocol", `"ICMP"`}},
 	}
