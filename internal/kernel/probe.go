@@ -70,6 +70,11 @@ func probe(f Feature) error {
 	case FeatureVXLAN:
 		link = &netlink.Vxlan{LinkAttrs: la, VxlanId: 1, Port: 4789}
 	case FeatureIPVS:
+		// moby/ipvs only logs a failed family lookup, so ask for the
+		// generic netlink family first (this also autoloads ip_vs).
+		if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
+			return fmt.Errorf("kernel has no %s (no IPVS generic netlink family): %w", f, err)
+		}
 		h, err := ipvs.New(n.Path())
 		if err != nil {
 			return fmt.Errorf("kernel has no %s (IPVS netlink family unavailable): %w", f, err)
