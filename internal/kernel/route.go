@@ -45,7 +45,7 @@ func (r Route) String() string {
 		s = r.Dst.String()
 	}
 	if r.Blackhole {
-		return "blackhole " + s
+		s = "blackhole " + s
 	}
 	if r.Gateway.IsValid() {
 		s += " via " + r.Gateway.String()
@@ -158,4 +158,27 @@ func (n *NetNS) Routes() ([]Route, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// RouteGet reports the route the kernel would use to reach dst (`ip route
+// get`): its gateway (invalid when dst is on-link), device and source.
+func (n *NetNS) RouteGet(dst netip.Addr) (Route, error) {
+	rs, err := n.nl.RouteGet(net.IP(dst.AsSlice()))
+	if err != nil {
+		return Route{}, fmt.Errorf("route get %s in %s: %w", dst, n, err)
+	}
+	if len(rs) == 0 {
+		return Route{}, fmt.Errorf("route get %s in %s: %w", dst, n, ErrNotFound)
+	}
+	r := Route{Dst: netip.PrefixFrom(dst, dst.BitLen())}
+	if l, err := n.nl.LinkByIndex(rs[0].LinkIndex); err == nil {
+		r.Dev = l.Attrs().Name
+	}
+	if a, ok := netip.AddrFromSlice(rs[0].Gw); ok {
+		r.Gateway = a.Unmap()
+	}
+	if a, ok := netip.AddrFromSlice(rs[0].Src); ok {
+		r.Src = a.Unmap()
+	}
+	return r, nil
 }

@@ -32,6 +32,12 @@ func (n *NetNS) ReadSysctl(name string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
+// sysctlPath maps a dotted name to its file. As with sysctl(8), a name
+// may be given with slashes instead, for device names that contain a dot:
+// "net/ipv4/conf/vxlan.kdive/rp_filter".
 func sysctlPath(name string) string {
+	if strings.Contains(name, "/") {
+		return filepath.Join("/proc/sys", name)
+	}
 	return filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
 }
