@@ -1,4 +1,5 @@
-// Command kdive-cni is kdive's CNI plugin. A container runtime (or the lab,
+// Command kdive-cni is kdive's CNI plugin, installed on CNI_PATH as "kdive"
+// (the plugin type in 10-kdive.conflist). A container runtime (or the lab,
 // through libcni) executes it with CNI_COMMAND and a network configuration on
 // stdin; the plugin logic lives in internal/cni.
 package main

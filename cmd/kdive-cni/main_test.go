@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 )
 
 // TestVersionThroughLibcni builds the plugin and asks it for its versions
@@ -30,16 +33,18 @@ func TestVersionThroughLibcni(t *testing.T) {
 			t.Errorf("supported versions %v lack %s", got, v)
 		}
 	}
-	// ADD is not built yet: it must fail with a CNI error, not succeed.
-	conf, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"kdive","plugins":[{"type":"kdive"}]}`))
+	// An incomplete config gets a CNI error naming what is missing, before
+	// the plugin looks at the netns.
+	conf, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.1.0","name":"kdive","plugins":[{"type":"kdive","mode":"routed","mtu":1450}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = cni.AddNetworkList(context.Background(), conf, &libcni.RuntimeConf{
 		ContainerID: "c1", NetNS: "/proc/self/ns/net", IfName: "eth0",
 	})
-	if err == nil {
-		t.Fatal("ADD succeeded on a plugin that cannot attach pods yet")
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, "podCIDR: required") {
+		t.Fatalf("ADD without podCIDR: %v; want CNI error %d naming podCIDR", err, types.ErrInvalidNetworkConfig)
 	}
 	_ = os.Remove(filepath.Join(dir, "kdive"))
 }

@@ -1,8 +1,84 @@
 // Package cni is the logic of the kdive CNI plugin (cmd/kdive-cni): ADD, DEL,
-// CHECK, STATUS and GC over a pod's network namespace. It owns the plugin's
-// contract with the runtime (spec versions, result, error codes); the kernel
-// work it asks for goes through internal/kernel.
+// CHECK, STATUS and GC (CNI spec 1.1; VERSION is skel's) over a pod's
+// network namespace, and the network configuration the node agent writes
+// for it. It owns the plugin's contract with the runtime (spec versions,
+// result, error codes) and, through the ipam subpackage, pod addresses. The
+// kernel work goes through internal/kernel; this package never calls
+// netlink, setns or sysctl itself, and it never writes to stdout except the
+// result (stdout is the runtime's channel).
 //
-// Today the plugin answers VERSION; the pod network (interfaces, IPAM) is the
-// next capability to land here.
+// # The conflist contract
+//
+// The agent renders the node's settings with NewConfList and writes them
+// with WriteConfList as 10-kdive.conflist into the CNI config directory
+// (/etc/cni/net.d; a lab node's net.d). Any CNI client then attaches pods
+// with that file and the plugin on CNI_PATH, installed under the plugin
+// type's name, "kdive":
+//
+//	{
+//	  "cniVersion": "1.1.0",
+//	  "name": "kdive",
+//	  "plugins": [{
+//	    "type": "kdive",
+//	    "mode": "routed",            // or "bridge"
+//	    "podCIDR": "10.0.1.0/24",    // node.spec.podCIDR
+//	    "mtu": 1450,                 // uplink MTU minus encapsulation overhead
+//	    "dataDir": "/var/lib/cni/kdive",
+//	    "hostVethPrefix": "cali"     // routed only ("bridge": "kube-bridge" in bridge mode)
+//	  }]
+//	}
+//
+// ParseConfig reads it strictly: an unknown key is an error naming it and
+// the nearest known key ("podCDIR": did you mean "podCIDR"?), as is a
+// missing or invalid value, a key of the other mode, or an "ipam" section
+// (the plugin assigns addresses itself). Errors reach the runtime as CNI
+// errors: 6 (not decodable), 7 (invalid config), 4 (bad CNI_* variables),
+// 8 (bad netns), 5 (IPAM store I/O), 50 (STATUS: not available; ADD in
+// routed mode without a node route to 169.254.1.1), 999 (everything else,
+// including a full block). Messages read "kdive-cni: ADD c1/eth0: ...".
+//
+// # Addresses
+//
+// Pods get addresses from podCIDR, never its network, broadcast or first
+// host address (the bridge's in bridge mode, reserved in routed mode too);
+// see package ipam.
+//
+// # Routed mode (Calico style)
+//
+// Each pod gets a veth: CNI_IFNAME in the pod with its address as a /32, a
+// link-scope route to 169.254.1.1 and the default route through it; the
+// host end, named hostVethPrefix + the first hex digits of
+// sha1(containerID/ifname) (15 characters, "cali" + 11), is up without an
+// address, with proxy_arp=1, proxy_delay=0 and forwarding=1, and the node
+// gets "<podIP>/32 dev cali... scope link" with protocol
+// kernel.RouteProtocolCNI. No one owns 169.254.1.1: the host end answers the
+// pod's ARP for it with its own MAC (proxy ARP). The kernel only proxies ARP
+// for an address it can route, so the node needs a route covering
+// 169.254.1.1 (its default route on a real node); ADD and STATUS fail with a
+// message saying so when it has none, rather than attach a pod that cannot
+// reach anything.
+//
+// # Bridge mode (kube-router style)
+//
+// The plugin creates the bridge (kube-bridge) on first use, with the
+// block's first address and the configured MTU, and attaches each pod's
+// veth to it (host end "veth" + 8 hex digits, hairpin on, so a pod can reach
+// itself through a service address). The pod gets its address with the
+// block's prefix length and the default route via the bridge's address. The
+// bridge is shared and stays when pods go. IP forwarding and other node
+// sysctls are the agent's.
+//
+// # Idempotence and cleanup
+//
+// ADD is retry-safe: an ADD for an attachment that already holds an address
+// keeps that address and rebuilds its veth (deleting the host end an earlier
+// ADD left); an interface of that name in the pod that kdive-cni did not
+// create is an error, left untouched. A failed ADD leaves nothing behind.
+// DEL succeeds when the netns, the veth or the address is already gone, and
+// releases the address even when the netns is gone. Host-side veths carry
+// the alias "kdive-cni:<containerID>/<ifname>"; DEL deletes only veths so
+// marked, so a forged prevResult cannot make the plugin delete a node's
+// interface. GC (cni.dev/valid-attachments) frees every address whose
+// attachment is not listed, and every host-side veth marked with such an
+// attachment (or, unmarked, named after a freed address's attachment).
 package cni
