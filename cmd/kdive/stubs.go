@@ -69,14 +69,3 @@ func newBenchCmd() *cobra.Command {
 	}
 	return cmd
 }
-
-func newAgentCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "agent",
-		Short: "Run the node agent: pod network routes and the service proxy",
-		Args:  cobra.NoArgs,
-		RunE:  notImplemented("kdive agent"),
-	}
-	cmd.Flags().String("config", "", "AgentConfiguration file")
-	return cmd
-}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kdive/kdive/internal/agent"
+)
+
+func newAgentCmd() *cobra.Command {
+	var (
+		configFile string
+		verbose    bool
+		fl         agent.Configuration
+	)
+	cmd := &cobra.Command{
+		Use:   "agent [--config FILE] [flags]",
+		Short: "Run the node agent: the node's CNI config, pod network routes and tunnels",
+		Long: `Run the node agent, one per node. It reads Nodes through client-go informers
+(from a real API server with --kubeconfig, or from a lab's store with
+--lab-store), writes the node's CNI network config (10-kdive.conflist) and
+keeps the node's routes and tunnels as the pod network mode says.
+
+Configuration comes from --config (kind: AgentConfiguration); flags override
+its fields.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := &agent.Configuration{}
+			if configFile != "" {
+				var err error
+				if cfg, err = agent.LoadConfiguration(configFile); err != nil {
+					return err
+				}
+			}
+			f := cmd.Flags()
+			set := func(name string, dst *string, v string) {
+				if f.Changed(name) {
+					*dst = v
+				}
+			}
+			set("node-name", &cfg.NodeName, fl.NodeName)
+			set("hostname-override", &cfg.NodeName, fl.NodeName)
+			set("kubeconfig", &cfg.ClientConnection.Kubeconfig, fl.ClientConnection.Kubeconfig)
+			set("lab-store", &cfg.ClientConnection.LabStore, fl.ClientConnection.LabStore)
+			set("uplink", &cfg.Uplink, fl.Uplink)
+			set("cni-conf-dir", &cfg.CNI.ConfDir, fl.CNI.ConfDir)
+			set("cni-data-dir", &cfg.CNI.DataDir, fl.CNI.DataDir)
+			if f.Changed("interface") {
+				cfg.PodNetwork.Interface = fl.PodNetwork.Interface
+			}
+			if f.Changed("encap") {
+				cfg.PodNetwork.Encap = fl.PodNetwork.Encap
+			}
+			if f.Changed("encap-policy") {
+				cfg.PodNetwork.EncapPolicy = fl.PodNetwork.EncapPolicy
+			}
+			cfg.Default()
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			level := slog.LevelInfo
+			if verbose {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.NodeName)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return agent.New(agent.Options{Config: cfg, Logger: log}).Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "AgentConfiguration file")
+	f.StringVar(&fl.NodeName, "node-name", "", "this node's name (default $NODE_NAME, else the hostname)")
+	f.StringVar(&fl.NodeName, "hostname-override", "", "same as --node-name, as kube-proxy spells it")
+	f.StringVar(&fl.ClientConnection.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (default: in-cluster)")
+	f.StringVar(&fl.ClientConnection.LabStore, "lab-store", "", "a lab's store directory instead of an API server")
+	f.StringVar(&fl.Uplink, "uplink", "", "uplink interface (default: the one holding the node's InternalIP)")
+	f.StringVar(&fl.CNI.ConfDir, "cni-conf-dir", "", "where to write 10-kdive.conflist (default "+agent.DefaultConfDir+")")
+	f.StringVar(&fl.CNI.DataDir, "cni-data-dir", "", "the CNI plugin's IPAM store (default "+agent.DefaultDataDir+")")
+	f.StringVar((*string)(&fl.PodNetwork.Interface), "interface", "", "pod interfaces: routed or bridge (default routed)")
+	f.StringVar((*string)(&fl.PodNetwork.Encap), "encap", "", "between nodes: none, ipip or vxlan (default vxlan)")
+	f.StringVar((*string)(&fl.PodNetwork.EncapPolicy), "encap-policy", "", "encapsulate always or cross-subnet (default cross-subnet)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
+	return cmd
+}

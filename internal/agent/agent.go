@@ -1,0 +1,287 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/podnet"
+	"github.com/kdive/kdive/internal/source"
+)
+
+// Options configure an Agent.
+type Options struct {
+	Config *Configuration
+	Logger *slog.Logger
+	// Client overrides the connection of Config (tests inject one).
+	Client kubernetes.Interface
+	// NetNS is the node's network namespace; default the agent's own.
+	NetNS *kernel.NetNS
+}
+
+// Agent is the node daemon. Create it with New and start it with Run.
+type Agent struct {
+	opts    Options
+	cfg     *Configuration
+	log     *slog.Logger
+	trigger chan struct{}
+
+	nodes    corelisters.NodeLister
+	podnet   *podnet.Reconciler
+	uplink   string
+	confList []byte
+}
+
+// New returns an agent; it does no work until Run.
+func New(opts Options) *Agent {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{opts: opts, cfg: opts.Config, log: log, trigger: make(chan struct{}, 1)}
+}
+
+// ErrNotReady is wrapped by sync errors that mean "wait for the cluster",
+// not "something is broken": this node's object or its pod CIDR is missing.
+var ErrNotReady = errors.New("node not ready")
+
+// Run connects to the source, waits for the caches, and syncs until ctx
+// ends.
+func (a *Agent) Run(ctx context.Context) error {
+	cfg := a.cfg
+	if a.opts.NetNS == nil {
+		ns, err := kernel.OpenNetNS("/proc/self/ns/net")
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		a.opts.NetNS = ns
+	}
+	client := a.opts.Client
+	if client == nil {
+		var err error
+		client, err = source.NewClient(ctx, source.Connection{
+			Kubeconfig: cfg.ClientConnection.Kubeconfig, LabStore: cfg.ClientConnection.LabStore,
+		}, func(err error) { a.log.Warn("source", "err", err) })
+		if err != nil {
+			return err
+		}
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	nodeInf := factory.Core().V1().Nodes()
+	a.nodes = nodeInf.Lister()
+	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.Trigger() },
+		UpdateFunc: func(any, any) { a.Trigger() },
+		DeleteFunc: func(any) { a.Trigger() },
+	}); err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("caches of %v did not sync: %w", typ, ctx.Err())
+		}
+	}
+	a.log.Info("caches synced; syncing", "podNetwork", cfg.PodNetwork)
+	return a.loop(ctx)
+}
+
+// Trigger asks for a sync soon; triggers coalesce.
+func (a *Agent) Trigger() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) loop(ctx context.Context) error {
+	resync := time.NewTicker(a.cfg.SyncPeriod.Duration)
+	defer resync.Stop()
+	backoff := time.Duration(0)
+	var retry <-chan time.Time
+	a.Trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.trigger:
+		case <-resync.C:
+		case <-retry:
+		}
+		start := time.Now()
+		err := a.syncOnce(ctx)
+		switch {
+		case err == nil:
+			backoff, retry = 0, nil
+			a.log.Debug("synced", "took", time.Since(start))
+		case errors.Is(err, ErrNotReady):
+			a.log.Info("waiting", "reason", err)
+			retry = nil // the node's update triggers the next sync
+		default:
+			backoff = min(max(2*backoff, 200*time.Millisecond), 30*time.Second)
+			retry = time.After(backoff)
+			a.log.Error("sync failed; retrying", "err", err, "in", backoff)
+		}
+		// Bound the frequency: changes arriving meanwhile coalesce.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(a.cfg.MinSyncPeriod.Duration - time.Since(start)):
+		}
+	}
+}
+
+// syncOnce computes this node's desired pod network from the informers'
+// caches and applies it: the CNI network config, then routes and tunnels.
+func (a *Agent) syncOnce(ctx context.Context) error {
+	st, err := a.desiredState()
+	if err != nil {
+		return err
+	}
+	up, err := a.findUplink(st.Local.IP)
+	if err != nil {
+		return err
+	}
+	st.Subnet = up.subnet
+	if err := a.writeConfList(st.Local, up); err != nil {
+		return err
+	}
+	if a.podnet == nil || a.uplink != up.name {
+		a.podnet = podnet.New(podnet.Options{NetNS: a.opts.NetNS, Network: a.cfg.PodNetwork, Uplink: up.name})
+		a.uplink = up.name
+	}
+	if err := a.podnet.Sync(ctx, st); err != nil {
+		return fmt.Errorf("sync pod network of node %s: %w", st.Local.Name, err)
+	}
+	return nil
+}
+
+// desiredState reads this node and its peers from the node cache.
+func (a *Agent) desiredState() (podnet.State, error) {
+	var st podnet.State
+	all, err := a.nodes.List(labels.Everything())
+	if err != nil {
+		return st, err
+	}
+	found := false
+	for _, n := range all {
+		mn, problem := modelNode(n)
+		if n.Name == a.cfg.NodeName {
+			if problem != "" {
+				return st, fmt.Errorf("node %s: %s: %w", n.Name, problem, ErrNotReady)
+			}
+			st.Local, found = mn, true
+			continue
+		}
+		if problem != "" {
+			a.log.Info("skipping peer", "node", n.Name, "reason", problem)
+			continue
+		}
+		st.Peers = append(st.Peers, mn)
+	}
+	if !found {
+		return st, fmt.Errorf("node %s: no Node object of that name: %w", a.cfg.NodeName, ErrNotReady)
+	}
+	return st, nil
+}
+
+// modelNode translates a Node; a non-empty problem says why it can't be
+// used (yet).
+func modelNode(n *corev1.Node) (model.Node, string) {
+	mn := model.Node{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
+	for _, ad := range n.Status.Addresses {
+		if ad.Type == corev1.NodeInternalIP {
+			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
+				mn.IP = ip
+				break
+			}
+		}
+	}
+	if !mn.IP.IsValid() {
+		return mn, "no IPv4 InternalIP in status.addresses"
+	}
+	if n.Spec.PodCIDR == "" {
+		return mn, "no spec.podCIDR yet"
+	}
+	p, err := netip.ParsePrefix(n.Spec.PodCIDR)
+	if err != nil || !p.Addr().Is4() || p.Masked() != p {
+		return mn, fmt.Sprintf("spec.podCIDR %q is not an IPv4 CIDR", n.Spec.PodCIDR)
+	}
+	mn.PodCIDR = p
+	return mn, ""
+}
+
+type uplink struct {
+	name   string
+	subnet netip.Prefix
+	mtu    int
+}
+
+// findUplink finds the interface holding the node's IP (or the configured
+// one) and its subnet.
+func (a *Agent) findUplink(ip netip.Addr) (uplink, error) {
+	links, err := a.opts.NetNS.Links()
+	if err != nil {
+		return uplink{}, err
+	}
+	for _, l := range links {
+		if a.cfg.Uplink != "" && l.Name != a.cfg.Uplink {
+			continue
+		}
+		for _, p := range l.Addrs {
+			if p.Addr() == ip {
+				return uplink{name: l.Name, subnet: p.Masked(), mtu: l.MTU}, nil
+			}
+		}
+	}
+	if a.cfg.Uplink != "" {
+		return uplink{}, fmt.Errorf("uplink %s does not hold the node's InternalIP %s", a.cfg.Uplink, ip)
+	}
+	return uplink{}, fmt.Errorf("no interface holds the node's InternalIP %s", ip)
+}
+
+// writeConfList writes the node's CNI network config when it changed.
+func (a *Agent) writeConfList(local model.Node, up uplink) error {
+	mtu := a.cfg.MTU
+	if mtu == 0 {
+		mtu = a.cfg.PodNetwork.PodMTU(up.mtu)
+	}
+	b, err := cni.NewConfList(cni.ConfListOptions{
+		Mode:    a.cfg.PodNetwork.Interface,
+		PodCIDR: local.PodCIDR,
+		MTU:     mtu,
+		DataDir: a.cfg.CNI.DataDir,
+	})
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(b, a.confList) {
+		if _, err := os.Stat(filepath.Join(a.cfg.CNI.ConfDir, cni.ConfListFile)); err == nil {
+			return nil
+		}
+	}
+	if err := cni.WriteConfList(a.cfg.CNI.ConfDir, b); err != nil {
+		return err
+	}
+	a.confList = b
+	a.log.Info("wrote CNI network config", "dir", a.cfg.CNI.ConfDir, "podCIDR", local.PodCIDR, "mtu", mtu)
+	return nil
+}

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/source/labstore"
+)
+
+// Address plan: the node under test n1 is 192.0.2.10/24 on eth0; n2 shares
+// its subnet, n3 is in 198.51.100.0/24; pod blocks 10.244.N.0/24.
+
+func testNode(name, ip, cidr string) corev1.Node {
+	return corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       corev1.NodeSpec{PodCIDR: cidr},
+		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}},
+	}
+}
+
+func routesText(t *testing.T, ns *kernel.NetNS) string {
+	t.Helper()
+	rs, err := ns.Routes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rs {
+		if r.Protocol == kernel.RouteProtocolAgent {
+			out = append(out, r.String())
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestAgentReconcilesNodes(t *testing.T) {
+	ktest.RequireFeature(t, kernel.FeatureVXLAN)
+	node, peer := ktest.NewNetNS(t), ktest.NewNetNS(t)
+	if err := node.AddVeth("eth0", kernel.LinkAttrs{MTU: 1500}, peer, "eth0", kernel.LinkAttrs{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.AddAddr("eth0", netip.MustParsePrefix("192.0.2.10/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.LinkUp("eth0"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	store := labstore.Open(filepath.Join(dir, "store"))
+	setNodes := func(nodes ...corev1.Node) {
+		t.Helper()
+		if err := store.Update(func(s *labstore.Snapshot) error { s.Nodes = nodes; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n1 := testNode("n1", "192.0.2.10", "10.244.1.0/24")
+	n2 := testNode("n2", "192.0.2.11", "10.244.2.0/24")
+	n3 := testNode("n3", "198.51.100.10", "10.244.3.0/24")
+	setNodes(n1, n2, n3)
+
+	cfg := &Configuration{
+		NodeName:         "n1",
+		ClientConnection: ClientConnection{LabStore: store.Dir()},
+		PodNetwork:       model.PodNetwork{Interface: model.InterfaceRouted, Encap: model.EncapVXLAN, EncapPolicy: model.EncapCrossSubnet},
+		CNI:              CNIConfig{ConfDir: filepath.Join(dir, "net.d"), DataDir: filepath.Join(dir, "ipam")},
+		SyncPeriod:       metav1.Duration{Duration: time.Second},
+		MinSyncPeriod:    metav1.Duration{Duration: 10 * time.Millisecond},
+	}
+	cfg.Default()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- New(Options{Config: cfg, NetNS: node}).Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	// The CNI config: routed, this node's block, the pod MTU 1500-50.
+	conf := filepath.Join(cfg.CNI.ConfDir, cni.ConfListFile)
+	eventually(t, "the conflist", func() bool { _, err := os.Stat(conf); return err == nil })
+	b, _ := os.ReadFile(conf)
+	for _, want := range []string{`"podCIDR": "10.244.1.0/24"`, `"mtu": 1450`, `"mode": "routed"`, `"type": "kdive"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("conflist lacks %s:\n%s", want, b)
+		}
+	}
+	hasRoute := func(want string) func() bool {
+		return func() bool { return strings.Contains(routesText(t, node), want) }
+	}
+	eventually(t, "n2's block direct, same subnet", hasRoute("10.244.2.0/24 via 192.0.2.11 dev eth0"))
+	eventually(t, "n3's block over VXLAN, across subnets", hasRoute("10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink"))
+	eventually(t, "the blackhole for n1's own block", hasRoute("blackhole 10.244.1.0/24"))
+
+	// A peer changes its address; another goes away.
+	n2.Status.Addresses[0].Address = "192.0.2.12"
+	setNodes(n1, n2)
+	eventually(t, "n2's new address", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
+	eventually(t, "n3's route gone", func() bool { return !strings.Contains(routesText(t, node), "10.244.3.0/24") })
+
+	// A route deleted by hand comes back with the next periodic sync.
+	if err := node.DeleteRoute(kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.12"), Dev: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the deleted route back", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
+}

@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kdive/kdive/internal/model"
+)
+
+// APIVersion and Kind identify an agent configuration file.
+const (
+	APIVersion = "kdive.dev/v1alpha1"
+	Kind       = "AgentConfiguration"
+)
+
+// Configuration is the agent's configuration file (kind:
+// AgentConfiguration). Flags override the common fields.
+type Configuration struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	// NodeName is this node's name; default $NODE_NAME, else the hostname.
+	NodeName         string           `json:"nodeName,omitempty"`
+	ClientConnection ClientConnection `json:"clientConnection,omitempty"`
+	PodNetwork       model.PodNetwork `json:"podNetwork"`
+	// Uplink is the interface pod traffic leaves by; default the one
+	// holding the node's InternalIP.
+	Uplink string `json:"uplink,omitempty"`
+	// MTU of pods; default the uplink's MTU minus the encapsulation
+	// overhead (IPIP 20, VXLAN 50).
+	MTU int       `json:"mtu,omitempty"`
+	CNI CNIConfig `json:"cni,omitempty"`
+	// SyncPeriod is how often the agent re-applies everything, repairing
+	// what someone changed by hand; default 30s.
+	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
+	// MinSyncPeriod is the least time between two syncs, so bursts of
+	// changes coalesce; default 100ms.
+	MinSyncPeriod metav1.Duration `json:"minSyncPeriod,omitempty"`
+}
+
+// ClientConnection says where Kubernetes objects come from.
+type ClientConnection struct {
+	// Kubeconfig is a kubeconfig file for a real API server.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// LabStore is a lab's store directory: the agent reads the lab's
+	// objects from it through the same informers.
+	LabStore string `json:"labStore,omitempty"`
+}
+
+// CNIConfig says where the agent writes the node's CNI network config
+// and where the plugin keeps its IPAM state.
+type CNIConfig struct {
+	// ConfDir gets 10-kdive.conflist; default /etc/cni/net.d.
+	ConfDir string `json:"confDir,omitempty"`
+	// DataDir holds the plugin's IPAM store; default /var/lib/cni/kdive.
+	DataDir string `json:"dataDir,omitempty"`
+}
+
+// Defaults for fields left empty.
+const (
+	DefaultConfDir       = "/etc/cni/net.d"
+	DefaultDataDir       = "/var/lib/cni/kdive"
+	DefaultSyncPeriod    = 30 * time.Second
+	DefaultMinSyncPeriod = 100 * time.Millisecond
+)
+
+// LoadConfiguration reads a configuration file strictly: an unknown field
+// is an error naming it.
+func LoadConfiguration(path string) (*Configuration, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("agent configuration: %w", err)
+	}
+	return ParseConfiguration(b)
+}
+
+// ParseConfiguration decodes a configuration (YAML or JSON) strictly.
+func ParseConfiguration(b []byte) (*Configuration, error) {
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return nil, fmt.Errorf("agent configuration: %w", err)
+	}
+	// Durations decode through metav1.Duration, whose errors do not say
+	// which field was wrong; check them first so the message does.
+	var durations map[string]any
+	if json.Unmarshal(j, &durations) == nil {
+		for _, f := range []string{"syncPeriod", "minSyncPeriod"} {
+			if v, ok := durations[f]; ok {
+				str, _ := v.(string)
+				if _, err := time.ParseDuration(str); err != nil {
+					return nil, fmt.Errorf("agent configuration: %s: %v is not a duration such as 30s", f, v)
+				}
+			}
+		}
+	}
+	var c Configuration
+	strict, err := kjson.UnmarshalStrict(j, &c)
+	if err != nil {
+		return nil, fmt.Errorf("agent configuration: %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("agent configuration: %w", errors.Join(strict...))
+	}
+	return &c, nil
+}
+
+// Default fills the fields left empty.
+func (c *Configuration) Default() {
+	if c.APIVersion == "" {
+		c.APIVersion = APIVersion
+	}
+	if c.Kind == "" {
+		c.Kind = Kind
+	}
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
+	}
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
+	}
+	if c.PodNetwork.Interface == "" {
+		c.PodNetwork.Interface = model.InterfaceRouted
+	}
+	if c.PodNetwork.Encap == "" {
+		c.PodNetwork.Encap = model.EncapVXLAN
+	}
+	if c.PodNetwork.EncapPolicy == "" {
+		c.PodNetwork.EncapPolicy = model.EncapCrossSubnet
+	}
+	if c.CNI.ConfDir == "" {
+		c.CNI.ConfDir = DefaultConfDir
+	}
+	if c.CNI.DataDir == "" {
+		c.CNI.DataDir = DefaultDataDir
+	}
+	if c.SyncPeriod.Duration == 0 {
+		c.SyncPeriod.Duration = DefaultSyncPeriod
+	}
+	if c.MinSyncPeriod.Duration == 0 {
+		c.MinSyncPeriod.Duration = DefaultMinSyncPeriod
+	}
+}
+
+// Validate checks a defaulted configuration; every error names its field.
+func (c *Configuration) Validate() error {
+	var errs []error
+	bad := func(field string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.APIVersion != APIVersion {
+		bad("apiVersion", "must be %s, not %q", APIVersion, c.APIVersion)
+	}
+	if c.Kind != Kind {
+		bad("kind", "must be %s, not %q", Kind, c.Kind)
+	}
+	if c.NodeName == "" {
+		bad("nodeName", "required (or set NODE_NAME)")
+	}
+	if err := c.PodNetwork.Validate("podNetwork"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 9000) {
+		bad("mtu", "%d is outside 576-9000", c.MTU)
+	}
+	if c.ClientConnection.Kubeconfig != "" && c.ClientConnection.LabStore != "" {
+		bad("clientConnection", "kubeconfig and labStore are exclusive")
+	}
+	if c.SyncPeriod.Duration < time.Second {
+		bad("syncPeriod", "%s is shorter than 1s", c.SyncPeriod.Duration)
+	}
+	if c.MinSyncPeriod.Duration < 0 || c.MinSyncPeriod.Duration > c.SyncPeriod.Duration {
+		bad("minSyncPeriod", "%s must be between 0 and syncPeriod", c.MinSyncPeriod.Duration)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid agent configuration: %w", errors.Join(errs...))
+	}
+	return nil
+}

@@ -1,0 +1,55 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigurationParseAndValidate(t *testing.T) {
+	c, err := ParseConfiguration([]byte(`
+apiVersion: kdive.dev/v1alpha1
+kind: AgentConfiguration
+nodeName: node-1
+clientConnection: {labStore: /run/kdive/labs/x/store}
+podNetwork: {interface: bridge, encap: ipip, encapPolicy: always}
+cni: {confDir: /tmp/net.d}
+syncPeriod: 10s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Default()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.SyncPeriod.Duration != 10*time.Second || c.MinSyncPeriod.Duration != DefaultMinSyncPeriod ||
+		c.CNI.DataDir != DefaultDataDir || c.CNI.ConfDir != "/tmp/net.d" || c.PodNetwork.Encap != "ipip" {
+		t.Errorf("configuration = %+v", c)
+	}
+}
+
+func TestConfigurationErrorsNameTheField(t *testing.T) {
+	for _, c := range []struct{ yaml, want string }{
+		{"podNetwork: {encap: geneve}", `podNetwork.encap: unsupported value "geneve"`},
+		{"podNetwork: {interface: flat}", `podNetwork.interface: unsupported value "flat"`},
+		{"podNetwork: {encapPolicy: sometimes}", `podNetwork.encapPolicy`},
+		{"mtu: 100", "mtu: 100 is outside 576-9000"},
+		{"syncPeriod: 10ms", "syncPeriod: 10ms is shorter than 1s"},
+		{"minSyncPeriod: 1m", "minSyncPeriod"},
+		{"clientConnection: {kubeconfig: a, labStore: b}", "clientConnection: kubeconfig and labStore are exclusive"},
+		{"kind: KubeProxyConfiguration", "kind: must be AgentConfiguration"},
+		{"podNetwrok: {encap: vxlan}", `unknown field "podNetwrok"`},
+		{"cni: {confdir: /x}", `unknown field "cni.confdir"`},
+		{"syncPeriod: soon", "syncPeriod"},
+	} {
+		cfg, err := ParseConfiguration([]byte("nodeName: n1\n" + c.yaml))
+		if err == nil {
+			cfg.Default()
+			err = cfg.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want it to contain %q", c.yaml, err, c.want)
+		}
+	}
+}

@@ -1,0 +1,15 @@
+// Package agent is the node daemon (`kdive agent`): it reads Kubernetes
+// objects through client-go informers on a kubernetes.Interface (a real API
+// server or a lab's store; see internal/source), computes this node's
+// desired pod network, and hands snapshots to the dataplane packages:
+// internal/podnet for routes and tunnels, internal/cni for the node's CNI
+// network config. Later the service proxy joins the same loop.
+//
+// The sync loop is bounded in frequency: changes trigger a sync no sooner
+// than MinSyncPeriod after the previous one, and every SyncPeriod
+// everything is re-applied anyway, which repairs what someone changed by
+// hand. A failed sync is logged and retried with backoff; the agent keeps
+// serving what it last programmed.
+//
+// The agent is the only place that logs: libraries return errors.
+package agent
