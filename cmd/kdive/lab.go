@@ -25,20 +25,8 @@ router that, like a cloud VPC, drops pod-addressed packets between subnets, and
 an external client behind the router. Nothing of a lab touches the host's own
 network. State lives under /run/kdive/labs/NAME/.`,
 	}
-	apply := &cobra.Command{
-		Use:   "apply NAME -f objects.yaml",
-		Short: "Apply Kubernetes objects (Pod, Deployment, Service) to a running lab",
-		Args:  cobra.ExactArgs(1),
-		RunE:  notImplemented("kdive lab apply"),
-	}
-	apply.Flags().StringP("filename", "f", "", "Kubernetes YAML with Pods, Deployments and Services")
-	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(), apply,
-		&cobra.Command{
-			Use:   "delete NAME KIND/NAME",
-			Short: "Delete a Kubernetes object from a running lab",
-			Args:  cobra.ExactArgs(2),
-			RunE:  notImplemented("kdive lab delete"),
-		})
+	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(),
+		newLabApplyCmd(), newLabDeleteCmd())
 	return cmd
 }
 
@@ -83,7 +71,11 @@ reference clusters:
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			st, err := lab.Up(ctx, plan, raw)
+			bins, err := lab.FindBinaries("")
+			if err != nil {
+				return err
+			}
+			st, err := lab.Up(ctx, plan, lab.UpOptions{LabFile: raw, Binaries: bins})
 			if err != nil {
 				return err
 			}
@@ -111,17 +103,9 @@ func labSource(preset, file string) (lab.Source, error) {
 	if preset != "" {
 		return lab.Source{}, errors.New("--preset and -f are exclusive: a preset is a lab file")
 	}
-	var (
-		b   []byte
-		err error
-	)
-	if file == "-" {
-		b, err = io.ReadAll(os.Stdin)
-	} else {
-		b, err = os.ReadFile(file)
-	}
+	b, err := readFileOrStdin(file)
 	if err != nil {
-		return lab.Source{}, fmt.Errorf("read lab file: %w", err)
+		return lab.Source{}, fmt.Errorf("lab file: %w", err)
 	}
 	return lab.Source{File: b, FileName: file}, nil
 }
@@ -251,4 +235,67 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func newLabApplyCmd() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "apply NAME -f objects.yaml",
+		Short: "Apply Kubernetes objects (Pod, Deployment, Service) to a running lab",
+		Long: `Apply Kubernetes objects to a running lab, like kubectl apply: new pods are
+scheduled (spec.nodeName, else round-robin over the nodes matching the
+nodeSelector) and attached through CNI; a Deployment's replica count adds or
+removes pods; a Service keeps its cluster IP and node ports. Everything is
+validated first: an invalid object changes nothing. The lab runs no
+controllers: pod template changes of a Deployment apply to new pods only.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if file == "" {
+				return errors.New("-f objects.yaml is required (- reads stdin)")
+			}
+			b, err := readFileOrStdin(file)
+			if err != nil {
+				return err
+			}
+			bins, err := lab.FindBinaries("")
+			if err != nil {
+				return err
+			}
+			changes, err := lab.Apply(cmd.Context(), args[0], b, bins)
+			printLines(cmd.OutOrStdout(), changes)
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&file, "filename", "f", "", "Kubernetes YAML with Pods, Deployments and Services; - reads stdin")
+	return cmd
+}
+
+func newLabDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME KIND/NAME",
+		Short: "Delete a pod, deployment or service from a running lab (KIND/NAME or KIND/NAMESPACE/NAME)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			changes, err := lab.Delete(cmd.Context(), args[0], args[1])
+			printLines(cmd.OutOrStdout(), changes)
+			return err
+		},
+	}
+}
+
+func printLines(w io.Writer, lines []string) {
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+}
+
+func readFileOrStdin(file string) ([]byte, error) {
+	if file == "-" {
+		return io.ReadAll(os.Stdin)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", file, err)
+	}
+	return b, nil
 }

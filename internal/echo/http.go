@@ -75,6 +75,9 @@ func (s *httpServer) shutdown() {
 // shutdown and after every serve has returned (no new connections).
 func (s *httpServer) wait() { s.conns.Wait() }
 
+// maxRequestBody bounds what the server reads of a request body.
+const maxRequestBody = 64 << 20
+
 // handler answers every method and path with the Reply, except /healthz,
 // which answers "ok". It is a plain HandlerFunc rather than a ServeMux
 // because a mux redirects unclean paths ("//a", "/a/../b"), and any path must
@@ -84,6 +87,13 @@ func handler(id Identity, log *slog.Logger) http.Handler {
 		if r.URL.Path == "/healthz" {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		// Receive the whole request before answering: a client sending a
+		// large body (an MTU test) must see it arrive, not a reset from a
+		// server that closed with unread data.
+		if _, err := io.Copy(io.Discard, io.LimitReader(r.Body, maxRequestBody)); err != nil {
+			log.Debug("HTTP request body", "client", r.RemoteAddr, "err", err)
 			return
 		}
 		var local net.IP

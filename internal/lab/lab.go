@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/source/labstore"
 )
 
 // Source says where a lab file comes from: a preset name or file contents.
@@ -69,9 +70,25 @@ func Prepare(name string, src Source) (*Plan, []byte, error) {
 	return p, raw, nil
 }
 
-// Up builds a lab from a validated plan. If anything fails, everything
-// already built is removed again: a lab is either up or not there.
-func Up(ctx context.Context, p *Plan, labFile []byte) (*State, error) {
+// UpOptions are what Up needs besides the plan.
+type UpOptions struct {
+	// LabFile is the lab file the plan came from, kept in the lab's state.
+	LabFile []byte
+	// Binaries the lab runs: agents, echo servers, the CNI plugin.
+	Binaries Binaries
+	// AgentTimeout bounds the wait for the agents' first sync; default
+	// 60s (the test VM is slow).
+	AgentTimeout time.Duration
+}
+
+// Up builds a lab from a validated plan: the underlay, the store with the
+// lab's objects, an agent per node, and the pods, attached through CNI. If
+// anything fails, everything already built is removed again: a lab is
+// either up or not there.
+func Up(ctx context.Context, p *Plan, opts UpOptions) (*State, error) {
+	if err := p.checkFeatures(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab up %s: %w", p.Name, err)
 	}
@@ -87,18 +104,65 @@ func Up(ctx context.Context, p *Plan, labFile []byte) (*State, error) {
 		return nil, fmt.Errorf("lab %q: namespaces of an earlier lab of that name are still there (%s); kdive lab down %s removes them",
 			p.Name, strings.Join(left, ", "), p.Name)
 	}
-	s := &State{Plan: p, Created: time.Now().UTC().Truncate(time.Second), LabFile: string(labFile)}
-	if err := buildUnderlay(ctx, p); err != nil {
+	s := &State{Plan: p, Created: time.Now().UTC().Truncate(time.Second), LabFile: string(opts.LabFile)}
+	if err := up(ctx, s, opts); err != nil {
 		if derr := teardown(p.Name); derr != nil {
 			err = errors.Join(err, fmt.Errorf("cleaning up: %w", derr))
 		}
 		return nil, fmt.Errorf("lab up %s: %w", p.Name, err)
 	}
-	if err := s.save(); err != nil {
-		_ = teardown(p.Name)
-		return nil, err
-	}
 	return s, nil
+}
+
+// Features lists the kernel features a lab needs.
+func (p *Plan) Features() []kernel.Feature {
+	f := []kernel.Feature{kernel.FeatureVeth, kernel.FeatureBridge, kernel.FeatureNFTables}
+	switch p.PodNetwork.Encap {
+	case "ipip":
+		f = append(f, kernel.FeatureIPIP)
+	case "vxlan":
+		f = append(f, kernel.FeatureVXLAN)
+	}
+	return f
+}
+
+// checkFeatures fails before anything is built when the kernel lacks what
+// the lab needs, saying how to run it anyway.
+func (p *Plan) checkFeatures() error {
+	for _, f := range p.Features() {
+		if err := kernel.Probe(f); err != nil {
+			return fmt.Errorf("lab %s needs %s, which this kernel lacks (%v); run it in the test VM: hack/vmrun kdive lab up ...", p.Name, f, err)
+		}
+	}
+	return nil
+}
+
+func up(ctx context.Context, s *State, opts UpOptions) error {
+	p := s.Plan
+	if opts.AgentTimeout == 0 {
+		opts.AgentTimeout = 60 * time.Second
+	}
+	if err := s.save(); err != nil {
+		return err
+	}
+	if err := buildUnderlay(ctx, p); err != nil {
+		return err
+	}
+	if err := p.seedStore(); err != nil {
+		return err
+	}
+	if err := p.installCNI(opts.Binaries); err != nil {
+		return err
+	}
+	if err := p.startAgents(ctx, opts.Binaries, opts.AgentTimeout); err != nil {
+		return err
+	}
+	for i := range p.Objects.Pods {
+		if err := p.attachPod(ctx, opts.Binaries, &p.Objects.Pods[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Down removes the named lab: its processes, namespaces (and with them
@@ -180,8 +244,12 @@ func ExecTarget(s *State, target string) (string, error) {
 		return kernel.NetNSDir + "/" + n.NetNS, nil
 	}
 	var matches []string
-	for i := range p.Objects.Pods {
-		pod := &p.Objects.Pods[i]
+	pods := p.Objects.Pods
+	if snap, err := labstore.Open(p.storeDir()).Read(); err == nil && snap.Revision > 0 {
+		pods = snap.Pods
+	}
+	for i := range pods {
+		pod := &pods[i]
 		if podKey(pod) == target || pod.Name == target {
 			matches = append(matches, podKey(pod))
 		}
@@ -194,7 +262,12 @@ func ExecTarget(s *State, target string) (string, error) {
 		}
 		return "", fmt.Errorf("lab %s has no node or pod %q (nodes: %s; also router, external)", p.Name, target, strings.Join(nodes, ", "))
 	case 1:
-		return "", fmt.Errorf("pod %s of lab %s has no network namespace yet: this kdive attaches no pods yet (the pod network is the next capability)", matches[0], p.Name)
+		ns, name, _ := strings.Cut(matches[0], "/")
+		path := kernel.NetNSDir + "/" + PodNetNS(p.Name, ns, name)
+		if _, err := os.Stat(path); err != nil {
+			return "", fmt.Errorf("pod %s of lab %s has no network namespace (not attached)", matches[0], p.Name)
+		}
+		return path, nil
 	default:
 		return "", fmt.Errorf("pod name %q is ambiguous in lab %s: %s", target, p.Name, strings.Join(matches, ", "))
 	}

@@ -21,6 +21,32 @@ import (
 // These tests build real labs (root, network namespaces). Each uses its own
 // lab name so they never touch a lab someone else runs.
 
+// testBins are kdive and kdive-cni built for this test run (TestMain).
+var testBins Binaries
+
+// With KDIVE_TEST_BINDIR (make test sets it to bin/), the tests use the
+// binaries there: in the test VM nothing can be built.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("KDIVE_TEST_BINDIR"); dir != "" {
+		testBins = Binaries{Kdive: dir + "/kdive", KdiveCNI: dir + "/kdive-cni"}
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "kdive-lab-test")
+	if err != nil {
+		panic(err)
+	}
+	testBins = Binaries{Kdive: dir + "/kdive", KdiveCNI: dir + "/kdive-cni"}
+	for bin, pkg := range map[string]string{testBins.Kdive: "../../cmd/kdive", testBins.KdiveCNI: "../../cmd/kdive-cni"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			os.Stderr.Write(out)
+			panic(err)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 func upTestLab(t *testing.T, name, text string) *State {
 	t.Helper()
 	ktest.RequireFeature(t, kernel.FeatureVeth)
@@ -28,7 +54,7 @@ func upTestLab(t *testing.T, name, text string) *State {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	_ = Down(name)
 	p := mustPlan(t, name, text)
-	s, err := Up(context.Background(), p, []byte(text))
+	s, err := Up(context.Background(), p, UpOptions{LabFile: []byte(text), Binaries: testBins})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +80,8 @@ func TestUpDownLeavesNothing(t *testing.T) {
 	s := upTestLab(t, "kdt-updown", testLab)
 	p := s.Plan
 	nss, _ := kernel.ListNetNS(NetNSPrefix(p.Name))
-	if len(nss) != 5 {
-		t.Errorf("namespaces = %v, want router, external and 3 nodes", nss)
+	if len(nss) != 5+len(p.Objects.Pods) {
+		t.Errorf("namespaces = %v, want router, external, 3 nodes and %d pods", nss, len(p.Objects.Pods))
 	}
 	if _, err := os.Stat(Dir(p.Name) + "/lab.json"); err != nil {
 		t.Errorf("state file: %v", err)
@@ -72,7 +98,7 @@ func TestUpDownLeavesNothing(t *testing.T) {
 		}
 	}
 	// A second up of the same name is refused and breaks nothing.
-	if _, err := Up(context.Background(), p, nil); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins}); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second up: %v", err)
 	}
 	// A process started in a node (as agents and pods will be) dies with the lab.
@@ -110,7 +136,7 @@ func TestFailedUpLeavesNothing(t *testing.T) {
 	_ = Down(name)
 	p := mustPlan(t, name, testLab)
 	p.Nodes[2].RouterPort = p.Nodes[1].RouterPort // the kernel refuses the second link
-	if _, err := Up(context.Background(), p, nil); err == nil {
+	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins}); err == nil {
 		t.Fatal("up with a clashing link name succeeded")
 	}
 	if nss, _ := kernel.ListNetNS(NetNSPrefix(name)); len(nss) != 0 {
@@ -215,7 +241,7 @@ func TestExecTarget(t *testing.T) {
 		}
 	}
 	for target, want := range map[string]string{
-		"n9": "no node or pod", "web-1": "no network namespace yet", "default/pinned": "no network namespace yet",
+		"n9": "no node or pod", "web-1": "no network namespace (not attached)", "default/pinned": "no network namespace (not attached)",
 	} {
 		if _, err := ExecTarget(s, target); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ExecTarget(%s) error = %v, want %q", target, err, want)

@@ -34,6 +34,19 @@ type typeMeta struct {
 }
 
 func planObjects(raw []json.RawMessage, p *Plan, fp *field.Path) (Objects, field.ErrorList) {
+	objs, errs := decodeObjects(raw, fp)
+	if len(errs) > 0 {
+		return objs, errs
+	}
+	errs = append(errs, objs.expandDeployments(fp)...)
+	errs = append(errs, objs.schedule(p, fp)...)
+	errs = append(errs, objs.allocateServices(p, fp, nil)...)
+	return objs, errs
+}
+
+// decodeObjects decodes and checks each object on its own: known kind,
+// strict fields, names, no duplicates.
+func decodeObjects(raw []json.RawMessage, fp *field.Path) (Objects, field.ErrorList) {
 	var (
 		objs Objects
 		errs field.ErrorList
@@ -92,12 +105,6 @@ func planObjects(raw []json.RawMessage, p *Plan, fp *field.Path) (Objects, field
 		}
 		seen[key] = ip
 	}
-	if len(errs) > 0 {
-		return objs, errs
-	}
-	errs = append(errs, objs.expandDeployments(fp)...)
-	errs = append(errs, objs.schedule(p, fp)...)
-	errs = append(errs, objs.allocateServices(p, fp)...)
 	return objs, errs
 }
 
@@ -197,10 +204,20 @@ func matchesSelector(n NodePlan, sel map[string]string) bool {
 
 // allocateServices checks and assigns cluster IPs (from the service CIDR,
 // lowest free first) and node ports (30000-32767, lowest free first).
-func (o *Objects) allocateServices(p *Plan, fp *field.Path) field.ErrorList {
+func (o *Objects) allocateServices(p *Plan, fp *field.Path, existing []corev1.Service) field.ErrorList {
 	var errs field.ErrorList
 	usedIP := map[netip.Addr]string{}
 	usedPort := map[int32]string{}
+	for _, s := range existing {
+		if a, err := netip.ParseAddr(s.Spec.ClusterIP); err == nil {
+			usedIP[a] = ServiceName(&s)
+		}
+		for _, pt := range s.Spec.Ports {
+			if pt.NodePort != 0 {
+				usedPort[pt.NodePort] = ServiceName(&s)
+			}
+		}
+	}
 	// Honour explicit values first, so allocation never takes them.
 	for i := range o.Services {
 		s := &o.Services[i]
@@ -231,7 +248,7 @@ func (o *Objects) allocateServices(p *Plan, fp *field.Path) field.ErrorList {
 			if pt.NodePort != 0 {
 				if pt.NodePort < nodePortMin || pt.NodePort > nodePortMax {
 					errs = append(errs, field.Invalid(pp.Child("nodePort"), pt.NodePort, fmt.Sprintf("must be in %d-%d", nodePortMin, nodePortMax)))
-				} else if other, ok := usedPort[pt.NodePort]; ok {
+				} else if other, ok := usedPort[pt.NodePort]; ok && other != ServiceName(s) {
 					errs = append(errs, field.Duplicate(pp.Child("nodePort"), fmt.Sprintf("%d (also %s)", pt.NodePort, other)))
 				}
 				usedPort[pt.NodePort] = s.Namespace + "/" + s.Name
@@ -247,7 +264,7 @@ func (o *Objects) allocateServices(p *Plan, fp *field.Path) field.ErrorList {
 		case !p.ServiceCIDR.Contains(a) || a == p.ServiceCIDR.Addr() || a == lastAddr(p.ServiceCIDR):
 			errs = append(errs, field.Invalid(sp.Child("clusterIP"), s.Spec.ClusterIP, fmt.Sprintf("is not a usable address of the service CIDR %s", p.ServiceCIDR)))
 		default:
-			if other, ok := usedIP[a]; ok {
+			if other, ok := usedIP[a]; ok && other != ServiceName(s) {
 				errs = append(errs, field.Duplicate(sp.Child("clusterIP"), fmt.Sprintf("%s (also %s)", a, other)))
 			}
 			usedIP[a] = s.Namespace + "/" + s.Name

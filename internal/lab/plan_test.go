@@ -138,7 +138,7 @@ func TestPlanAddresses(t *testing.T) {
 	rs := p.routerRuleset()
 	for _, w := range []string{
 		"02:6b:ac:14:01:32 . 172.20.1.50", "02:6b:c6:33:64:0a . 198.51.100.10",
-		`counter name "dropped" drop`, "policy drop",
+		`counter name "dropped" drop`, "fib daddr type local accept",
 	} {
 		if !strings.Contains(rs, w) {
 			t.Errorf("router ruleset lacks %q:\n%s", w, rs)

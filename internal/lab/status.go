@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/source/labstore"
 )
 
 // Status is what `kdive lab status -o json` prints; scripts depend on its
@@ -110,10 +111,16 @@ func GetStatus(ctx context.Context, s *State) *Status {
 	if len(st.Problems) > 0 {
 		st.State = "degraded"
 	}
-	for _, pod := range p.Objects.Pods {
+	pods, services := p.Objects.Pods, p.Objects.Services
+	if snap, err := labstore.Open(p.storeDir()).Read(); err != nil {
+		st.Problems = append(st.Problems, err.Error())
+	} else if snap.Revision > 0 {
+		pods, services = snap.Pods, snap.Services
+	}
+	for _, pod := range pods {
 		st.Pods = append(st.Pods, PodStatus{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IP: pod.Status.PodIP})
 	}
-	for _, svc := range p.Objects.Services {
+	for _, svc := range services {
 		ss := ServiceStatus{Namespace: svc.Namespace, Name: svc.Name, Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP, Ports: []PortStatus{}}
 		for _, pt := range svc.Spec.Ports {
 			ps := PortStatus{Name: pt.Name, Port: pt.Port, Protocol: string(pt.Protocol), NodePort: pt.NodePort}

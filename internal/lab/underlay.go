@@ -178,8 +178,11 @@ table inet {{.Table}} {
 	}
 	counter forwarded { }
 	counter dropped { }
-	chain forward {
-		type filter hook forward priority filter; policy drop;
+	# Checked before routing, so a packet to an address the router has no
+	# route for (a pod's) is counted as dropped too, not silently lost.
+	chain prerouting {
+		type filter hook prerouting priority filter; policy accept;
+		fib daddr type local accept
 		ether saddr . ip saddr @hosts ip daddr @destinations counter name "forwarded" accept
 		counter name "dropped" drop
 	}
