@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The demo `make demo` runs: bring up the default lab, show it, send traffic
-# across it, and tear it down again (also when a step fails).
+# The demo `make demo` runs: bring up the default lab, show its pods and a
+# node's routes, send traffic between pods across nodes and subnets, show
+# the VPC check that makes encapsulation necessary, and tear it all down
+# again (also when a step fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kdive=bin/kdive
 lab=kdive
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+podip() { $kdive lab status "$lab" | awk -v p="$1" '$1==p {print $3}'; }
 
 $kdive lab down "$lab" >/dev/null 2>&1 || true
 trap '$kdive lab down "$lab"' EXIT
@@ -14,26 +17,30 @@ trap '$kdive lab down "$lab"' EXIT
 step "kdive lab up (preset D: routed veths, VXLAN across subnets, nftables)"
 $kdive lab up --name "$lab"
 
-step "an echo server on node-3 (subnet zone-b)"
-$kdive lab exec "$lab" node-3 -- $kdive echo --node node-3 --pod demo --namespace default --listen tcp:8080 2>/dev/null &
+step "node-1's routes: its blackholed block, a /32 per pod, node-2 direct, node-3 over VXLAN"
+$kdive lab exec "$lab" node-1 -- ip route
+
+step "pod coredns-0 (node-1, zone-a) -> ingress-1 (node-2, zone-a): same subnet, direct over eth0"
+$kdive lab exec "$lab" kube-system/coredns-0 -- curl -s --max-time 3 "http://$(podip default/ingress-1):8080/"
+
+step "pod coredns-0 (node-1, zone-a) -> ingress-2 (node-3, zone-b): across subnets, VXLAN"
+$kdive lab exec "$lab" kube-system/coredns-0 -- curl -s --max-time 3 "http://$(podip default/ingress-2):8080/"
+
+step "a pod address sent unencapsulated across subnets: the router's VPC check drops it"
+$kdive lab exec "$lab" node-3 -- $kdive echo --node node-3 --listen tcp:9090 2>/dev/null &
 for _ in $(seq 50); do
-  $kdive lab exec "$lab" node-3 -- curl -s -o /dev/null --max-time 1 http://127.0.0.1:8080/ && break
+  $kdive lab exec "$lab" node-3 -- curl -s -o /dev/null --max-time 1 http://127.0.0.1:9090/ && break
   sleep 0.1
 done
-
-step "node-2 -> node-3: across subnets, through the router"
-$kdive lab exec "$lab" node-2 -- curl -s --max-time 3 http://172.20.2.10:8080/
-
-step "external client -> node-3"
-$kdive lab exec "$lab" external -- curl -s --max-time 3 http://172.20.2.10:8080/
-
-step "a pod address (10.0.1.5 on node-1) -> node-3: the router's VPC check drops it"
-$kdive lab exec "$lab" node-1 -- ip addr add 10.0.1.5/32 dev lo
-if $kdive lab exec "$lab" node-1 -- curl -s --max-time 2 --interface 10.0.1.5 http://172.20.2.10:8080/; then
+echo "node-1 -> node-3 from node-1's own address:"
+$kdive lab exec "$lab" node-1 -- curl -s --max-time 3 http://172.20.2.10:9090/
+echo "node-1 -> node-3 from a pod address (10.0.1.250), not encapsulated:"
+$kdive lab exec "$lab" node-1 -- ip addr add 10.0.1.250/32 dev lo
+if $kdive lab exec "$lab" node-1 -- curl -s --max-time 2 --interface 10.0.1.250 http://172.20.2.10:9090/; then
   echo "unexpected: the packet crossed the router" >&2
   exit 1
 fi
-echo "(no answer, as in a cloud VPC: pod traffic must be encapsulated between subnets)"
+echo "(no answer: in a cloud VPC pod traffic must be encapsulated between subnets)"
 
 step "kdive lab status $lab"
 $kdive lab status "$lab"

@@ -119,11 +119,43 @@ func TestAgentReconcilesNodes(t *testing.T) {
 	eventually(t, "n3's block over VXLAN, across subnets", hasRoute("10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink"))
 	eventually(t, "the blackhole for n1's own block", hasRoute("blackhole 10.244.1.0/24"))
 
-	// A peer changes its address; another goes away.
+	// n3's VTEP is known to the VXLAN device.
+	vxlanState := func() string {
+		fdb, _ := node.FDB("vxlan.kdive")
+		nbs, _ := node.Neighbors("vxlan.kdive")
+		var out []string
+		for _, e := range fdb {
+			out = append(out, e.String())
+		}
+		for _, nb := range nbs {
+			out = append(out, nb.IP.String()+" "+nb.MAC.String())
+		}
+		return strings.Join(out, "\n")
+	}
+	n3VTEP := "0a:6b:c6:33:64:0a"
+	eventually(t, "n3's FDB entry and neighbour", func() bool {
+		v := vxlanState()
+		return strings.Contains(v, n3VTEP+" dst 198.51.100.10") && strings.Contains(v, "10.244.3.0 "+n3VTEP)
+	})
+
+	// A peer changes its address; another goes away, leaving nothing.
 	n2.Status.Addresses[0].Address = "192.0.2.12"
 	setNodes(n1, n2)
 	eventually(t, "n2's new address", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
 	eventually(t, "n3's route gone", func() bool { return !strings.Contains(routesText(t, node), "10.244.3.0/24") })
+	eventually(t, "n3's FDB entry and neighbour gone", func() bool { return !strings.Contains(vxlanState(), n3VTEP) })
+
+	// n3 comes back with another block: only the new block is routed.
+	n3.Spec.PodCIDR = "10.244.7.0/24"
+	setNodes(n1, n2, n3)
+	eventually(t, "n3's new block", hasRoute("10.244.7.0/24 via 10.244.7.0 dev vxlan.kdive onlink"))
+	eventually(t, "n3's new neighbour", func() bool { return strings.Contains(vxlanState(), "10.244.7.0 "+n3VTEP) })
+	if rt := routesText(t, node); strings.Contains(rt, "10.244.3.0") {
+		t.Errorf("stale route of n3's old block:\n%s", rt)
+	}
+	if v := vxlanState(); strings.Contains(v, "10.244.3.0") {
+		t.Errorf("stale neighbour of n3's old block:\n%s", v)
+	}
 
 	// A route deleted by hand comes back with the next periodic sync.
 	if err := node.DeleteRoute(kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.12"), Dev: "eth0"}); err != nil {

@@ -54,9 +54,11 @@
 // kernel.RouteProtocolCNI. No one owns 169.254.1.1: the host end answers the
 // pod's ARP for it with its own MAC (proxy ARP). The kernel only proxies ARP
 // for an address it can route, so the node needs a route covering
-// 169.254.1.1 (its default route on a real node); ADD and STATUS fail with a
-// message saying so when it has none, rather than attach a pod that cannot
-// reach anything.
+// 169.254.1.1: its default route on a real node, and in routed mode the
+// agent (internal/podnet) also installs "169.254.1.1/32 dev lo" so nodes
+// without a default route (lab nodes) work. ADD and STATUS fail with a
+// message saying so when there is none, rather than attach a pod that
+// cannot reach anything.
 //
 // # Bridge mode (kube-router style)
 //

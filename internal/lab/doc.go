@@ -18,6 +18,17 @@
 // lab connects to the host's root namespace and no lab namespace has a
 // default route.
 //
-// Naming: lab L's namespaces are kdive-L.<node>, kdive-L.router and
-// kdive-L.external; the links it creates carry the ifalias "kdive-lab:L".
+// On the underlay the lab runs a small cluster (cluster.go, pods.go): its
+// control plane writes Nodes (with pod blocks), Pods (scheduled) and
+// Services (with cluster IPs and node ports) to the lab's store
+// (internal/source/labstore); every node runs `kdive agent` in its
+// namespace, reading that store through informers; every pod is a
+// namespace attached by invoking kdive-cni through libcni inside its node's
+// namespace, as containerd would, and runs `kdive echo` on its container
+// ports. Apply and Delete (apply.go) change a running lab like kubectl.
+// Up checks the kernel features a lab needs first (presets A-C need ipip).
+//
+// Naming: lab L's namespaces are kdive-L.<node>, kdive-L.router,
+// kdive-L.external and kdive-L.pod.<namespace>.<name>; the underlay links
+// carry the ifalias "kdive-lab:L"; lab processes run with KDIVE_LAB=L.
 package lab
