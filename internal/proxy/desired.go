@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/kdive/kdive/internal/model"
+)
+
+// Node is the node the proxy runs on, as the backends need it.
+type Node struct {
+	Name string
+	Zone string
+	// IPs are the node's addresses; the first is its primary (InternalIP).
+	IPs []netip.Addr
+}
+
+// Config are the proxy settings every backend honours.
+type Config struct {
+	// ClusterCIDRs are the pod network's ranges: traffic to a cluster IP
+	// from outside them is masqueraded (kube-proxy's --cluster-cidr local
+	// traffic detector).
+	ClusterCIDRs []netip.Prefix
+	// NodePortAddresses restricts the addresses NodePorts answer on; empty
+	// means the node's primary IP (kube-proxy's "primary" default).
+	NodePortAddresses []netip.Prefix
+	// LocalhostNodePorts also opens NodePorts on 127.0.0.1.
+	LocalhostNodePorts bool
+	// MasqueradeAll masquerades all traffic to cluster IPs.
+	MasqueradeAll bool
+}
+
+// Desired is the snapshot a backend renders: everything about this node's
+// services, with endpoints already chosen by traffic policy and topology.
+// Backends render it and apply the difference; they make no policy
+// decisions of their own.
+type Desired struct {
+	Node   Node
+	Config Config
+	// NodePortIPs are the addresses NodePorts answer on (from
+	// Config.NodePortAddresses and the node's IPs, plus 127.0.0.1 with
+	// LocalhostNodePorts).
+	NodePortIPs []netip.Addr
+	// Services, sorted by name.
+	Services []*Port
+	// Changed names the ports that changed since the previous Sync (added,
+	// changed or removed). nil means "everything": a full sync.
+	Changed map[model.ServicePortName]bool
+}
+
+// Port is a service port with the endpoints each kind of traffic uses.
+type Port struct {
+	model.ServicePort
+	// Cluster are the endpoints for traffic under the Cluster policy:
+	// ready ones (filtered by topology hints when they apply), else the
+	// serving-terminating ones. Empty when no traffic uses them.
+	Cluster []model.Endpoint
+	// Local are this node's endpoints for traffic under the Local policy:
+	// ready ones, else serving-terminating ones.
+	Local []model.Endpoint
+	// HasEndpoints says the service has some usable endpoint anywhere:
+	// when the endpoints a packet may use are empty, it is REJECTed if
+	// HasEndpoints is false (nothing to talk to), DROPped otherwise (there
+	// are endpoints, but not for this traffic).
+	HasEndpoints bool
+}
+
+// InternalEndpoints are the endpoints for traffic to cluster IPs.
+func (p *Port) InternalEndpoints() []model.Endpoint {
+	if p.InternalPolicyLocal {
+		return p.Local
+	}
+	return p.Cluster
+}
+
+// ExternalEndpoints are the endpoints for traffic to NodePorts, external
+// IPs and LoadBalancer IPs from outside the node and its pods. (Traffic
+// from this node or its pods to those addresses uses Cluster endpoints,
+// like kube-proxy's short circuit, when the policy is Local.)
+func (p *Port) ExternalEndpoints() []model.Endpoint {
+	if p.ExternalPolicyLocal {
+		return p.Local
+	}
+	return p.Cluster
+}
+
+// ExternallyAccessible says the port has addresses outside the cluster
+// network: a NodePort, external IPs or LoadBalancer IPs.
+func (p *Port) ExternallyAccessible() bool {
+	return p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0
+}
+
+// usesCluster and usesLocal say which endpoint sets some traffic uses.
+func (p *Port) usesCluster() bool {
+	return !p.InternalPolicyLocal || (p.ExternallyAccessible() && !p.ExternalPolicyLocal)
+}
+
+func (p *Port) usesLocal() bool {
+	return p.InternalPolicyLocal || (p.ExternallyAccessible() && p.ExternalPolicyLocal)
+}
+
+// Resolve chooses a port's endpoints for this node, as upstream
+// kube-proxy's CategorizeEndpoints does: cluster endpoints are the ready
+// ones (only those hinted for this node's zone when topology applies),
+// falling back to serving-terminating ones when none is ready; local
+// endpoints are this node's ready ones, else its serving-terminating ones.
+func Resolve(sp model.ServicePort, node Node) *Port {
+	p := &Port{ServicePort: sp}
+	eps := sp.Endpoints
+	if p.usesCluster() {
+		hinted := useZoneHints(sp, node.Zone)
+		inZone := func(e model.Endpoint) bool { return !hinted || slices.Contains(e.ZoneHints, node.Zone) }
+		p.Cluster = filter(eps, func(e model.Endpoint) bool { return e.Ready && inZone(e) })
+		if len(p.Cluster) == 0 {
+			p.Cluster = filter(eps, func(e model.Endpoint) bool { return e.Serving && e.Terminating && inZone(e) })
+		}
+		p.HasEndpoints = len(p.Cluster) > 0
+	}
+	if !p.usesLocal() {
+		return p
+	}
+	var localReady, localTerminating bool
+	for _, e := range eps {
+		switch {
+		case e.Ready:
+			p.HasEndpoints = true
+			localReady = localReady || e.NodeName == node.Name
+		case e.Serving && e.Terminating:
+			p.HasEndpoints = true
+			localTerminating = localTerminating || e.NodeName == node.Name
+		}
+	}
+	switch {
+	case localReady:
+		p.Local = filter(eps, func(e model.Endpoint) bool { return e.NodeName == node.Name && e.Ready })
+	case localTerminating:
+		p.Local = filter(eps, func(e model.Endpoint) bool {
+			return e.NodeName == node.Name && e.Serving && e.Terminating
+		})
+	}
+	return p
+}
+
+// useZoneHints says whether topology aware routing applies: the service
+// prefers close endpoints, the node has a zone, every ready endpoint has
+// hints and at least one is hinted for this zone (else all zones are used,
+// as upstream does, rather than black-holing the zone).
+func useZoneHints(sp model.ServicePort, zone string) bool {
+	if !sp.PreferClose || zone == "" {
+		return false
+	}
+	found := false
+	for _, e := range sp.Endpoints {
+		if !e.Ready {
+			continue
+		}
+		if len(e.ZoneHints) == 0 {
+			return false
+		}
+		found = found || slices.Contains(e.ZoneHints, zone)
+	}
+	return found
+}
+
+func filter(eps []model.Endpoint, keep func(model.Endpoint) bool) []model.Endpoint {
+	var out []model.Endpoint
+	for _, e := range eps {
+		if keep(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// NodePortIPs resolves where NodePorts answer on a node.
+func NodePortIPs(cfg Config, node Node) []netip.Addr {
+	var out []netip.Addr
+	if len(cfg.NodePortAddresses) == 0 {
+		if len(node.IPs) > 0 {
+			out = append(out, node.IPs[0])
+		}
+	} else {
+		for _, ip := range node.IPs {
+			for _, p := range cfg.NodePortAddresses {
+				if p.Contains(ip) && !slices.Contains(out, ip) {
+					out = append(out, ip)
+				}
+			}
+		}
+	}
+	if cfg.LocalhostNodePorts {
+		out = append(out, netip.MustParseAddr("127.0.0.1"))
+	}
+	return out
+}

@@ -1,0 +1,15 @@
+// Package proxy is kdive's service proxy core, shared by every mode: it
+// tracks Services and EndpointSlices, turns them into this node's Desired
+// snapshot (service ports with the endpoints each kind of traffic uses,
+// decided here once, as upstream kube-proxy's CategorizeEndpoints does),
+// and hands it to a Backend (subpackages nftables, iptables, ipvs) that
+// renders and applies it.
+//
+// Semantics decided here, not in the backends: which endpoints serve
+// cluster-IP traffic (internalTrafficPolicy), which serve NodePort, external
+// and LoadBalancer traffic (externalTrafficPolicy), the fallback to
+// serving-terminating endpoints, topology hints (trafficDistribution
+// PreferClose), and REJECT versus DROP when a packet has no endpoint
+// (Port.HasEndpoints). The subpackage proxytest holds the packet-flow case
+// table every backend must pass.
+package proxy
