@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+
+	"github.com/kdive/kdive/internal/model"
+)
+
+// Tracker turns Services and EndpointSlices into Desired snapshots. Event
+// handlers mark services dirty; Desired recomputes only those and reports
+// their ports as Changed, so backends touch only what changed, unless a
+// full snapshot is asked for.
+type Tracker struct {
+	services corelisters.ServiceLister
+	slices   discoverylisters.EndpointSliceLister
+
+	mu    sync.Mutex
+	dirty map[string]bool                // "ns/name" of services to recompute
+	ports map[string][]model.ServicePort // per service, as last computed
+	errs  map[string]error               // per service, why it is not served
+	node  Node                           // node the cache was resolved for
+	cache map[string][]*Port             // per service, resolved for node
+}
+
+// NewTracker returns a tracker reading from the informers' listers. It
+// does no work until Desired.
+func NewTracker(services corelisters.ServiceLister, slices discoverylisters.EndpointSliceLister) *Tracker {
+	return &Tracker{
+		services: services, slices: slices,
+		dirty: map[string]bool{}, ports: map[string][]model.ServicePort{},
+		errs: map[string]error{}, cache: map[string][]*Port{},
+	}
+}
+
+// ServiceChanged marks a service to recompute.
+func (t *Tracker) ServiceChanged(namespace, name string) {
+	t.mu.Lock()
+	t.dirty[namespace+"/"+name] = true
+	t.mu.Unlock()
+}
+
+// SliceChanged marks the service of an EndpointSlice to recompute.
+func (t *Tracker) SliceChanged(s *discoveryv1.EndpointSlice) {
+	if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" {
+		t.ServiceChanged(s.Namespace, svc)
+	}
+}
+
+// MarkAll makes the next Desired recompute every service (after the
+// caches sync, or to repair drift).
+func (t *Tracker) MarkAll() error {
+	all, err := t.services.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range all {
+		t.dirty[s.Namespace+"/"+s.Name] = true
+	}
+	for k := range t.ports {
+		t.dirty[k] = true
+	}
+	return nil
+}
+
+// Desired computes the snapshot for node. With full, Changed is nil (the
+// backend re-renders everything); otherwise it names the ports of the
+// services that changed since the previous call. Invalid services are left
+// out and reported, each error naming the object and the field; everything
+// else is served.
+func (t *Tracker) Desired(node Node, cfg Config, full bool) (*Desired, []error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := map[model.ServicePortName]bool{}
+	if !sameNode(node, t.node) {
+		t.node, t.cache, full = node, map[string][]*Port{}, true
+	}
+	for key := range t.dirty {
+		for _, p := range t.ports[key] {
+			changed[p.Name] = true
+		}
+		ports, err := t.compute(key)
+		delete(t.errs, key)
+		if err != nil {
+			t.errs[key] = err
+		}
+		if len(ports) == 0 {
+			delete(t.ports, key)
+			delete(t.cache, key)
+		} else {
+			t.ports[key] = ports
+			t.cache[key] = nil
+		}
+		for _, p := range ports {
+			changed[p.Name] = true
+		}
+	}
+	t.dirty = map[string]bool{}
+	d := &Desired{Node: node, Config: cfg, NodePortIPs: NodePortIPs(cfg, node), Changed: changed}
+	if full {
+		d.Changed = nil
+	}
+	for key, ports := range t.ports {
+		resolved := t.cache[key]
+		if resolved == nil {
+			for _, sp := range ports {
+				resolved = append(resolved, Resolve(sp, node))
+			}
+			t.cache[key] = resolved
+		}
+		d.Services = append(d.Services, resolved...)
+	}
+	sort.Slice(d.Services, func(i, j int) bool { return portKey(d.Services[i].Name) < portKey(d.Services[j].Name) })
+	var errs []error
+	for _, err := range t.errs {
+		errs = append(errs, err)
+	}
+	return d, errs
+}
+
+func (t *Tracker) compute(key string) ([]model.ServicePort, error) {
+	ns, name := splitKey(key)
+	svc, err := t.services.Services(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", key, err)
+	}
+	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name})
+	sl, err := t.slices.EndpointSlices(ns).List(sel)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint slices of %s: %w", key, err)
+	}
+	return ServicePorts(svc, sl)
+}
+
+func splitKey(key string) (string, string) {
+	for i := range key {
+		if key[i] == '/' {
+			return key[:i], key[i+1:]
+		}
+	}
+	return "", key
+}
+
+func sameNode(a, b Node) bool {
+	return a.Name == b.Name && a.Zone == b.Zone && slices.Equal(a.IPs, b.IPs)
+}
