@@ -42,5 +42,3 @@ func TestDeleteConntrack(t *testing.T) {
 		t.Fatalf("deleted %d entries by reply source, %v; want the one left", n, err)
 	}
 }
-
-
