@@ -78,7 +78,9 @@ func StaleConntrack(prev, next *Desired) []kernel.ConntrackFilter {
 	return out
 }
 
-func usable(p *Port) []model.Endpoint { return append(append([]model.Endpoint{}, p.Cluster...), p.Local...) }
+func usable(p *Port) []model.Endpoint {
+	return append(append([]model.Endpoint{}, p.Cluster...), p.Local...)
+}
 
 func serviceAddrs(p *Port) []netip.Addr {
 	out := append([]netip.Addr{}, p.ClusterIPs...)
