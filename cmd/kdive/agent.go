@@ -19,11 +19,12 @@ func newAgentCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [--config FILE] [flags]",
-		Short: "Run the node agent: the node's CNI config, pod network routes and tunnels",
-		Long: `Run the node agent, one per node. It reads Nodes through client-go informers
-(from a real API server with --kubeconfig, or from a lab's store with
---lab-store), writes the node's CNI network config (10-kdive.conflist) and
-keeps the node's routes and tunnels as the pod network mode says.
+		Short: "Run the node agent: the node's CNI config, pod network routes and tunnels, and the service proxy",
+		Long: `Run the node agent, one per node. It reads Nodes, Services and EndpointSlices
+through client-go informers (from a real API server with --kubeconfig, or from
+a lab's store with --lab-store), writes the node's CNI network config
+(10-kdive.conflist), keeps the node's routes and tunnels as the pod network
+mode says, and load-balances Services in the proxy mode (nftables, iptables).
 
 Configuration comes from --config (kind: AgentConfiguration); flags override
 its fields.`,
@@ -49,6 +50,11 @@ its fields.`,
 			set("uplink", &cfg.Uplink, fl.Uplink)
 			set("cni-conf-dir", &cfg.CNI.ConfDir, fl.CNI.ConfDir)
 			set("cni-data-dir", &cfg.CNI.DataDir, fl.CNI.DataDir)
+			set("proxy-mode", &cfg.Proxy.Mode, fl.Proxy.Mode)
+			set("cluster-cidr", &cfg.Proxy.ClusterCIDR, fl.Proxy.ClusterCIDR)
+			if f.Changed("nodeport-addresses") {
+				cfg.Proxy.NodePortAddresses = fl.Proxy.NodePortAddresses
+			}
 			if f.Changed("interface") {
 				cfg.PodNetwork.Interface = fl.PodNetwork.Interface
 			}
@@ -84,6 +90,9 @@ its fields.`,
 	f.StringVar((*string)(&fl.PodNetwork.Interface), "interface", "", "pod interfaces: routed or bridge (default routed)")
 	f.StringVar((*string)(&fl.PodNetwork.Encap), "encap", "", "between nodes: none, ipip or vxlan (default vxlan)")
 	f.StringVar((*string)(&fl.PodNetwork.EncapPolicy), "encap-policy", "", "encapsulate always or cross-subnet (default cross-subnet)")
+	f.StringVar(&fl.Proxy.Mode, "proxy-mode", "", "service proxy: nftables, iptables or none (default nftables)")
+	f.StringVar(&fl.Proxy.ClusterCIDR, "cluster-cidr", "", "the cluster's pod range; traffic to cluster IPs from outside it is masqueraded (default: this node's pod CIDR)")
+	f.StringSliceVar(&fl.Proxy.NodePortAddresses, "nodeport-addresses", nil, "CIDRs of the node addresses NodePorts answer on (default: the node's primary IP)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
 	return cmd
 }

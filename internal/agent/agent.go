@@ -43,6 +43,7 @@ type Agent struct {
 	trigger chan struct{}
 
 	nodes    corelisters.NodeLister
+	proxy    *proxyRunner
 	podnet   *podnet.Reconciler
 	uplink   string
 	confList []byte
@@ -93,6 +94,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("watch nodes: %w", err)
 	}
+	if err := a.setupProxy(factory); err != nil {
+		return err
+	}
+	defer a.closeProxy()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
@@ -119,15 +124,18 @@ func (a *Agent) loop(ctx context.Context) error {
 	var retry <-chan time.Time
 	a.Trigger()
 	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-a.trigger:
 		case <-resync.C:
+			full = true
 		case <-retry:
+			full = true
 		}
 		start := time.Now()
-		err := a.syncOnce(ctx)
+		err := a.syncOnce(ctx, full)
 		switch {
 		case err == nil:
 			backoff, retry = 0, nil
@@ -149,13 +157,20 @@ func (a *Agent) loop(ctx context.Context) error {
 	}
 }
 
-// syncOnce computes this node's desired pod network from the informers'
-// caches and applies it: the CNI network config, then routes and tunnels.
-func (a *Agent) syncOnce(ctx context.Context) error {
+// syncOnce computes this node's desired state from the informers' caches
+// and applies it: the pod network, then the service proxy (full: every
+// service, not only the ones that changed). A failure of one does not keep
+// the other from being applied.
+func (a *Agent) syncOnce(ctx context.Context, full bool) error {
 	st, err := a.desiredState()
 	if err != nil {
 		return err
 	}
+	return errors.Join(a.syncPodNet(ctx, st), a.syncProxy(ctx, st.Local, full))
+}
+
+// syncPodNet writes the CNI network config, then routes and tunnels.
+func (a *Agent) syncPodNet(ctx context.Context, st podnet.State) error {
 	up, err := a.findUplink(st.Local.IP)
 	if err != nil {
 		return err

@@ -86,6 +86,7 @@ func TestAgentReconcilesNodes(t *testing.T) {
 		ClientConnection: ClientConnection{LabStore: store.Dir()},
 		PodNetwork:       model.PodNetwork{Interface: model.InterfaceRouted, Encap: model.EncapVXLAN, EncapPolicy: model.EncapCrossSubnet},
 		CNI:              CNIConfig{ConfDir: filepath.Join(dir, "net.d"), DataDir: filepath.Join(dir, "ipam")},
+		Proxy:            ProxyConfig{Mode: "none"},
 		SyncPeriod:       metav1.Duration{Duration: time.Second},
 		MinSyncPeriod:    metav1.Duration{Duration: 10 * time.Millisecond},
 	}

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,6 +38,8 @@ type Configuration struct {
 	// overhead (IPIP 20, VXLAN 50).
 	MTU int       `json:"mtu,omitempty"`
 	CNI CNIConfig `json:"cni,omitempty"`
+	// Proxy configures the service proxy.
+	Proxy ProxyConfig `json:"proxy,omitempty"`
 	// SyncPeriod is how often the agent re-applies everything, repairing
 	// what someone changed by hand; default 30s.
 	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
@@ -61,6 +65,28 @@ type CNIConfig struct {
 	// DataDir holds the plugin's IPAM store; default /var/lib/cni/kdive.
 	DataDir string `json:"dataDir,omitempty"`
 }
+
+// ProxyConfig configures the service proxy (kube-proxy's settings of the
+// same names).
+type ProxyConfig struct {
+	// Mode is nftables (default), iptables, or none (no service proxy:
+	// only the pod network, e.g. beside kube-proxy).
+	Mode string `json:"mode,omitempty"`
+	// ClusterCIDR is the cluster's pod range; traffic to cluster IPs from
+	// outside it is masqueraded. Default: this node's pod CIDR
+	// (kube-proxy's NodeCIDR local-traffic detector).
+	ClusterCIDR string `json:"clusterCIDR,omitempty"`
+	// NodePortAddresses restricts NodePorts to node addresses within these
+	// CIDRs; empty means the node's primary IP.
+	NodePortAddresses []string `json:"nodePortAddresses,omitempty"`
+	// LocalhostNodePorts also serves NodePorts on 127.0.0.1.
+	LocalhostNodePorts bool `json:"localhostNodePorts,omitempty"`
+	// MasqueradeAll masquerades all traffic to cluster IPs.
+	MasqueradeAll bool `json:"masqueradeAll,omitempty"`
+}
+
+// ProxyModes are the modes Validate accepts.
+var ProxyModes = []string{"nftables", "iptables", "none"}
 
 // Defaults for fields left empty.
 const (
@@ -139,6 +165,9 @@ func (c *Configuration) Default() {
 	if c.CNI.DataDir == "" {
 		c.CNI.DataDir = DefaultDataDir
 	}
+	if c.Proxy.Mode == "" {
+		c.Proxy.Mode = "nftables"
+	}
 	if c.SyncPeriod.Duration == 0 {
 		c.SyncPeriod.Duration = DefaultSyncPeriod
 	}
@@ -170,6 +199,19 @@ func (c *Configuration) Validate() error {
 	}
 	if c.ClientConnection.Kubeconfig != "" && c.ClientConnection.LabStore != "" {
 		bad("clientConnection", "kubeconfig and labStore are exclusive")
+	}
+	if !slices.Contains(ProxyModes, c.Proxy.Mode) {
+		bad("proxy.mode", "unsupported value %q: must be one of %v", c.Proxy.Mode, ProxyModes)
+	}
+	if c.Proxy.ClusterCIDR != "" {
+		if p, err := netip.ParsePrefix(c.Proxy.ClusterCIDR); err != nil || !p.Addr().Is4() {
+			bad("proxy.clusterCIDR", "%q is not an IPv4 CIDR", c.Proxy.ClusterCIDR)
+		}
+	}
+	for i, a := range c.Proxy.NodePortAddresses {
+		if _, err := netip.ParsePrefix(a); err != nil {
+			bad(fmt.Sprintf("proxy.nodePortAddresses[%d]", i), "%q is not a CIDR", a)
+		}
 	}
 	if c.SyncPeriod.Duration < time.Second {
 		bad("syncPeriod", "%s is shorter than 1s", c.SyncPeriod.Duration)

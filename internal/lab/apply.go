@@ -104,6 +104,12 @@ func Apply(ctx context.Context, name string, data []byte, bins Binaries) ([]stri
 				errs = append(errs, field.Invalid(fp.Key("Service "+ServiceName(svc)).Child("spec", "clusterIP"), svc.Spec.ClusterIP, "field is immutable"))
 			}
 			keepNodePorts(svc, old)
+			if len(svc.Status.LoadBalancer.Ingress) == 0 && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+				svc.Status.LoadBalancer = old.Status.LoadBalancer
+			}
+			if svc.Spec.HealthCheckNodePort == 0 {
+				svc.Spec.HealthCheckNodePort = old.Spec.HealthCheckNodePort
+			}
 		}
 	}
 	errs = append(errs, objs.expandDeployments(fp)...)
@@ -133,7 +139,7 @@ func Apply(ctx context.Context, name string, data []byte, bins Binaries) ([]stri
 	}
 
 	var changes []string
-	err = store.Update(func(sn *labstore.Snapshot) error {
+	err = p.updateStore(ctx, func(sn *labstore.Snapshot) error {
 		for _, svc := range objs.Services {
 			if i := serviceIndex(sn.Services, svc.Namespace, svc.Name); i >= 0 {
 				if !reflect.DeepEqual(sn.Services[i].Spec, svc.Spec) {
@@ -237,7 +243,7 @@ func Delete(ctx context.Context, name, what string) ([]string, error) {
 		}
 		return append(changes, "deployment/"+ns+"/"+objName+" deleted"), s.save()
 	case "service", "services", "svc":
-		err := labstore.Open(p.storeDir()).Update(func(sn *labstore.Snapshot) error {
+		err := p.updateStore(ctx, func(sn *labstore.Snapshot) error {
 			i := serviceIndex(sn.Services, ns, objName)
 			if i < 0 {
 				return fmt.Errorf("lab %s has no service %s/%s", name, ns, objName)
@@ -256,7 +262,7 @@ func Delete(ctx context.Context, name, what string) ([]string, error) {
 // deletePod detaches a pod and removes it from the store.
 func (p *Plan) deletePod(ctx context.Context, pod *corev1.Pod) error {
 	err := p.detachPod(ctx, pod)
-	serr := labstore.Open(p.storeDir()).Update(func(sn *labstore.Snapshot) error {
+	serr := p.updateStore(ctx, func(sn *labstore.Snapshot) error {
 		for i := range sn.Pods {
 			if sn.Pods[i].Namespace == pod.Namespace && sn.Pods[i].Name == pod.Name {
 				sn.Pods = append(sn.Pods[:i], sn.Pods[i+1:]...)

@@ -36,9 +36,28 @@ func (p *Plan) nodeObject(n NodePlan) corev1.Node {
 	}
 }
 
+// updateStore changes the lab's store as the control plane would: fn's
+// change, then the EndpointSlices derived again, then the router pointed at
+// the nodes for the services' LoadBalancer and external IPs.
+func (p *Plan) updateStore(ctx context.Context, fn func(*labstore.Snapshot) error) error {
+	var snap labstore.Snapshot
+	err := labstore.Open(p.storeDir()).Update(func(s *labstore.Snapshot) error {
+		if err := fn(s); err != nil {
+			return err
+		}
+		p.reconcileSlices(s)
+		snap = *s
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return p.syncRouter(ctx, &snap)
+}
+
 // seedStore writes the lab's Nodes, Services and (not yet running) Pods.
-func (p *Plan) seedStore() error {
-	return labstore.Open(p.storeDir()).Update(func(s *labstore.Snapshot) error {
+func (p *Plan) seedStore(ctx context.Context) error {
+	return p.updateStore(ctx, func(s *labstore.Snapshot) error {
 		for _, n := range p.Nodes {
 			s.Nodes = append(s.Nodes, p.nodeObject(n))
 		}
@@ -83,6 +102,8 @@ func (p *Plan) startAgents(ctx context.Context, bins Binaries, timeout time.Dura
 			"--interface", p.PodNetwork.Interface,
 			"--encap", p.PodNetwork.Encap,
 			"--encap-policy", p.PodNetwork.EncapPolicy,
+			"--proxy-mode", "none", // TODO(proxy backends): p.Proxy.Mode
+			"--cluster-cidr", p.PodCIDR.String(),
 		)
 		ns.Close()
 		if err != nil {
@@ -106,6 +127,28 @@ func (p *Plan) startAgents(ctx context.Context, bins Binaries, timeout time.Dura
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
+	}
+	return nil
+}
+
+// startAPIServer runs the stand-in the kubernetes service points at: an
+// echo server on the first node's address, port APIServerPort. (The lab's
+// real API is its store; this gives default/kubernetes a live endpoint.)
+func (p *Plan) startAPIServer(ctx context.Context, bins Binaries) error {
+	n := p.Nodes[0]
+	ns, err := kernel.OpenNetNS(n.NetNS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	pid, err := startProcess(ns, p.Name, filepath.Join(p.nodeDir(n.Name), "apiserver.log"),
+		[]string{"POD_NAME=kube-apiserver", "POD_NAMESPACE=kube-system", "NODE_NAME=" + n.Name, "POD_IP=" + n.IP.String()},
+		bins.Kdive, "echo", fmt.Sprintf("--listen=tcp:%s:%d", n.IP, APIServerPort))
+	if err == nil {
+		err = waitListening(ctx, pid, []string{fmt.Sprintf("tcp:%d", APIServerPort)}, 10*time.Second)
+	}
+	if err != nil {
+		return fmt.Errorf("start the API server stand-in on %s: %w", n.Name, err)
 	}
 	return nil
 }

@@ -148,13 +148,16 @@ func up(ctx context.Context, s *State, opts UpOptions) error {
 	if err := buildUnderlay(ctx, p); err != nil {
 		return err
 	}
-	if err := p.seedStore(); err != nil {
+	if err := p.seedStore(ctx); err != nil {
 		return err
 	}
 	if err := p.installCNI(opts.Binaries); err != nil {
 		return err
 	}
 	if err := p.startAgents(ctx, opts.Binaries, opts.AgentTimeout); err != nil {
+		return err
+	}
+	if err := p.startAPIServer(ctx, opts.Binaries); err != nil {
 		return err
 	}
 	for i := range p.Objects.Pods {

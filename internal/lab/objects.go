@@ -275,6 +275,17 @@ func (o *Objects) allocateServices(p *Plan, fp *field.Path, existing []corev1.Se
 	}
 	nextIP := p.ServiceCIDR.Addr().Next()
 	nextPort := int32(nodePortMin)
+	usedLB := map[netip.Addr]bool{}
+	for _, s := range append(append([]corev1.Service{}, existing...), o.Services...) {
+		for _, ing := range s.Status.LoadBalancer.Ingress {
+			if a, err := netip.ParseAddr(ing.IP); err == nil {
+				usedLB[a] = true
+			}
+		}
+		if s.Spec.HealthCheckNodePort != 0 {
+			usedPort[s.Spec.HealthCheckNodePort] = ServiceName(&s)
+		}
+	}
 	for i := range o.Services {
 		s := &o.Services[i]
 		if s.Spec.ClusterIP == "" {
@@ -293,6 +304,24 @@ func (o *Objects) allocateServices(p *Plan, fp *field.Path, existing []corev1.Se
 		if s.Spec.Type == corev1.ServiceTypeClusterIP {
 			continue
 		}
+		if s.Spec.Type == corev1.ServiceTypeLoadBalancer && len(s.Status.LoadBalancer.Ingress) == 0 {
+			a, ok := nextLBIP(p.LoadBalancerCIDR, usedLB)
+			if !ok {
+				return append(errs, field.Invalid(fp, len(o.Services), "load balancer pool "+p.LoadBalancerCIDR.String()+" is full"))
+			}
+			usedLB[a] = true
+			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: a.String()}}
+		}
+		if s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal && s.Spec.HealthCheckNodePort == 0 {
+			for usedPort[nextPort] != "" {
+				nextPort++
+			}
+			if nextPort > nodePortMax {
+				return append(errs, field.Invalid(fp, len(o.Services), "node port range is full"))
+			}
+			s.Spec.HealthCheckNodePort = nextPort
+			usedPort[nextPort] = s.Name
+		}
 		for j := range s.Spec.Ports {
 			pt := &s.Spec.Ports[j]
 			if pt.NodePort != 0 {
@@ -309,6 +338,16 @@ func (o *Objects) allocateServices(p *Plan, fp *field.Path, existing []corev1.Se
 		}
 	}
 	return errs
+}
+
+// nextLBIP is the lowest free address of the pool (not the network's).
+func nextLBIP(pool netip.Prefix, used map[netip.Addr]bool) (netip.Addr, bool) {
+	for a := pool.Addr().Next(); pool.Contains(a) && a != lastAddr(pool); a = a.Next() {
+		if !used[a] {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // ServiceName is "namespace/name".

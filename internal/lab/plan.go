@@ -20,14 +20,16 @@ type Plan struct {
 	PodCIDR     netip.Prefix `json:"podCIDR"`
 	BlockSize   int          `json:"blockSize"`
 	ServiceCIDR netip.Prefix `json:"serviceCIDR"`
-	PodNetwork  PodNetwork   `json:"podNetwork"`
-	Proxy       Proxy        `json:"proxy"`
-	MTU         int          `json:"mtu"`
-	Router      RouterPlan   `json:"router"`
-	Subnets     []SubnetPlan `json:"subnets"`
-	Nodes       []NodePlan   `json:"nodes"`
-	External    HostPlan     `json:"external"`
-	Objects     Objects      `json:"objects"`
+	// LoadBalancerCIDR is the pool of LoadBalancer ingress IPs.
+	LoadBalancerCIDR netip.Prefix `json:"loadBalancerCIDR"`
+	PodNetwork       PodNetwork   `json:"podNetwork"`
+	Proxy            Proxy        `json:"proxy"`
+	MTU              int          `json:"mtu"`
+	Router           RouterPlan   `json:"router"`
+	Subnets          []SubnetPlan `json:"subnets"`
+	Nodes            []NodePlan   `json:"nodes"`
+	External         HostPlan     `json:"external"`
+	Objects          Objects      `json:"objects"`
 }
 
 // RouterPlan is the namespace joining the subnets.
@@ -82,6 +84,7 @@ const (
 	DefaultName         = "kdive"
 	DefaultMTU          = 1500
 	DefaultExternalCIDR = "198.51.100.0/24"
+	DefaultLBCIDR       = "203.0.113.0/24"
 	firstHostIndex      = 10 // hosts take the 10th address onwards
 )
 
@@ -165,6 +168,13 @@ func (p *Plan) planSpec(s *Spec, fp *field.Path) field.ErrorList {
 	}
 	if p.ServiceCIDR, ok = parseCIDR(s.ServiceCIDR, fp.Child("serviceCIDR"), &errs); ok {
 		addRange(fp.Child("serviceCIDR"), p.ServiceCIDR)
+	}
+	lb := s.LoadBalancerCIDR
+	if lb == "" {
+		lb = DefaultLBCIDR
+	}
+	if p.LoadBalancerCIDR, ok = parseCIDR(lb, fp.Child("loadBalancerCIDR"), &errs); ok {
+		addRange(fp.Child("loadBalancerCIDR"), p.LoadBalancerCIDR)
 	}
 	p.BlockSize = s.BlockSize
 	if p.PodCIDR.IsValid() && (s.BlockSize < p.PodCIDR.Bits() || s.BlockSize > 30) {

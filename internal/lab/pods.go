@@ -118,7 +118,7 @@ func (p *Plan) attachPod(ctx context.Context, bins Binaries, pod *corev1.Pod) (e
 	if err != nil {
 		return fmt.Errorf("pod %s/%s: start echo: %w", pod.Namespace, pod.Name, err)
 	}
-	return labstore.Open(p.storeDir()).Update(func(s *labstore.Snapshot) error {
+	return p.updateStore(ctx, func(s *labstore.Snapshot) error {
 		for i := range s.Pods {
 			sp := &s.Pods[i]
 			if sp.Namespace == pod.Namespace && sp.Name == pod.Name {

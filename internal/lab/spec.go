@@ -47,6 +47,10 @@ type Spec struct {
 	Subnets  []Subnet `json:"subnets"`
 	Nodes    []Node   `json:"nodes"`
 	External External `json:"external,omitempty"`
+	// LoadBalancerCIDR is the pool LoadBalancer services get their
+	// ingress IPs from; the router forwards them to the nodes. Default
+	// 203.0.113.0/24.
+	LoadBalancerCIDR string `json:"loadBalancerCIDR,omitempty"`
 	// Objects are Kubernetes objects (Pod, Deployment, Service) the lab
 	// starts with, as they would be given to `kubectl apply`.
 	Objects []json.RawMessage `json:"objects,omitempty"`

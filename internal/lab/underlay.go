@@ -11,7 +11,11 @@ import (
 	"strings"
 	"text/template"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/source/labstore"
 )
 
 // underlay builds a plan's namespaces and links. It keeps the namespaces it
@@ -127,7 +131,11 @@ func (u *underlay) attachHost(router *kernel.NetNS, h HostPlan, bridge, what str
 	if err := n.LinkUp("eth0"); err != nil {
 		return err
 	}
-	for _, dst := range p.hostNetworks() {
+	dsts := p.hostNetworks()
+	if h.Name == ExternalName {
+		dsts = append(dsts, p.LoadBalancerCIDR)
+	}
+	for _, dst := range dsts {
 		if dst == h.CIDR {
 			continue
 		}
@@ -145,6 +153,90 @@ func (p *Plan) bridgeOf(subnet string) string {
 		}
 	}
 	return ""
+}
+
+// lbRouteProtocol marks the router's routes to service addresses.
+const lbRouteProtocol = 0x6d
+
+// syncRouter points the router at the nodes for every LoadBalancer and
+// external IP of the lab's services, like a cloud load balancer: to the
+// first node that has a ready endpoint of the service when its
+// externalTrafficPolicy is Local (a cloud LB learns that from the health
+// check port), else to the first node. It also lets nodes answer from
+// those addresses. One nft transaction replaces the sets.
+func (p *Plan) syncRouter(ctx context.Context, snap *labstore.Snapshot) error {
+	router, err := kernel.OpenNetNS(p.Router.NetNS)
+	if err != nil {
+		return err
+	}
+	defer router.Close()
+	targets := map[netip.Addr]NodePlan{}
+	for i := range snap.Services {
+		svc := &snap.Services[i]
+		var addrs []string
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			addrs = append(addrs, ing.IP)
+		}
+		addrs = append(addrs, svc.Spec.ExternalIPs...)
+		node := p.Nodes[0]
+		if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+			node = p.nodeWithEndpoint(svc, snap)
+		}
+		for _, s := range addrs {
+			if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+				targets[a] = node
+			}
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "flush set inet %s service_addrs\nflush set inet %s service_sources\n", RouterTable, RouterTable)
+	for a := range targets {
+		fmt.Fprintf(&b, "add element inet %s service_addrs { %s }\n", RouterTable, a)
+		for _, n := range p.Nodes {
+			fmt.Fprintf(&b, "add element inet %s service_sources { %s . %s }\n", RouterTable, n.MAC, a)
+		}
+	}
+	if err := router.Nft(ctx, b.String()); err != nil {
+		return fmt.Errorf("router service addresses: %w", err)
+	}
+	routes, err := router.Routes()
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Protocol == lbRouteProtocol {
+			if _, ok := targets[r.Dst.Addr()]; !ok {
+				if err := router.DeleteRoute(r); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for a, n := range targets {
+		r := kernel.Route{Dst: netip.PrefixFrom(a, 32), Gateway: n.IP, Dev: p.bridgeOf(n.Subnet), Protocol: lbRouteProtocol}
+		if err := router.ReplaceRoute(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nodeWithEndpoint is the first node running a ready endpoint of svc, or
+// the first node when none does.
+func (p *Plan) nodeWithEndpoint(svc *corev1.Service, snap *labstore.Snapshot) NodePlan {
+	for _, n := range p.Nodes {
+		for _, sl := range snap.EndpointSlices {
+			if sl.Namespace != svc.Namespace || sl.Labels[discoveryv1.LabelServiceName] != svc.Name {
+				continue
+			}
+			for _, e := range sl.Endpoints {
+				if e.NodeName != nil && *e.NodeName == n.Name && e.Conditions.Ready != nil && *e.Conditions.Ready {
+					return n
+				}
+			}
+		}
+	}
+	return p.Nodes[0]
 }
 
 // hostNetworks are the underlay networks: the subnets and the external one.
@@ -176,6 +268,14 @@ table inet {{.Table}} {
 		flags interval
 		elements = { {{.Dests}} }
 	}
+	# LoadBalancer and external IPs the router forwards to a node, and
+	# the nodes that may answer from them (kept up to date by the lab).
+	set service_addrs {
+		type ipv4_addr
+	}
+	set service_sources {
+		type ether_addr . ipv4_addr
+	}
 	counter forwarded { }
 	counter dropped { }
 	# Checked before routing, so a packet to an address the router has no
@@ -184,6 +284,8 @@ table inet {{.Table}} {
 		type filter hook prerouting priority filter; policy accept;
 		fib daddr type local accept
 		ether saddr . ip saddr @hosts ip daddr @destinations counter name "forwarded" accept
+		ether saddr . ip saddr @hosts ip daddr @service_addrs counter name "forwarded" accept
+		ether saddr . ip saddr @service_sources ip daddr @destinations counter name "forwarded" accept
 		counter name "dropped" drop
 	}
 }

@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy"
+)
+
+// proxyRunner is the agent's service proxy: the tracker fed by the
+// Service and EndpointSlice informers, the mode's backend, the health
+// check ports, and what was programmed last (for stale conntrack entries).
+type proxyRunner struct {
+	backend  proxy.Backend
+	tracker  *proxy.Tracker
+	health   *proxy.HealthServer
+	prev     *proxy.Desired
+	needFull bool
+	reported map[string]bool // invalid-service errors already logged
+}
+
+// setupProxy registers the informers and handlers the proxy needs. It
+// does nothing in mode none.
+func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
+	if a.cfg.Proxy.Mode == "none" {
+		return nil
+	}
+	backend, err := newBackend(a.cfg.Proxy.Mode, a.opts.NetNS)
+	if err != nil {
+		return err
+	}
+	svcInf := factory.Core().V1().Services()
+	sliceInf := factory.Discovery().V1().EndpointSlices()
+	pr := &proxyRunner{
+		backend: backend, tracker: proxy.NewTracker(svcInf.Lister(), sliceInf.Lister()),
+		health: &proxy.HealthServer{}, needFull: true, reported: map[string]bool{},
+	}
+	svcHandler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { pr.serviceEvent(o); a.Trigger() },
+		UpdateFunc: func(_, o any) { pr.serviceEvent(o); a.Trigger() },
+		DeleteFunc: func(o any) { pr.serviceEvent(o); a.Trigger() },
+	}
+	sliceHandler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { pr.sliceEvent(o); a.Trigger() },
+		UpdateFunc: func(_, o any) { pr.sliceEvent(o); a.Trigger() },
+		DeleteFunc: func(o any) { pr.sliceEvent(o); a.Trigger() },
+	}
+	if _, err := svcInf.Informer().AddEventHandler(svcHandler); err != nil {
+		return fmt.Errorf("watch services: %w", err)
+	}
+	if _, err := sliceInf.Informer().AddEventHandler(sliceHandler); err != nil {
+		return fmt.Errorf("watch endpoint slices: %w", err)
+	}
+	a.proxy = pr
+	return nil
+}
+
+func (pr *proxyRunner) serviceEvent(o any) {
+	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = t.Obj
+	}
+	if s, ok := o.(*corev1.Service); ok {
+		pr.tracker.ServiceChanged(s.Namespace, s.Name)
+	}
+}
+
+func (pr *proxyRunner) sliceEvent(o any) {
+	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = t.Obj
+	}
+	if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+		pr.tracker.SliceChanged(s)
+	}
+}
+
+// syncProxy computes this node's services and programs them: the backend
+// first (atomically; on failure the old rules stay and the next sync is a
+// full one), then the health check ports and stale UDP conntrack entries.
+func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) error {
+	pr := a.proxy
+	if pr == nil {
+		return nil
+	}
+	cfg := proxy.Config{LocalhostNodePorts: a.cfg.Proxy.LocalhostNodePorts, MasqueradeAll: a.cfg.Proxy.MasqueradeAll}
+	if c, err := netip.ParsePrefix(a.cfg.Proxy.ClusterCIDR); err == nil {
+		cfg.ClusterCIDRs = []netip.Prefix{c}
+	} else {
+		cfg.ClusterCIDRs = []netip.Prefix{local.PodCIDR}
+	}
+	for _, s := range a.cfg.Proxy.NodePortAddresses {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			cfg.NodePortAddresses = append(cfg.NodePortAddresses, p)
+		}
+	}
+	if full || pr.needFull {
+		if err := pr.tracker.MarkAll(); err != nil {
+			return err
+		}
+	}
+	node := proxy.Node{Name: local.Name, Zone: local.Zone, IPs: []netip.Addr{local.IP}}
+	d, invalid := pr.tracker.Desired(node, cfg, full || pr.needFull)
+	a.reportInvalid(invalid)
+	if err := pr.backend.Sync(ctx, d); err != nil {
+		pr.needFull = true
+		return fmt.Errorf("%s proxy: %w", pr.backend.Mode(), err)
+	}
+	pr.needFull = false
+	var errs []error
+	if err := pr.health.Sync(d); err != nil {
+		errs = append(errs, err)
+	}
+	if stale := proxy.StaleConntrack(pr.prev, d); len(stale) > 0 {
+		n, err := a.opts.NetNS.DeleteConntrack(stale...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		a.log.Info("deleted stale UDP conntrack entries", "entries", n)
+	}
+	pr.prev = d
+	a.log.Debug("proxy synced", "mode", pr.backend.Mode(), "services", len(d.Services), "full", d.Changed == nil, "changed", len(d.Changed))
+	return errors.Join(errs...)
+}
+
+// reportInvalid logs each invalid service once, while it stays invalid.
+func (a *Agent) reportInvalid(errs []error) {
+	now := map[string]bool{}
+	for _, err := range errs {
+		now[err.Error()] = true
+	}
+	var msgs []string
+	for m := range now {
+		if !a.proxy.reported[m] {
+			msgs = append(msgs, m)
+		}
+	}
+	sort.Strings(msgs)
+	for _, m := range msgs {
+		a.log.Warn("service not proxied", "err", m)
+	}
+	a.proxy.reported = now
+}
+
+// closeProxy stops the health check ports when the agent stops; the rules
+// stay (a restarted agent adopts them).
+func (a *Agent) closeProxy() {
+	if a.proxy != nil {
+		a.proxy.health.Close()
+	}
+}
