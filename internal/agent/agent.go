@@ -97,6 +97,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.setupProxy(factory); err != nil {
 		return err
 	}
+	if err := cleanupOtherModes(ctx, cfg.Proxy.Mode, a.opts.NetNS); err != nil {
+		a.log.Error("cleaning up other proxy modes", "err", err)
+	}
 	defer a.closeProxy()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()

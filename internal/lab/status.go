@@ -64,11 +64,16 @@ type PodStatus struct {
 
 // ServiceStatus is one service.
 type ServiceStatus struct {
-	Namespace string       `json:"namespace"`
-	Name      string       `json:"name"`
-	Type      string       `json:"type"`
-	ClusterIP string       `json:"clusterIP"`
-	Ports     []PortStatus `json:"ports"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Type      string `json:"type"`
+	ClusterIP string `json:"clusterIP"`
+	// ExternalIPs and LoadBalancerIP are the addresses the router
+	// forwards to the nodes for this service.
+	ExternalIPs         []string     `json:"externalIPs,omitempty"`
+	LoadBalancerIP      string       `json:"loadBalancerIP,omitempty"`
+	HealthCheckNodePort int32        `json:"healthCheckNodePort,omitempty"`
+	Ports               []PortStatus `json:"ports"`
 }
 
 // PortStatus is one service port.
@@ -121,7 +126,13 @@ func GetStatus(ctx context.Context, s *State) *Status {
 		st.Pods = append(st.Pods, PodStatus{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IP: pod.Status.PodIP})
 	}
 	for _, svc := range services {
-		ss := ServiceStatus{Namespace: svc.Namespace, Name: svc.Name, Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP, Ports: []PortStatus{}}
+		ss := ServiceStatus{
+			Namespace: svc.Namespace, Name: svc.Name, Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP,
+			ExternalIPs: svc.Spec.ExternalIPs, HealthCheckNodePort: svc.Spec.HealthCheckNodePort, Ports: []PortStatus{},
+		}
+		if ing := svc.Status.LoadBalancer.Ingress; len(ing) > 0 {
+			ss.LoadBalancerIP = ing[0].IP
+		}
 		for _, pt := range svc.Spec.Ports {
 			ps := PortStatus{Name: pt.Name, Port: pt.Port, Protocol: string(pt.Protocol), NodePort: pt.NodePort}
 			if pt.TargetPort.String() != "0" {
@@ -161,7 +172,7 @@ func (st *Status) WriteText(w io.Writer) error {
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tTYPE\tCLUSTER-IP\tPORTS")
+		fmt.Fprintln(tw, "SERVICE\tTYPE\tCLUSTER-IP\tEXTERNAL-IP\tPORTS")
 		for _, s := range st.Services {
 			var ports []string
 			for _, p := range s.Ports {
@@ -171,7 +182,14 @@ func (st *Status) WriteText(w io.Writer) error {
 				}
 				ports = append(ports, pt)
 			}
-			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.Type, s.ClusterIP, strings.Join(ports, ","))
+			external := append([]string{}, s.ExternalIPs...)
+			if s.LoadBalancerIP != "" {
+				external = append(external, s.LoadBalancerIP)
+			}
+			if len(external) == 0 {
+				external = []string{"<none>"}
+			}
+			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.Type, s.ClusterIP, strings.Join(external, ","), strings.Join(ports, ","))
 		}
 		tw.Flush()
 	}
