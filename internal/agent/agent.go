@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/cni/ipam"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/podnet"
@@ -42,11 +44,18 @@ type Agent struct {
 	log     *slog.Logger
 	trigger chan struct{}
 
-	nodes    corelisters.NodeLister
-	proxy    *proxyRunner
-	podnet   *podnet.Reconciler
-	uplink   string
-	confList []byte
+	health  *health
+	metrics *metrics
+
+	nodes  corelisters.NodeLister
+	proxy  *proxyRunner
+	podnet *podnet.Reconciler
+	// podnetDesired is the state podnet last synced; a change applied
+	// while syncing the same state again repairs drift.
+	podnetDesired podnet.State
+	repairing     bool
+	uplink        string
+	confList      []byte
 }
 
 // New returns an agent; it does no work until Run.
@@ -55,7 +64,10 @@ func New(opts Options) *Agent {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{opts: opts, cfg: opts.Config, log: log, trigger: make(chan struct{}, 1)}
+	return &Agent{
+		opts: opts, cfg: opts.Config, log: log, trigger: make(chan struct{}, 1),
+		health: &health{period: opts.Config.SyncPeriod.Duration}, metrics: newMetrics(),
+	}
 }
 
 // ErrNotReady is wrapped by sync errors that mean "wait for the cluster",
@@ -101,6 +113,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Error("cleaning up other proxy modes", "err", err)
 	}
 	defer a.closeProxy()
+	stopServing, err := a.serve(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopServing()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
@@ -114,6 +131,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Trigger asks for a sync soon; triggers coalesce.
 func (a *Agent) Trigger() {
+	a.health.changed()
 	select {
 	case a.trigger <- struct{}{}:
 	default:
@@ -139,6 +157,9 @@ func (a *Agent) loop(ctx context.Context) error {
 		}
 		start := time.Now()
 		err := a.syncOnce(ctx, full)
+		if !errors.Is(err, ErrNotReady) {
+			a.health.synced(err)
+		}
 		switch {
 		case err == nil:
 			backoff, retry = 0, nil
@@ -183,12 +204,16 @@ func (a *Agent) syncPodNet(ctx context.Context, st podnet.State) error {
 		return err
 	}
 	if a.podnet == nil || a.uplink != up.name {
-		a.podnet = podnet.New(podnet.Options{NetNS: a.opts.NetNS, Network: a.cfg.PodNetwork, Uplink: up.name})
+		a.podnet = podnet.New(podnet.Options{NetNS: a.opts.NetNS, Network: a.cfg.PodNetwork, Uplink: up.name, OnChange: a.podnetChanged})
 		a.uplink = up.name
 	}
+	a.reportIPAM(st.Local)
+	a.repairing = reflect.DeepEqual(st, a.podnetDesired)
 	if err := a.podnet.Sync(ctx, st); err != nil {
+		a.metrics.syncErrors.WithLabelValues("podnet").Inc()
 		return fmt.Errorf("sync pod network of node %s: %w", st.Local.Name, err)
 	}
+	a.podnetDesired = st
 	return nil
 }
 
@@ -302,4 +327,29 @@ func (a *Agent) writeConfList(local model.Node, up uplink) error {
 	a.confList = b
 	a.log.Info("wrote CNI network config", "dir", a.cfg.CNI.ConfDir, "podCIDR", local.PodCIDR, "mtu", mtu)
 	return nil
+}
+
+// podnetChanged counts changes podnet makes while the desired state is the
+// one already programmed: someone else changed or removed our routes,
+// tunnels or entries, and the sync repaired them.
+func (a *Agent) podnetChanged(c podnet.Change) {
+	a.log.Debug("pod network change", "change", fmt.Sprint(c))
+	if a.repairing {
+		a.metrics.driftRepairs.WithLabelValues("podnet").Inc()
+		a.log.Info("repaired pod network drift", "change", fmt.Sprint(c))
+	}
+}
+
+// reportIPAM publishes how full this node's block is.
+func (a *Agent) reportIPAM(local model.Node) {
+	store, err := ipam.New(a.cfg.CNI.DataDir, local.PodCIDR)
+	if err != nil {
+		return
+	}
+	allocs, err := store.List()
+	if err != nil {
+		return
+	}
+	a.metrics.ipamInUse.WithLabelValues(local.Name, local.PodCIDR.String()).Set(float64(len(allocs)))
+	a.metrics.ipamSize.WithLabelValues(local.Name, local.PodCIDR.String()).Set(float64(ipam.Capacity(local.PodCIDR)))
 }

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -158,9 +160,32 @@ func TestAgentReconcilesNodes(t *testing.T) {
 		t.Errorf("stale neighbour of n3's old block:\n%s", v)
 	}
 
-	// A route deleted by hand comes back with the next periodic sync.
+	// Health and metrics, kube-proxy style, served in the node's namespace.
+	getIn := func(url string) (int, string) {
+		c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: node.DialContext}}
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := getIn("http://127.0.0.1:10256/healthz"); code != 200 || !strings.Contains(body, `"lastUpdated"`) {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+
+	// A route deleted by hand comes back with the next periodic sync,
+	// counted as a drift repair.
 	if err := node.DeleteRoute(kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.12"), Dev: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the deleted route back", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
+	eventually(t, "the repair counted", func() bool {
+		_, m := getIn("http://127.0.0.1:10249/metrics")
+		return strings.Contains(m, `kdive_drift_repairs_total{part="podnet"} 1`)
+	})
+	if _, m := getIn("http://127.0.0.1:10249/metrics"); !strings.Contains(m, `kdive_ipam_addresses_total{block="10.244.1.0/24",node="n1"} 253`) {
+		t.Errorf("metrics lack the IPAM size:\n%s", m)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -38,6 +39,12 @@ type Configuration struct {
 	// overhead (IPIP 20, VXLAN 50).
 	MTU int       `json:"mtu,omitempty"`
 	CNI CNIConfig `json:"cni,omitempty"`
+	// HealthzBindAddress serves /healthz and /livez; default 0.0.0.0:10256
+	// (kube-proxy's); "0" turns it off.
+	HealthzBindAddress string `json:"healthzBindAddress,omitempty"`
+	// MetricsBindAddress serves Prometheus /metrics; default
+	// 127.0.0.1:10249 (kube-proxy's); "0" turns it off.
+	MetricsBindAddress string `json:"metricsBindAddress,omitempty"`
 	// Proxy configures the service proxy.
 	Proxy ProxyConfig `json:"proxy,omitempty"`
 	// SyncPeriod is how often the agent re-applies everything, repairing
@@ -165,6 +172,12 @@ func (c *Configuration) Default() {
 	if c.CNI.DataDir == "" {
 		c.CNI.DataDir = DefaultDataDir
 	}
+	if c.HealthzBindAddress == "" {
+		c.HealthzBindAddress = "0.0.0.0:10256"
+	}
+	if c.MetricsBindAddress == "" {
+		c.MetricsBindAddress = "127.0.0.1:10249"
+	}
 	if c.Proxy.Mode == "" {
 		c.Proxy.Mode = "nftables"
 	}
@@ -211,6 +224,14 @@ func (c *Configuration) Validate() error {
 	for i, a := range c.Proxy.NodePortAddresses {
 		if _, err := netip.ParsePrefix(a); err != nil {
 			bad(fmt.Sprintf("proxy.nodePortAddresses[%d]", i), "%q is not a CIDR", a)
+		}
+	}
+	for f, a := range map[string]string{"healthzBindAddress": c.HealthzBindAddress, "metricsBindAddress": c.MetricsBindAddress} {
+		if a == "0" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad(f, "%q is not HOST:PORT", a)
 		}
 	}
 	if c.SyncPeriod.Duration < time.Second {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -25,7 +27,11 @@ type proxyRunner struct {
 	health   *proxy.HealthServer
 	prev     *proxy.Desired
 	needFull bool
-	reported map[string]bool // invalid-service errors already logged
+	// triggers are the EndpointSlice change times not programmed yet, for
+	// the network programming latency.
+	triggersMu sync.Mutex
+	triggers   []time.Time
+	reported   map[string]bool // invalid-service errors already logged
 }
 
 // setupProxy registers the informers and handlers the proxy needs. It
@@ -79,6 +85,23 @@ func (pr *proxyRunner) sliceEvent(o any) {
 	}
 	if s, ok := o.(*discoveryv1.EndpointSlice); ok {
 		pr.tracker.SliceChanged(s)
+		if t, err := time.Parse(time.RFC3339Nano, s.Annotations[corev1.EndpointsLastChangeTriggerTime]); err == nil {
+			pr.triggersMu.Lock()
+			pr.triggers = append(pr.triggers, t)
+			pr.triggersMu.Unlock()
+		}
+	}
+}
+
+// programmed reports the latency of every change the last sync programmed.
+func (pr *proxyRunner) programmed(m *metrics) {
+	pr.triggersMu.Lock()
+	ts := pr.triggers
+	pr.triggers = nil
+	pr.triggersMu.Unlock()
+	now := time.Now()
+	for _, t := range ts {
+		m.programming.Observe(now.Sub(t).Seconds())
 	}
 }
 
@@ -107,13 +130,31 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 		}
 	}
 	node := proxy.Node{Name: local.Name, Zone: local.Zone, IPs: []netip.Addr{local.IP}}
+	start := time.Now()
 	d, invalid := pr.tracker.Desired(node, cfg, full || pr.needFull)
 	a.reportInvalid(invalid)
 	if err := pr.backend.Sync(ctx, d); err != nil {
 		pr.needFull = true
+		a.metrics.syncErrors.WithLabelValues("proxy").Inc()
 		return fmt.Errorf("%s proxy: %w", pr.backend.Mode(), err)
 	}
 	pr.needFull = false
+	took := time.Since(start).Seconds()
+	a.metrics.syncDuration.Observe(took)
+	if d.Changed == nil {
+		a.metrics.fullSyncDuration.Observe(took)
+	} else {
+		a.metrics.partialSyncDuration.Observe(took)
+	}
+	a.metrics.lastSync.SetToCurrentTime()
+	pr.programmed(a.metrics)
+	eps := 0
+	for _, p := range d.Services {
+		eps += len(p.Cluster) + len(p.Local)
+	}
+	a.metrics.servicesProgrammed.Set(float64(len(d.Services)))
+	a.metrics.endpointsProgrammed.Set(float64(eps))
+	a.metrics.invalidServices.Set(float64(len(invalid)))
 	var errs []error
 	if err := pr.health.Sync(d); err != nil {
 		errs = append(errs, err)
