@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -37,6 +39,10 @@ func (p *Plan) reconcileSlices(s *labstore.Snapshot) {
 	for _, n := range s.Nodes {
 		zones[n.Name] = n.Labels[corev1.LabelTopologyZone]
 	}
+	old := map[string]discoveryv1.EndpointSlice{}
+	for _, sl := range s.EndpointSlices {
+		old[sl.Namespace+"/"+sl.Name] = sl
+	}
 	s.EndpointSlices = nil
 	for i := range s.Services {
 		svc := &s.Services[i]
@@ -45,6 +51,20 @@ func (p *Plan) reconcileSlices(s *labstore.Snapshot) {
 			s.EndpointSlices = append(s.EndpointSlices, p.apiServerSlice(svc))
 		case len(svc.Spec.Selector) > 0:
 			s.EndpointSlices = append(s.EndpointSlices, slicesFor(svc, s.Pods, zones)...)
+		}
+	}
+	// Like the controller, stamp a changed slice with the time of the
+	// change, from which agents measure network programming latency.
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	for i := range s.EndpointSlices {
+		sl := &s.EndpointSlices[i]
+		prev, ok := old[sl.Namespace+"/"+sl.Name]
+		stamp := now
+		if ok && equality.Semantic.DeepEqual(prev.Endpoints, sl.Endpoints) && equality.Semantic.DeepEqual(prev.Ports, sl.Ports) {
+			stamp = prev.Annotations[corev1.EndpointsLastChangeTriggerTime]
+		}
+		if stamp != "" {
+			sl.Annotations = map[string]string{corev1.EndpointsLastChangeTriggerTime: stamp}
 		}
 	}
 }
