@@ -15,6 +15,7 @@ func newAgentCmd() *cobra.Command {
 	var (
 		configFile string
 		verbose    bool
+		cleanup    bool
 		fl         agent.Configuration
 	)
 	cmd := &cobra.Command{
@@ -75,6 +76,13 @@ its fields.`,
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.NodeName)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if cleanup {
+				if err := agent.Cleanup(ctx, cfg, nil); err != nil {
+					return err
+				}
+				log.Info("removed everything kdive programmed on this node")
+				return nil
+			}
 			return agent.New(agent.Options{Config: cfg, Logger: log}).Run(ctx)
 		},
 	}
@@ -93,6 +101,7 @@ its fields.`,
 	f.StringVar(&fl.Proxy.Mode, "proxy-mode", "", "service proxy: nftables, iptables or none (default nftables)")
 	f.StringVar(&fl.Proxy.ClusterCIDR, "cluster-cidr", "", "the cluster's pod range; traffic to cluster IPs from outside it is masqueraded (default: this node's pod CIDR)")
 	f.StringSliceVar(&fl.Proxy.NodePortAddresses, "nodeport-addresses", nil, "CIDRs of the node addresses NodePorts answer on (default: the node's primary IP)")
+	f.BoolVar(&cleanup, "cleanup", false, "remove every rule, route, tunnel and file kdive programmed on this node, then exit (for uninstall)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
 	return cmd
 }

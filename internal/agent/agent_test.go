@@ -99,12 +99,17 @@ func TestAgentReconcilesNodes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- New(Options{Config: cfg, NetNS: node}).Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
 		}
-	}()
+	}
+	defer stop()
 
 	// The CNI config: routed, this node's block, the pod MTU 1500-50.
 	conf := filepath.Join(cfg.CNI.ConfDir, cni.ConfListFile)
@@ -187,5 +192,20 @@ func TestAgentReconcilesNodes(t *testing.T) {
 	})
 	if _, m := getIn("http://127.0.0.1:10249/metrics"); !strings.Contains(m, `kdive_ipam_addresses_total{block="10.244.1.0/24",node="n1"} 253`) {
 		t.Errorf("metrics lack the IPAM size:\n%s", m)
+	}
+
+	// kdive agent --cleanup leaves nothing of kdive on the node.
+	stop()
+	if err := Cleanup(context.Background(), cfg, node); err != nil {
+		t.Fatal(err)
+	}
+	if rt := routesText(t, node); rt != "" {
+		t.Errorf("routes left after cleanup:\n%s", rt)
+	}
+	if _, err := node.LinkByName("vxlan.kdive"); err == nil {
+		t.Error("vxlan.kdive left after cleanup")
+	}
+	if _, err := os.Stat(conf); !os.IsNotExist(err) {
+		t.Errorf("conflist left after cleanup: %v", err)
 	}
 }
