@@ -10,6 +10,7 @@ lab=kdive
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 podip() { $kdive lab status "$lab" | awk -v p="$1" '$1==p {print $3}'; }
+svcip() { $kdive lab status "$lab" | awk -v s="$1" '$1==s {print $3}'; }
 
 $kdive lab down "$lab" >/dev/null 2>&1 || true
 trap '$kdive lab down "$lab"' EXIT
@@ -25,6 +26,17 @@ $kdive lab exec "$lab" kube-system/coredns-0 -- curl -s --max-time 3 "http://$(p
 
 step "pod coredns-0 (node-1, zone-a) -> ingress-2 (node-3, zone-b): across subnets, VXLAN"
 $kdive lab exec "$lab" kube-system/coredns-0 -- curl -s --max-time 3 "http://$(podip default/ingress-2):8080/"
+
+step "service default/ingress (ClusterIP $(svcip default/ingress)): load-balanced over its three pods"
+for _ in 1 2 3 4 5 6; do
+  $kdive lab exec "$lab" kube-system/coredns-0 -- curl -s --max-time 3 "http://$(svcip default/ingress):80/"
+done
+
+step "NodePort 30080 on node-3 from the external client: masqueraded, the pod sees one of node-3's addresses"
+$kdive lab exec "$lab" external -- curl -s --max-time 3 http://172.20.2.10:30080/
+
+step "kube-dns over UDP from a pod: $(svcip kube-system/kube-dns):53"
+$kdive lab exec "$lab" default/ingress-0 -- bash -c "exec 3<>/dev/udp/$(svcip kube-system/kube-dns)/53; echo q >&3; timeout 2 head -n1 <&3"
 
 step "a pod address sent unencapsulated across subnets: the router's VPC check drops it"
 $kdive lab exec "$lab" node-3 -- $kdive echo --node node-3 --listen tcp:9090 2>/dev/null &

@@ -7,10 +7,15 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/proxy/iptables"
+	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
 // backends is the one place proxy modes are registered.
-var backends = map[string]func(ns *kernel.NetNS) proxy.Backend{}
+var backends = map[string]func(ns *kernel.NetNS) proxy.Backend{
+	"nftables": func(ns *kernel.NetNS) proxy.Backend { return nftables.New(nftables.Options{NetNS: ns}) },
+	"iptables": func(ns *kernel.NetNS) proxy.Backend { return iptables.New(iptables.Options{NetNS: ns}) },
+}
 
 func newBackend(mode string, ns *kernel.NetNS) (proxy.Backend, error) {
 	mk, ok := backends[mode]

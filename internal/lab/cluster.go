@@ -89,25 +89,8 @@ func (p *Plan) installCNI(bins Binaries) error {
 // node's CNI network config: from then on pods can be attached.
 func (p *Plan) startAgents(ctx context.Context, bins Binaries, timeout time.Duration) error {
 	for _, n := range p.Nodes {
-		ns, err := kernel.OpenNetNS(n.NetNS)
-		if err != nil {
+		if _, err := p.startAgent(n, bins, p.Proxy.Mode); err != nil {
 			return err
-		}
-		_, err = startProcess(ns, p.Name, filepath.Join(p.nodeDir(n.Name), "agent.log"), []string{"NODE_NAME=" + n.Name},
-			bins.Kdive, "agent",
-			"--node-name", n.Name,
-			"--lab-store", p.storeDir(),
-			"--cni-conf-dir", p.confDir(n.Name),
-			"--cni-data-dir", p.ipamDir(n.Name),
-			"--interface", p.PodNetwork.Interface,
-			"--encap", p.PodNetwork.Encap,
-			"--encap-policy", p.PodNetwork.EncapPolicy,
-			"--proxy-mode", "none", // TODO(proxy backends): p.Proxy.Mode
-			"--cluster-cidr", p.PodCIDR.String(),
-		)
-		ns.Close()
-		if err != nil {
-			return fmt.Errorf("start agent of %s: %w", n.Name, err)
 		}
 	}
 	deadline := time.Now().Add(timeout)
@@ -129,6 +112,41 @@ func (p *Plan) startAgents(ctx context.Context, bins Binaries, timeout time.Dura
 		}
 	}
 	return nil
+}
+
+// startAgent starts node n's agent in proxy mode mode and returns its pid.
+func (p *Plan) startAgent(n NodePlan, bins Binaries, mode string) (int, error) {
+	ns, err := kernel.OpenNetNS(n.NetNS)
+	if err != nil {
+		return 0, err
+	}
+	defer ns.Close()
+	pid, err := startProcess(ns, p.Name, filepath.Join(p.nodeDir(n.Name), "agent.log"), []string{"NODE_NAME=" + n.Name},
+		bins.Kdive, "agent",
+		"--node-name", n.Name,
+		"--lab-store", p.storeDir(),
+		"--cni-conf-dir", p.confDir(n.Name),
+		"--cni-data-dir", p.ipamDir(n.Name),
+		"--interface", p.PodNetwork.Interface,
+		"--encap", p.PodNetwork.Encap,
+		"--encap-policy", p.PodNetwork.EncapPolicy,
+		"--proxy-mode", labProxyMode(mode),
+		"--cluster-cidr", p.PodCIDR.String(),
+	)
+	if err != nil {
+		return 0, fmt.Errorf("start agent of %s: %w", n.Name, err)
+	}
+	return pid, nil
+}
+
+// labProxyMode is the agent's proxy mode for a lab's: modes this build
+// cannot program yet run without a service proxy.
+func labProxyMode(mode string) string {
+	switch mode {
+	case "nftables", "iptables":
+		return mode
+	}
+	return "none" // the other backends land next
 }
 
 // startAPIServer runs the stand-in the kubernetes service points at: an

@@ -134,6 +134,12 @@ func (u *underlay) attachHost(router *kernel.NetNS, h HostPlan, bridge, what str
 	dsts := p.hostNetworks()
 	if h.Name == ExternalName {
 		dsts = append(dsts, p.LoadBalancerCIDR)
+	} else {
+		// What a node's default route does on a real node: give cluster
+		// and LoadBalancer IPs a route, which the proxy's DNAT redirects
+		// and its filters drop in forward (the router drops whatever
+		// escapes).
+		dsts = append(dsts, p.ServiceCIDR, p.LoadBalancerCIDR)
 	}
 	for _, dst := range dsts {
 		if dst == h.CIDR {

@@ -1,0 +1,461 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy"
+)
+
+// Options configure a Proxier.
+type Options struct {
+	// NetNS is the network namespace whose iptables the proxier programs
+	// (the node's).
+	NetNS *kernel.NetNS
+	// Flavour forces iptables-nft or iptables-legacy; empty detects the
+	// one the node already uses (at the first Sync).
+	Flavour Flavour
+}
+
+// Proxier is the iptables proxy backend. It remembers what it programmed
+// and restores only the chains that changed (iptables-restore --noflush),
+// checking the canary chains first.
+type Proxier struct {
+	opts Options
+
+	mu      sync.Mutex
+	flavour Flavour
+	r       *renderer
+	// prev is the Ruleset last programmed; applied the text hash of every
+	// chain it holds. nil when unknown (before the first Sync, after a
+	// failed one, after Cleanup): the next Sync rewrites everything.
+	prev    *Ruleset
+	applied map[chainKey]uint64
+	seed    maphash.Seed
+	stats   Stats
+
+	// seen is, for legacy iptables, each table's entry count and size
+	// when the canary was last known present: while they stay the same
+	// nobody touched the table, and the canary need not be read (reading
+	// the nat table costs 0.5 s at 10,000 services; this costs 10 µs).
+	seen map[Table]kernel.LegacyTableInfo
+
+	// run executes iptables tools; sysctl writes a sysctl; tableInfo
+	// reads a legacy table's size. Tests wrap them.
+	run       runFunc
+	sysctl    func(name, value string) error
+	tableInfo func(t Table) (kernel.LegacyTableInfo, error)
+}
+
+// Stats count what Sync did, for the agent's metrics.
+type Stats struct {
+	Syncs        int
+	FullSyncs    int
+	PartialSyncs int
+	// NoopSyncs found nothing to change and ran no iptables-restore.
+	NoopSyncs int
+	// CanaryResyncs are full syncs forced by a missing canary: someone
+	// flushed or deleted kdive's rules.
+	CanaryResyncs int
+	Failures      int
+	Last          SyncInfo
+}
+
+// SyncInfo describes the last successful Sync.
+type SyncInfo struct {
+	Full       bool
+	CanaryLost bool
+	// Restores is the number of iptables-restore runs; Bytes their input.
+	Restores      int
+	Bytes         int
+	ChainsWritten int
+	RulesWritten  int
+	ChainsDeleted int
+	Duration      time.Duration
+}
+
+var _ proxy.Backend = (*Proxier)(nil)
+
+// New returns a Proxier; it does nothing until Sync.
+func New(opts Options) *Proxier {
+	p := &Proxier{opts: opts, r: newRenderer(), seed: maphash.MakeSeed()}
+	p.run = func(ctx context.Context, stdin, name string, args ...string) (string, error) {
+		if p.opts.NetNS == nil {
+			return "", errNoNetNS
+		}
+		return p.opts.NetNS.Run(ctx, stdin, name, args...)
+	}
+	p.sysctl = func(name, value string) error {
+		if p.opts.NetNS == nil {
+			return errNoNetNS
+		}
+		return p.opts.NetNS.Sysctl(name, value)
+	}
+	p.tableInfo = func(t Table) (kernel.LegacyTableInfo, error) {
+		if p.opts.NetNS == nil {
+			return kernel.LegacyTableInfo{}, errNoNetNS
+		}
+		return p.opts.NetNS.LegacyIPTablesInfo(string(t))
+	}
+	return p
+}
+
+var errNoNetNS = errors.New("iptables proxier: no network namespace")
+
+// Mode is "iptables".
+func (p *Proxier) Mode() string { return "iptables" }
+
+// Flavour is the iptables in use: Options.Flavour, or what the first Sync
+// detected (empty before).
+func (p *Proxier) Flavour() Flavour {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.flavour
+}
+
+// Stats returns the counters.
+func (p *Proxier) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+// Ruleset is what the last successful Sync programmed (nil before).
+func (p *Proxier) Ruleset() *Ruleset {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.prev
+}
+
+func (p *Proxier) ensureFlavour(ctx context.Context) error {
+	if p.flavour != "" {
+		return nil
+	}
+	if p.opts.Flavour != "" {
+		if !p.opts.Flavour.valid() {
+			return fmt.Errorf("iptables flavour %q: want nft or legacy", p.opts.Flavour)
+		}
+		p.flavour = p.opts.Flavour
+		return nil
+	}
+	f, err := detectFlavour(ctx, p.run)
+	if err != nil {
+		return err
+	}
+	p.flavour = f
+	return nil
+}
+
+// Sync programs d. With d.Changed it renders only the changed ports and
+// restores only the chains whose text changed (nothing at all when none
+// did); a full Sync (d.Changed nil, the first one, or after the canary
+// went missing or a Sync failed) reads iptables-save, rewrites every
+// chain, deletes kdive chains that are no longer wanted and inserts
+// missing jumps from the built-in chains.
+func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	start := time.Now()
+	p.stats.Syncs++
+	info, err := p.sync(ctx, d)
+	if err != nil {
+		p.stats.Failures++
+		p.forget()
+		return err
+	}
+	info.Duration = time.Since(start)
+	p.stats.Last = info
+	return nil
+}
+
+func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) {
+	var info SyncInfo
+	if err := p.ensureFlavour(ctx); err != nil {
+		return info, err
+	}
+	full := d.Changed == nil || p.applied == nil
+	if !full {
+		ok, err := p.canaryOK(ctx)
+		if err != nil {
+			return info, err
+		}
+		if !ok {
+			full, info.CanaryLost = true, true
+			p.stats.CanaryResyncs++
+			p.forget()
+		}
+	}
+	var pl *plan
+	var rs *Ruleset
+	if full {
+		rs = p.r.render(d, nil)
+		var err error
+		if pl, err = p.planFull(ctx, rs); err != nil {
+			return info, err
+		}
+		if err := p.localnet(d); err != nil {
+			return info, err
+		}
+	} else {
+		rs = p.r.render(d, p.prev)
+		pl = p.planPartial(rs)
+	}
+	info.Full = full
+	if pl.empty() {
+		p.stats.NoopSyncs++
+		p.prev = rs
+		return info, nil
+	}
+	info.ChainsWritten, info.RulesWritten, info.ChainsDeleted = pl.counts()
+	for _, in := range pl.inputs(p.flavour) {
+		info.Restores++
+		info.Bytes += len(in)
+		if err := p.restore(ctx, in, rs); err != nil {
+			return info, err
+		}
+	}
+	if full {
+		p.stats.FullSyncs++
+		p.applied = map[chainKey]uint64{}
+	} else {
+		p.stats.PartialSyncs++
+	}
+	for t, names := range pl.del {
+		for _, n := range names {
+			delete(p.applied, chainKey{t, n})
+		}
+	}
+	for k, h := range pl.hash {
+		p.applied[k] = h
+	}
+	p.prev = rs
+	p.remember()
+	return info, nil
+}
+
+// forget drops what the kernel is believed to hold: the next Sync is full.
+func (p *Proxier) forget() {
+	p.prev, p.applied, p.seen = nil, nil, nil
+}
+
+// remember notes the legacy tables' sizes right after a restore that
+// left the canary in place.
+func (p *Proxier) remember() {
+	if p.flavour != FlavourLegacy {
+		return
+	}
+	p.seen = map[Table]kernel.LegacyTableInfo{}
+	for _, t := range tables {
+		if info, err := p.tableInfo(t); err == nil {
+			p.seen[t] = info
+		}
+	}
+}
+
+func (p *Proxier) hashOf(c *Chain) uint64 { return maphash.String(p.seed, c.text()) }
+
+// planFull writes every chain, deletes kdive chains that are not wanted
+// and inserts the jumps from the built-in chains that are missing.
+func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
+	out, err := save(ctx, p.run, p.flavour, "")
+	if err != nil {
+		return nil, fmt.Errorf("read iptables: %w", err)
+	}
+	cur := parseSave(out)
+	pl := newPlan(true)
+	want := map[chainKey]bool{}
+	for _, c := range rs.Top {
+		want[chainKey{c.Table, c.Name}] = true
+		pl.top[c.Table] = append(pl.top[c.Table], c)
+		pl.hash[chainKey{c.Table, c.Name}] = p.hashOf(c)
+	}
+	for _, sc := range rs.Services {
+		for _, c := range sc.Chains {
+			want[chainKey{c.Table, c.Name}] = true
+			pl.hash[chainKey{c.Table, c.Name}] = p.hashOf(c)
+		}
+		pl.svc = append(pl.svc, sc.Chains)
+	}
+	pl.fresh = cur[TableNAT] == nil || len(cur[TableNAT].chains) < 1000
+	for _, t := range tables {
+		st := cur[t]
+		if st != nil {
+			for _, name := range st.ours(t) {
+				if !want[chainKey{t, name}] {
+					pl.del[t] = append(pl.del[t], name)
+				}
+			}
+		}
+		for _, hc := range rs.Hooks {
+			if hc.Table != t {
+				continue
+			}
+			for i := len(hc.Rules) - 1; i >= 0; i-- {
+				r := &hc.Rules[i]
+				if st == nil || !st.hasJump(hc.Name, r.Jump) {
+					var b strings.Builder
+					r.appendTo(&b, "-I", hc.Name+" 1")
+					pl.extra[t] = append(pl.extra[t], b.String())
+				}
+			}
+		}
+	}
+	return pl, nil
+}
+
+// planPartial writes the chains whose text changed since the last Sync
+// and deletes the ones that are gone. Ports that render reused from the
+// previous Ruleset are skipped without looking.
+func (p *Proxier) planPartial(rs *Ruleset) *plan {
+	pl := newPlan(false)
+	old := make(map[model.ServicePortName]*ServiceChains, len(p.prev.Services))
+	for _, sc := range p.prev.Services {
+		old[sc.Name] = sc
+	}
+	check := func(c *Chain) bool {
+		k := chainKey{c.Table, c.Name}
+		h := p.hashOf(c)
+		if cur, ok := p.applied[k]; ok && cur == h {
+			return false
+		}
+		pl.hash[k] = h
+		return true
+	}
+	same := map[*Chain]bool{}
+	for _, c := range p.prev.Top {
+		same[c] = true
+	}
+	for _, c := range rs.Top {
+		if !same[c] && check(c) {
+			pl.top[c.Table] = append(pl.top[c.Table], c)
+		}
+	}
+	for _, sc := range rs.Services {
+		prev := old[sc.Name]
+		delete(old, sc.Name)
+		if prev == sc {
+			continue
+		}
+		var write []*Chain
+		names := map[string]bool{}
+		for _, c := range sc.Chains {
+			names[c.Name] = true
+			if check(c) {
+				write = append(write, c)
+			}
+		}
+		if len(write) > 0 {
+			pl.svc = append(pl.svc, write)
+		}
+		if prev != nil {
+			for _, c := range prev.Chains {
+				if !names[c.Name] {
+					pl.del[TableNAT] = append(pl.del[TableNAT], c.Name)
+				}
+			}
+		}
+	}
+	for _, sc := range p.prev.Services {
+		if old[sc.Name] != nil { // removed
+			for _, c := range sc.Chains {
+				pl.del[TableNAT] = append(pl.del[TableNAT], c.Name)
+			}
+		}
+	}
+	return pl
+}
+
+// canaryOK says whether the canary rule is still in every table. One
+// iptables-restore lists the canary chains (-S); a missing chain fails it.
+// Legacy tables whose size did not change since the canary was last seen
+// are not listed.
+func (p *Proxier) canaryOK(ctx context.Context) (bool, error) {
+	var check []Table
+	infos := map[Table]kernel.LegacyTableInfo{}
+	for _, t := range tables {
+		if p.flavour == FlavourLegacy {
+			info, err := p.tableInfo(t)
+			if err == nil {
+				if seen, ok := p.seen[t]; ok && seen == info {
+					continue // untouched since the canary was there
+				}
+				infos[t] = info
+			}
+		}
+		check = append(check, t)
+	}
+	if len(check) == 0 {
+		return true, nil
+	}
+	var b strings.Builder
+	for _, t := range check {
+		fmt.Fprintf(&b, "*%s\n-S %s\nCOMMIT\n", t, ChainCanary)
+	}
+	out, err := p.run(ctx, b.String(), p.flavour.tool("restore"), "-w", "--noflush")
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 1 {
+			return false, nil // a canary chain is gone
+		}
+		return false, fmt.Errorf("check canary: %w", err)
+	}
+	if strings.Count(out, "-A "+ChainCanary+" ") < len(check) {
+		return false, nil // a chain is there, its rule is not
+	}
+	if p.seen != nil {
+		for t, info := range infos {
+			p.seen[t] = info
+		}
+	}
+	return true, nil
+}
+
+// localnet lets DNAT send 127.0.0.1 traffic elsewhere when NodePorts
+// answer on localhost (upstream sets the same sysctl).
+func (p *Proxier) localnet(d *proxy.Desired) error {
+	for _, ip := range d.NodePortIPs {
+		if ip.IsLoopback() {
+			return p.sysctl("net.ipv4.conf.all.route_localnet", "1")
+		}
+	}
+	return nil
+}
+
+var failedLine = regexp.MustCompile(`line (\d+) failed`)
+
+// restore runs iptables-restore --noflush. On failure it names the chain
+// (and service port) of the line iptables-restore refused.
+func (p *Proxier) restore(ctx context.Context, input string, rs *Ruleset) error {
+	tool := p.flavour.tool("restore")
+	_, err := p.run(ctx, input, tool, "-w", "--noflush")
+	if err == nil {
+		return nil
+	}
+	if m := failedLine.FindStringSubmatch(err.Error()); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		lines := strings.Split(input, "\n")
+		if n >= 1 && n <= len(lines) {
+			what := lines[n-1]
+			f := strings.Fields(what)
+			if len(f) >= 2 && (f[0] == "-A" || f[0] == "-X") {
+				for _, c := range rs.Chains() {
+					if c.Name == f[1] && c.Service != nil {
+						return fmt.Errorf("sync service %s: chain %s: %w", c.Service, c.Name, err)
+					}
+				}
+				return fmt.Errorf("sync chain %s: %w", f[1], err)
+			}
+		}
+	}
+	return fmt.Errorf("sync iptables (%s): %w", p.flavour, err)
+}

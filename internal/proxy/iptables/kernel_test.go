@@ -1,0 +1,219 @@
+package iptables
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/kdive/kdive/internal/model"
+)
+
+// TestRestoreAccepted: the whole rendered text, with the hook inserts, is
+// accepted by iptables-restore of both flavours.
+func TestRestoreAccepted(t *testing.T) {
+	for _, f := range flavours {
+		t.Run(string(f), func(t *testing.T) {
+			t.Parallel()
+			kp := newKernelProxier(t, f)
+			rs := Render(fixture())
+			if _, err := kp.ns.Run(context.Background(), rs.Text(), f.tool("restore"), "-w", "--noflush"); err != nil {
+				t.Fatalf("restore rendered text: %v", err)
+			}
+			nat := chainsIn(t, kp.ns, f, TableNAT)
+			for _, c := range rs.Chains() {
+				if c.Table == TableNAT && !nat[c.Name] {
+					t.Errorf("nat chain %s missing after restore", c.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestSyncLifecycle: a full Sync, a no-op Sync that restores nothing, a
+// one-endpoint change that restores only that port's chains, a removed
+// port, and Cleanup, read back with iptables-save; a foreign rule and a
+// foreign chain in the same tables survive all of it.
+func TestSyncLifecycle(t *testing.T) {
+	for _, f := range flavours {
+		t.Run(string(f), func(t *testing.T) {
+			t.Parallel()
+			testSyncLifecycle(t, f)
+		})
+	}
+}
+
+func testSyncLifecycle(t *testing.T, f Flavour) {
+	ctx := context.Background()
+	kp := newKernelProxier(t, f)
+	foreign := "*nat\n:FOREIGN - [0:0]\n-A FOREIGN -s 192.0.2.1 -j RETURN\n-A PREROUTING -s 192.0.2.2 -j FOREIGN\nCOMMIT\n" +
+		"*filter\n-A INPUT -s 192.0.2.3 -j ACCEPT\nCOMMIT\n"
+	if _, err := kp.ns.Run(ctx, foreign, f.tool("restore"), "-w", "--noflush"); err != nil {
+		t.Fatal(err)
+	}
+	d := fixture()
+	if err := kp.Sync(ctx, d); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	kp.sent()
+	rs := kp.Ruleset()
+	nat := iptables(t, kp.ns, f, "save", "-t", "nat")
+	web := kp.r.names.port(port(d, "default/web:http").Name)
+	for _, want := range []string{
+		"-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+		"-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+		":" + web.svc, "-j " + web.ext, "--to-destination 10.0.3.2:8080", "-A FOREIGN -s 192.0.2.1/32 -j RETURN",
+	} {
+		if !strings.Contains(nat, want) {
+			t.Errorf("nat after first sync lacks %q", want)
+		}
+	}
+	if st := kp.Stats(); st.FullSyncs != 1 || !st.Last.Full || st.Last.Restores != 1 {
+		t.Errorf("stats after first sync: %+v", st)
+	}
+
+	// Same input: nothing restored.
+	if err := kp.Sync(ctx, unchanged(d)); err != nil {
+		t.Fatalf("no-op sync: %v", err)
+	}
+	if s := kp.sent(); len(s) != 0 {
+		t.Errorf("no-op sync restored:\n%s", strings.Join(s, "\n"))
+	}
+	if st := kp.Stats(); st.NoopSyncs != 1 || st.Last.Full {
+		t.Errorf("stats after no-op sync: %+v", st)
+	}
+	// Also when the caller says a port changed but it did not.
+	same := unchanged(d)
+	same.Changed[port(d, "default/web:http").Name] = true
+	if err := kp.Sync(ctx, same); err != nil {
+		t.Fatal(err)
+	}
+	if s := kp.sent(); len(s) != 0 {
+		t.Errorf("sync of an unchanged port restored:\n%s", strings.Join(s, "\n"))
+	}
+
+	// One endpoint replaced: only web:http's chains go out.
+	old := web.endpoint(netipAP("10.0.3.2:8080")).chain
+	eps := append([]model.Endpoint(nil), port(d, "default/web:http").Endpoints...)
+	eps[2].IP = netipAP("10.0.3.22:8080").Addr()
+	d2 := withEndpoints(d, "default/web:http", eps...)
+	if err := kp.Sync(ctx, d2); err != nil {
+		t.Fatalf("endpoint change: %v", err)
+	}
+	sent := kp.sent()
+	if len(sent) != 1 {
+		t.Fatalf("endpoint change ran %d restores, want 1", len(sent))
+	}
+	added := web.endpoint(netipAP("10.0.3.22:8080")).chain
+	want := "*nat\n:" + web.svc + " - [0:0]\n:" + added + " - [0:0]\n:" + old + " - [0:0]\n"
+	if !strings.HasPrefix(sent[0], want) || strings.Contains(sent[0], "KUBE-SERVICES") || strings.Contains(sent[0], "*filter") {
+		t.Errorf("endpoint change sent:\n%s\nwant only %s, %s and the deletion of %s", sent[0], web.svc, added, old)
+	}
+	if !strings.Contains(sent[0], "-X "+old+"\n") {
+		t.Errorf("endpoint change does not delete %s:\n%s", old, sent[0])
+	}
+	nat2 := chainsIn(t, kp.ns, f, TableNAT)
+	if nat2[old] || !nat2[added] {
+		t.Errorf("after endpoint change: %s present=%v (want gone), %s present=%v", old, nat2[old], added, nat2[added])
+	}
+
+	// A removed port: its chains go, KUBE-SERVICES is rewritten.
+	dns := kp.r.names.port(port(d, "kube-system/kube-dns:dns").Name)
+	d3 := without(d2, "kube-system/kube-dns:dns")
+	if err := kp.Sync(ctx, d3); err != nil {
+		t.Fatalf("removing a port: %v", err)
+	}
+	sent = kp.sent()
+	if len(sent) != 1 || !strings.Contains(sent[0], ":KUBE-SERVICES") || !strings.Contains(sent[0], "-X "+dns.svc+"\n") {
+		t.Errorf("removing a port sent:\n%s", strings.Join(sent, "\n---\n"))
+	}
+	nat3 := chainsIn(t, kp.ns, f, TableNAT)
+	for _, c := range rs.Chains() {
+		if c.Service != nil && c.Service.Name == "kube-dns" && c.Service.Port == "dns" && nat3[c.Name] {
+			t.Errorf("chain %s of the removed port is still there", c.Name)
+		}
+	}
+	if !nat3[web.svc] {
+		t.Errorf("chain %s went away with another port", web.svc)
+	}
+
+	// Cleanup leaves no kdive chain or jump, and the foreign rules.
+	if err := kp.Cleanup(ctx); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	all := iptables(t, kp.ns, f, "save")
+	for _, line := range strings.Split(all, "\n") {
+		if strings.Contains(line, "KUBE-") {
+			t.Errorf("after cleanup: %s", line)
+		}
+	}
+	for _, want := range []string{":FOREIGN", "-A FOREIGN -s 192.0.2.1/32 -j RETURN", "-A PREROUTING -s 192.0.2.2/32 -j FOREIGN", "-A INPUT -s 192.0.2.3/32 -j ACCEPT"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("cleanup removed a foreign rule: %q", want)
+		}
+	}
+	// And a new Sync after Cleanup starts over.
+	if err := kp.Sync(ctx, d3); err != nil {
+		t.Fatalf("sync after cleanup: %v", err)
+	}
+	if !chainsIn(t, kp.ns, f, TableNAT)[web.svc] {
+		t.Errorf("sync after cleanup did not restore %s", web.svc)
+	}
+}
+
+// TestCanary: someone flushes the nat table; the next Sync, although
+// nothing changed, notices the missing canary and restores everything.
+func TestCanary(t *testing.T) {
+	for _, f := range flavours {
+		t.Run(string(f), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			kp := newKernelProxier(t, f)
+			d := fixture()
+			if err := kp.Sync(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			before := iptables(t, kp.ns, f, "save", "-t", "nat")
+			iptables(t, kp.ns, f, "", "-w", "-t", "nat", "-F")
+			if strings.Contains(iptables(t, kp.ns, f, "save", "-t", "nat"), "-A KUBE-") {
+				t.Fatal("flush left rules")
+			}
+			if err := kp.Sync(ctx, unchanged(d)); err != nil {
+				t.Fatal(err)
+			}
+			st := kp.Stats()
+			if st.CanaryResyncs != 1 || !st.Last.CanaryLost || !st.Last.Full {
+				t.Errorf("stats after the flush: %+v", st)
+			}
+			if after := iptables(t, kp.ns, f, "save", "-t", "nat"); stripCounters(after) != stripCounters(before) {
+				t.Errorf("nat after resync:\n%s\nwant:\n%s", after, before)
+			}
+			// Chains deleted too (-F then -X), in filter this time.
+			iptables(t, kp.ns, f, "", "-w", "-t", "filter", "-F")
+			iptables(t, kp.ns, f, "", "-w", "-t", "filter", "-X")
+			if err := kp.Sync(ctx, unchanged(d)); err != nil {
+				t.Fatal(err)
+			}
+			if st := kp.Stats(); st.CanaryResyncs != 2 {
+				t.Errorf("filter flush not noticed: %+v", st)
+			}
+			if !chainsIn(t, kp.ns, f, TableFilter)[chainExternalServices] {
+				t.Error("filter chains not restored")
+			}
+		})
+	}
+}
+
+// stripCounters drops the comment lines and chain counters of a save.
+func stripCounters(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
+		if strings.HasPrefix(l, ":") {
+			l, _, _ = strings.Cut(l, " [")
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}

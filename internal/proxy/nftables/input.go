@@ -1,0 +1,82 @@
+package nftables
+
+import (
+	"slices"
+
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy"
+)
+
+// A port's rendering depends only on the port and the globals, so a Sync
+// told that anything may have changed (Changed nil) compares each port
+// with the copy kept from the last Sync and renders only those that
+// differ: a periodic full resync of an unchanged state costs a comparison,
+// not a render and a diff of the whole table.
+
+// changedPorts names the ports of d that differ from what rs was
+// rendered from, and those rs has that d lacks.
+func (rs *Ruleset) changedPorts(d *proxy.Desired) map[model.ServicePortName]bool {
+	changed := map[model.ServicePortName]bool{}
+	seen := make(map[model.ServicePortName]bool, len(d.Services))
+	for _, p := range d.Services {
+		if seen[p.Name] {
+			continue
+		}
+		seen[p.Name] = true
+		if f := rs.ports[p.Name]; f == nil || !portEqual(f.in, p) {
+			changed[p.Name] = true
+		}
+	}
+	for name := range rs.ports {
+		if !seen[name] {
+			changed[name] = true
+		}
+	}
+	return changed
+}
+
+// portEqual compares every field of two ports.
+func portEqual(a, b *proxy.Port) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	x, y := a.ServicePort, b.ServicePort
+	return x.Name == y.Name && slices.Equal(x.ClusterIPs, y.ClusterIPs) && x.Port == y.Port && x.NodePort == y.NodePort &&
+		slices.Equal(x.ExternalIPs, y.ExternalIPs) && slices.Equal(x.LoadBalancerIPs, y.LoadBalancerIPs) &&
+		slices.Equal(x.LoadBalancerSourceRanges, y.LoadBalancerSourceRanges) && x.AffinityTimeout == y.AffinityTimeout &&
+		x.ExternalPolicyLocal == y.ExternalPolicyLocal && x.InternalPolicyLocal == y.InternalPolicyLocal &&
+		x.HealthCheckNodePort == y.HealthCheckNodePort && x.PreferClose == y.PreferClose &&
+		slices.EqualFunc(x.Endpoints, y.Endpoints, endpointEqual) &&
+		slices.EqualFunc(a.Cluster, b.Cluster, endpointEqual) && slices.EqualFunc(a.Local, b.Local, endpointEqual) &&
+		a.HasEndpoints == b.HasEndpoints
+}
+
+func endpointEqual(a, b model.Endpoint) bool {
+	return a.IP == b.IP && a.Port == b.Port && a.NodeName == b.NodeName && a.Zone == b.Zone && a.Ready == b.Ready &&
+		a.Serving == b.Serving && a.Terminating == b.Terminating && slices.Equal(a.ZoneHints, b.ZoneHints) && a.Pod == b.Pod
+}
+
+// clonePort copies a port deeply, so that a caller reusing its Desired
+// cannot change what the last Sync was rendered from.
+func clonePort(p *proxy.Port) *proxy.Port {
+	c := *p
+	c.ClusterIPs = slices.Clone(p.ClusterIPs)
+	c.ExternalIPs = slices.Clone(p.ExternalIPs)
+	c.LoadBalancerIPs = slices.Clone(p.LoadBalancerIPs)
+	c.LoadBalancerSourceRanges = slices.Clone(p.LoadBalancerSourceRanges)
+	c.Endpoints = cloneEndpoints(p.Endpoints)
+	c.Cluster = cloneEndpoints(p.Cluster)
+	c.Local = cloneEndpoints(p.Local)
+	return &c
+}
+
+func cloneEndpoints(eps []model.Endpoint) []model.Endpoint {
+	if eps == nil {
+		return nil
+	}
+	out := slices.Clone(eps)
+	for i := range out {
+		out[i].ZoneHints = slices.Clone(out[i].ZoneHints)
+	}
+	return out
+}
