@@ -53,6 +53,7 @@ its fields.`,
 			set("cni-data-dir", &cfg.CNI.DataDir, fl.CNI.DataDir)
 			set("proxy-mode", &cfg.Proxy.Mode, fl.Proxy.Mode)
 			set("cluster-cidr", &cfg.Proxy.ClusterCIDR, fl.Proxy.ClusterCIDR)
+			set("ipvs-scheduler", &cfg.Proxy.IPVS.Scheduler, fl.Proxy.IPVS.Scheduler)
 			if f.Changed("nodeport-addresses") {
 				cfg.Proxy.NodePortAddresses = fl.Proxy.NodePortAddresses
 			}
@@ -98,7 +99,8 @@ its fields.`,
 	f.StringVar((*string)(&fl.PodNetwork.Interface), "interface", "", "pod interfaces: routed or bridge (default routed)")
 	f.StringVar((*string)(&fl.PodNetwork.Encap), "encap", "", "between nodes: none, ipip or vxlan (default vxlan)")
 	f.StringVar((*string)(&fl.PodNetwork.EncapPolicy), "encap-policy", "", "encapsulate always or cross-subnet (default cross-subnet)")
-	f.StringVar(&fl.Proxy.Mode, "proxy-mode", "", "service proxy: nftables, iptables or none (default nftables)")
+	f.StringVar(&fl.Proxy.Mode, "proxy-mode", "", "service proxy: nftables, iptables, ipvs or none (default nftables)")
+	f.StringVar(&fl.Proxy.IPVS.Scheduler, "ipvs-scheduler", "", "ipvs mode's scheduler: rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh (default rr)")
 	f.StringVar(&fl.Proxy.ClusterCIDR, "cluster-cidr", "", "the cluster's pod range; traffic to cluster IPs from outside it is masqueraded (default: this node's pod CIDR)")
 	f.StringSliceVar(&fl.Proxy.NodePortAddresses, "nodeport-addresses", nil, "CIDRs of the node addresses NodePorts answer on (default: the node's primary IP)")
 	f.BoolVar(&cleanup, "cleanup", false, "remove every rule, route, tunnel and file kdive programmed on this node, then exit (for uninstall)")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -243,6 +244,8 @@ func (a *Agent) desiredState() (podnet.State, error) {
 	if !found {
 		return st, fmt.Errorf("node %s: no Node object of that name: %w", a.cfg.NodeName, ErrNotReady)
 	}
+	// The lister's order is random; a stable one makes equal states equal.
+	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
 	return st, nil
 }
 

@@ -90,10 +90,19 @@ type ProxyConfig struct {
 	LocalhostNodePorts bool `json:"localhostNodePorts,omitempty"`
 	// MasqueradeAll masquerades all traffic to cluster IPs.
 	MasqueradeAll bool `json:"masqueradeAll,omitempty"`
+	// IPVS configures ipvs mode.
+	IPVS IPVSConfig `json:"ipvs,omitempty"`
+}
+
+// IPVSConfig configures ipvs mode.
+type IPVSConfig struct {
+	// Scheduler is the node's default scheduler (rr); a service may choose
+	// its own with the kdive.dev/ipvs-scheduler annotation.
+	Scheduler string `json:"scheduler,omitempty"`
 }
 
 // ProxyModes are the modes Validate accepts.
-var ProxyModes = []string{"nftables", "iptables", "none"}
+var ProxyModes = []string{"nftables", "iptables", "ipvs", "none"}
 
 // Defaults for fields left empty.
 const (

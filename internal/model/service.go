@@ -81,6 +81,9 @@ type ServicePort struct {
 	HealthCheckNodePort int `json:"healthCheckNodePort,omitempty"`
 	// PreferClose is trafficDistribution: PreferClose.
 	PreferClose bool `json:"preferClose,omitempty"`
+	// IPVSScheduler overrides the node's IPVS scheduler for this service
+	// (annotation kdive.dev/ipvs-scheduler); empty means the node's.
+	IPVSScheduler string `json:"ipvsScheduler,omitempty"`
 	// Endpoints are all endpoints of the port, in a stable order.
 	Endpoints []Endpoint `json:"endpoints"`
 }

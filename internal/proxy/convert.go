@@ -16,6 +16,9 @@ import (
 // them, as kube-proxy does.
 const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 
+// AnnotationIPVSScheduler chooses a service's IPVS scheduler in ipvs mode.
+const AnnotationIPVSScheduler = "kdive.dev/ipvs-scheduler"
+
 // defaultAffinityTimeout is ClientIP affinity's timeout when the service
 // sets none (the API server's default, 3 hours).
 const defaultAffinityTimeout = 10800
@@ -115,6 +118,7 @@ func ServicePorts(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]m
 			AffinityTimeout:     affinity,
 			InternalPolicyLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
 			PreferClose:         svc.Spec.TrafficDistribution != nil && *svc.Spec.TrafficDistribution == corev1.ServiceTrafficDistributionPreferClose,
+			IPVSScheduler:       svc.Annotations[AnnotationIPVSScheduler],
 		}
 		if svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 			p.NodePort = int(sp.NodePort)
