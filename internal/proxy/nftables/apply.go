@@ -23,7 +23,7 @@ type Options struct {
 }
 
 // Proxier is the nftables proxy backend. It remembers what it programmed
-// and sends only the difference, one atomic `nft -f` per Sync.
+// and sends only the difference, one atomic transaction per Sync.
 type Proxier struct {
 	opts Options
 
@@ -42,7 +42,7 @@ type Proxier struct {
 
 // maxSessionScript: bigger transactions (and every table replace) go
 // through `nft -f` rather than the session.
-const maxSessionScript = 1 << 20
+const maxSessionScript = 512 << 10 // lines of 600 KB were tried
 
 var _ proxy.Backend = (*Proxier)(nil)
 

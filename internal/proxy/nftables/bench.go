@@ -32,13 +32,16 @@ type SyncBench struct {
 	// Noop is a Sync told that nothing changed; FullNoop one with
 	// Changed nil (a periodic full resync) that finds nothing to do.
 	Noop, FullNoop time.Duration
+	// Restart is the first Sync of a new Proxier over the existing table
+	// (an agent restart: the table is replaced whole).
+	Restart time.Duration
 }
 
 func (b SyncBench) String() string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
-	return fmt.Sprintf("%d services × %d endpoints (%d elements, %d rules, %d KiB script): render %s, first sync %s (floor %s), one endpoint %s (first change %s), remove endpoint %s, no-op %s, full no-op %s",
+	return fmt.Sprintf("%d services × %d endpoints (%d elements, %d rules, %d KiB script): render %s, first sync %s (floor %s), one endpoint %s (first change %s), remove endpoint %s, no-op %s, full no-op %s, restart %s",
 		b.Services, b.Endpoints, b.Elements, b.Rules, b.ScriptBytes/1024, ms(b.Render), ms(b.First), ms(b.Floor),
-		ms(b.OneEndpoint), ms(b.FirstChange), ms(b.RemoveEndpoint), ms(b.Noop), ms(b.FullNoop))
+		ms(b.OneEndpoint), ms(b.FirstChange), ms(b.RemoveEndpoint), ms(b.Noop), ms(b.FullNoop), ms(b.Restart))
 }
 
 // MeasureSync times the proxier on GenerateDesired(services, endpoints):
@@ -70,7 +73,7 @@ func MeasureSync(ctx context.Context, node, floor *kernel.NetNS, services, endpo
 	b.Floor = time.Since(start)
 
 	p := New(Options{NetNS: node})
-	defer p.Close()
+	defer func() { p.Close() }()
 	timed := func(d *proxy.Desired, into *time.Duration) error {
 		start := time.Now()
 		err := p.Sync(ctx, d)
@@ -113,6 +116,11 @@ func MeasureSync(ctx context.Context, node, floor *kernel.NetNS, services, endpo
 	d.Changed = nil
 	if err := timed(d, &b.FullNoop); err != nil {
 		return b, fmt.Errorf("measure sync: full no-op: %w", err)
+	}
+	p.Close()
+	p = New(Options{NetNS: node})
+	if err := timed(d, &b.Restart); err != nil {
+		return b, fmt.Errorf("measure sync: restart: %w", err)
 	}
 	return b, nil
 }

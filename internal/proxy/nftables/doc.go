@@ -52,7 +52,8 @@
 // of Desired.NodePortIPs (no 127.0.0.1 unless LocalhostNodePorts, which
 // also needs net.ipv4.conf.*.route_localnet=1: the agent's job).
 // Nothing here depends on the number of services: 10,000 ports of 10
-// endpoints are 10,000 + 100,000 elements, 2 shared chains and 15 rules.
+// endpoints are 10,000 + 100,000 elements (plus ~1,000 hairpin pairs),
+// 2 shared chains and 16 rules in all.
 //
 // Traffic decisions, as proxy.Desired gives them:
 //   - cluster IP: Port.InternalEndpoints; masqueraded from outside
@@ -98,9 +99,20 @@
 // long-running `nft -i` (kernel.NftSession), where they take well under a
 // millisecond; replaces and very large transactions use `nft -f`.
 //
-// BenchmarkSync10k*, BenchmarkLoad10kFloor and MeasureSync (`kdive bench
-// sync`) measure it; the numbers at the time of writing are in the
-// benchmark file's comment.
+// Measured with MeasureSync (medians of 5 runs, 2 cores shared with other
+// work), GenerateDesired(10000, 10): 111,001 elements, 16 rules, a 5.9 MB
+// script:
+//   - first Sync 1.48 s; the floor (the same ruleset, one nft -f, fresh
+//     namespace) 1.15 s: 1.29×; Render alone 135-170 ms;
+//   - a new Proxier over the existing table (agent restart): 1.45 s;
+//   - one endpoint replaced: 0.7 ms (the first change after start 5-9
+//     ms: it starts the session); one endpoint removed (N 10 -> 9): 2.5 ms;
+//   - Sync told nothing changed: 0.05 ms; a full resync (Changed nil)
+//     finding nothing: 23 ms.
+//
+// At 1,000 × 10: first Sync 150 ms (floor 120 ms), one endpoint 0.6 ms,
+// removed 1.2 ms, full resync 2-3 ms. BenchmarkSync10k*,
+// BenchmarkLoad10kFloor and BenchmarkRender10k measure the same.
 //
 // # What is atomic, and incremental updates
 //

@@ -45,7 +45,7 @@ func portEqual(a, b *proxy.Port) bool {
 		slices.Equal(x.ExternalIPs, y.ExternalIPs) && slices.Equal(x.LoadBalancerIPs, y.LoadBalancerIPs) &&
 		slices.Equal(x.LoadBalancerSourceRanges, y.LoadBalancerSourceRanges) && x.AffinityTimeout == y.AffinityTimeout &&
 		x.ExternalPolicyLocal == y.ExternalPolicyLocal && x.InternalPolicyLocal == y.InternalPolicyLocal &&
-		x.HealthCheckNodePort == y.HealthCheckNodePort && x.PreferClose == y.PreferClose &&
+		x.HealthCheckNodePort == y.HealthCheckNodePort && x.PreferClose == y.PreferClose && x.IPVSScheduler == y.IPVSScheduler &&
 		slices.EqualFunc(x.Endpoints, y.Endpoints, endpointEqual) &&
 		slices.EqualFunc(a.Cluster, b.Cluster, endpointEqual) && slices.EqualFunc(a.Local, b.Local, endpointEqual) &&
 		a.HasEndpoints == b.HasEndpoints

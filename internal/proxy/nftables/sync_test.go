@@ -353,7 +353,7 @@ func TestCleanup(t *testing.T) {
 func TestPortEqualSeesEveryField(t *testing.T) {
 	for typ, n := range map[reflect.Type]int{
 		reflect.TypeFor[proxy.Port]():        4,
-		reflect.TypeFor[model.ServicePort](): 13,
+		reflect.TypeFor[model.ServicePort](): 14,
 		reflect.TypeFor[model.Endpoint]():    9,
 	} {
 		if typ.NumField() != n {
@@ -391,6 +391,7 @@ func TestPortEqualSeesEveryField(t *testing.T) {
 		func(q *proxy.Port) { q.InternalPolicyLocal = !q.InternalPolicyLocal },
 		func(q *proxy.Port) { q.HealthCheckNodePort++ },
 		func(q *proxy.Port) { q.PreferClose = !q.PreferClose },
+		func(q *proxy.Port) { q.IPVSScheduler += "x" },
 		func(q *proxy.Port) { q.HasEndpoints = !q.HasEndpoints },
 	}
 	for _, m := range eps {
