@@ -110,8 +110,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.setupProxy(factory); err != nil {
 		return err
 	}
-	if err := cleanupOtherModes(ctx, cfg.Proxy.Mode, a.opts.NetNS); err != nil {
-		a.log.Error("cleaning up other proxy modes", "err", err)
+	if switchedModes(cfg.CNI.DataDir, cfg.Proxy.Mode) {
+		if err := cleanupOtherModes(ctx, cfg.Proxy.Mode, a.opts.NetNS); err != nil {
+			a.log.Error("cleaning up other proxy modes", "err", err)
+		}
 	}
 	defer a.closeProxy()
 	stopServing, err := a.serve(ctx)

@@ -4,25 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/iptables"
+	"github.com/kdive/kdive/internal/proxy/ipvs"
 	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
 // backends is the one place proxy modes are registered.
-var backends = map[string]func(ns *kernel.NetNS) proxy.Backend{
-	"nftables": func(ns *kernel.NetNS) proxy.Backend { return nftables.New(nftables.Options{NetNS: ns}) },
-	"iptables": func(ns *kernel.NetNS) proxy.Backend { return iptables.New(iptables.Options{NetNS: ns}) },
+var backends = map[string]func(ns *kernel.NetNS, cfg ProxyConfig) proxy.Backend{
+	"nftables": func(ns *kernel.NetNS, _ ProxyConfig) proxy.Backend { return nftables.New(nftables.Options{NetNS: ns}) },
+	"iptables": func(ns *kernel.NetNS, _ ProxyConfig) proxy.Backend { return iptables.New(iptables.Options{NetNS: ns}) },
+	"ipvs": func(ns *kernel.NetNS, cfg ProxyConfig) proxy.Backend {
+		return ipvs.New(ipvs.Options{NetNS: ns, Scheduler: cfg.IPVS.Scheduler})
+	},
 }
 
-func newBackend(mode string, ns *kernel.NetNS) (proxy.Backend, error) {
-	mk, ok := backends[mode]
+func newBackend(cfg ProxyConfig, ns *kernel.NetNS) (proxy.Backend, error) {
+	mk, ok := backends[cfg.Mode]
 	if !ok {
-		return nil, fmt.Errorf("proxy.mode %q is not built into this kdive", mode)
+		return nil, fmt.Errorf("proxy.mode %q is not built into this kdive", cfg.Mode)
 	}
-	return mk(ns), nil
+	return mk(ns, cfg), nil
+}
+
+// switchedModes tells whether this node's proxy mode differs from the
+// one recorded in stateDir (or none is recorded), and records mode. Other
+// modes are cleaned up only then: ipvs and iptables share chain names, so
+// cleaning up on every start would briefly break ipvs mode.
+func switchedModes(stateDir, mode string) bool {
+	file := filepath.Join(stateDir, "proxy-mode")
+	b, err := os.ReadFile(file)
+	switched := err != nil || strings.TrimSpace(string(b)) != mode
+	if err := os.MkdirAll(stateDir, 0o755); err == nil {
+		_ = os.WriteFile(file, []byte(mode+"\n"), 0o644)
+	}
+	return switched
 }
 
 // cleanupOtherModes removes what any other proxy mode programmed on this
@@ -33,7 +54,7 @@ func cleanupOtherModes(ctx context.Context, mode string, ns *kernel.NetNS) error
 		if m == mode {
 			continue
 		}
-		if err := mk(ns).Cleanup(ctx); err != nil {
+		if err := mk(ns, ProxyConfig{Mode: m}).Cleanup(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("clean up %s proxy: %w", m, err))
 		}
 	}

@@ -40,7 +40,7 @@ func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
 	if a.cfg.Proxy.Mode == "none" {
 		return nil
 	}
-	backend, err := newBackend(a.cfg.Proxy.Mode, a.opts.NetNS)
+	backend, err := newBackend(a.cfg.Proxy, a.opts.NetNS)
 	if err != nil {
 		return err
 	}

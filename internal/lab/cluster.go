@@ -130,23 +130,14 @@ func (p *Plan) startAgent(n NodePlan, bins Binaries, mode string) (int, error) {
 		"--interface", p.PodNetwork.Interface,
 		"--encap", p.PodNetwork.Encap,
 		"--encap-policy", p.PodNetwork.EncapPolicy,
-		"--proxy-mode", labProxyMode(mode),
+		"--proxy-mode", mode,
 		"--cluster-cidr", p.PodCIDR.String(),
+		"--ipvs-scheduler", p.Proxy.IPVSScheduler,
 	)
 	if err != nil {
 		return 0, fmt.Errorf("start agent of %s: %w", n.Name, err)
 	}
 	return pid, nil
-}
-
-// labProxyMode is the agent's proxy mode for a lab's: modes this build
-// cannot program yet run without a service proxy.
-func labProxyMode(mode string) string {
-	switch mode {
-	case "nftables", "iptables":
-		return mode
-	}
-	return "none" // the other backends land next
 }
 
 // startAPIServer runs the stand-in the kubernetes service points at: an

@@ -123,6 +123,9 @@ func (p *Plan) Features() []kernel.Feature {
 	case "vxlan":
 		f = append(f, kernel.FeatureVXLAN)
 	}
+	if p.Proxy.Mode == "ipvs" {
+		f = append(f, kernel.FeatureIPVS, kernel.FeatureDummy)
+	}
 	return f
 }
 
