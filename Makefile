@@ -14,7 +14,7 @@ LDFLAGS := -X github.com/kdive/kdive/internal/version.Version=$(VERSION) \
 # dummy) run inside the test VM (hack/vmexec), where a missing feature fails
 # instead of skipping: the whole kernel package, and elsewhere the tests
 # whose names say IPIP or IPVS. VM tests use the binaries of `make build`.
-VM_RUN := (?i)ipip|ipvs
+VM_RUN := IPIP|IPVS
 VM_PKGS := ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/
 VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 
