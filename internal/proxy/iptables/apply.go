@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
-	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
 
@@ -44,6 +42,9 @@ type Proxier struct {
 	seed    maphash.Seed
 	stats   Stats
 
+	// switched: the other flavour was cleaned of kdive's rules (once per
+	// Proxier, at its first full Sync).
+	switched bool
 	// seen is, for legacy iptables, each table's entry count and size
 	// when the canary was last known present: while they stay the same
 	// nobody touched the table, and the canary need not be read (reading
@@ -157,11 +158,12 @@ func (p *Proxier) ensureFlavour(ctx context.Context) error {
 }
 
 // Sync programs d. With d.Changed it renders only the changed ports and
-// restores only the chains whose text changed (nothing at all when none
-// did); a full Sync (d.Changed nil, the first one, or after the canary
-// went missing or a Sync failed) reads iptables-save, rewrites every
-// chain, deletes kdive chains that are no longer wanted and inserts
-// missing jumps from the built-in chains.
+// restores only the chains whose text changed since the last Sync
+// (nothing at all when none did); a full Sync (d.Changed nil, the first
+// one, or after the canary went missing or a Sync failed) reads
+// iptables-save and restores every chain that differs from what it should
+// hold, deletes kdive chains that are no longer wanted and inserts missing
+// jumps from the built-in chains.
 func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -198,26 +200,36 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 	var pl *plan
 	var rs *Ruleset
 	if full {
+		p.leaveOtherFlavour(ctx)
 		rs = p.r.render(d, nil)
 		var err error
 		if pl, err = p.planFull(ctx, rs); err != nil {
-			return info, err
-		}
-		if err := p.localnet(d); err != nil {
 			return info, err
 		}
 	} else {
 		rs = p.r.render(d, p.prev)
 		pl = p.planPartial(rs)
 	}
+	if err := p.localnet(d); err != nil {
+		return info, err
+	}
 	info.Full = full
 	if pl.empty() {
 		p.stats.NoopSyncs++
+		if full {
+			p.stats.FullSyncs++
+			p.applied = pl.hash
+			p.remember()
+		}
 		p.prev = rs
 		return info, nil
 	}
 	info.ChainsWritten, info.RulesWritten, info.ChainsDeleted = pl.counts()
-	for _, in := range pl.inputs(p.flavour) {
+	var written func(*Chain, string)
+	if full {
+		written = func(c *Chain, text string) { pl.hash[chainKey{c.Table, c.Name}] = maphash.String(p.seed, text) }
+	}
+	for _, in := range pl.inputs(p.flavour, written) {
 		info.Restores++
 		info.Bytes += len(in)
 		if err := p.restore(ctx, in, rs); err != nil {
@@ -243,185 +255,31 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 	return info, nil
 }
 
+// leaveOtherFlavour removes kdive's rules from the flavour not in use: a
+// node that switched flavours would otherwise run both rule sets (both
+// hook the same places). Best effort: the tools of the other flavour may
+// be missing or broken, and that must not stop this one.
+func (p *Proxier) leaveOtherFlavour(ctx context.Context) {
+	if p.switched {
+		return
+	}
+	other := FlavourLegacy
+	if p.flavour == FlavourLegacy {
+		other = FlavourNFT
+	}
+	p.switched = p.cleanup(ctx, other) == nil
+}
+
 // forget drops what the kernel is believed to hold: the next Sync is full.
 func (p *Proxier) forget() {
 	p.prev, p.applied, p.seen = nil, nil, nil
 }
 
-// remember notes the legacy tables' sizes right after a restore that
-// left the canary in place.
-func (p *Proxier) remember() {
-	if p.flavour != FlavourLegacy {
-		return
-	}
-	p.seen = map[Table]kernel.LegacyTableInfo{}
-	for _, t := range tables {
-		if info, err := p.tableInfo(t); err == nil {
-			p.seen[t] = info
-		}
-	}
-}
-
 func (p *Proxier) hashOf(c *Chain) uint64 { return maphash.String(p.seed, c.text()) }
 
-// planFull writes every chain, deletes kdive chains that are not wanted
-// and inserts the jumps from the built-in chains that are missing.
-func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
-	out, err := save(ctx, p.run, p.flavour, "")
-	if err != nil {
-		return nil, fmt.Errorf("read iptables: %w", err)
-	}
-	cur := parseSave(out)
-	pl := newPlan(true)
-	want := map[chainKey]bool{}
-	for _, c := range rs.Top {
-		want[chainKey{c.Table, c.Name}] = true
-		pl.top[c.Table] = append(pl.top[c.Table], c)
-		pl.hash[chainKey{c.Table, c.Name}] = p.hashOf(c)
-	}
-	for _, sc := range rs.Services {
-		for _, c := range sc.Chains {
-			want[chainKey{c.Table, c.Name}] = true
-			pl.hash[chainKey{c.Table, c.Name}] = p.hashOf(c)
-		}
-		pl.svc = append(pl.svc, sc.Chains)
-	}
-	pl.fresh = cur[TableNAT] == nil || len(cur[TableNAT].chains) < 1000
-	for _, t := range tables {
-		st := cur[t]
-		if st != nil {
-			for _, name := range st.ours(t) {
-				if !want[chainKey{t, name}] {
-					pl.del[t] = append(pl.del[t], name)
-				}
-			}
-		}
-		for _, hc := range rs.Hooks {
-			if hc.Table != t {
-				continue
-			}
-			for i := len(hc.Rules) - 1; i >= 0; i-- {
-				r := &hc.Rules[i]
-				if st == nil || !st.hasJump(hc.Name, r.Jump) {
-					var b strings.Builder
-					r.appendTo(&b, "-I", hc.Name+" 1")
-					pl.extra[t] = append(pl.extra[t], b.String())
-				}
-			}
-		}
-	}
-	return pl, nil
-}
-
-// planPartial writes the chains whose text changed since the last Sync
-// and deletes the ones that are gone. Ports that render reused from the
-// previous Ruleset are skipped without looking.
-func (p *Proxier) planPartial(rs *Ruleset) *plan {
-	pl := newPlan(false)
-	old := make(map[model.ServicePortName]*ServiceChains, len(p.prev.Services))
-	for _, sc := range p.prev.Services {
-		old[sc.Name] = sc
-	}
-	check := func(c *Chain) bool {
-		k := chainKey{c.Table, c.Name}
-		h := p.hashOf(c)
-		if cur, ok := p.applied[k]; ok && cur == h {
-			return false
-		}
-		pl.hash[k] = h
-		return true
-	}
-	same := map[*Chain]bool{}
-	for _, c := range p.prev.Top {
-		same[c] = true
-	}
-	for _, c := range rs.Top {
-		if !same[c] && check(c) {
-			pl.top[c.Table] = append(pl.top[c.Table], c)
-		}
-	}
-	for _, sc := range rs.Services {
-		prev := old[sc.Name]
-		delete(old, sc.Name)
-		if prev == sc {
-			continue
-		}
-		var write []*Chain
-		names := map[string]bool{}
-		for _, c := range sc.Chains {
-			names[c.Name] = true
-			if check(c) {
-				write = append(write, c)
-			}
-		}
-		if len(write) > 0 {
-			pl.svc = append(pl.svc, write)
-		}
-		if prev != nil {
-			for _, c := range prev.Chains {
-				if !names[c.Name] {
-					pl.del[TableNAT] = append(pl.del[TableNAT], c.Name)
-				}
-			}
-		}
-	}
-	for _, sc := range p.prev.Services {
-		if old[sc.Name] != nil { // removed
-			for _, c := range sc.Chains {
-				pl.del[TableNAT] = append(pl.del[TableNAT], c.Name)
-			}
-		}
-	}
-	return pl
-}
-
-// canaryOK says whether the canary rule is still in every table. One
-// iptables-restore lists the canary chains (-S); a missing chain fails it.
-// Legacy tables whose size did not change since the canary was last seen
-// are not listed.
-func (p *Proxier) canaryOK(ctx context.Context) (bool, error) {
-	var check []Table
-	infos := map[Table]kernel.LegacyTableInfo{}
-	for _, t := range tables {
-		if p.flavour == FlavourLegacy {
-			info, err := p.tableInfo(t)
-			if err == nil {
-				if seen, ok := p.seen[t]; ok && seen == info {
-					continue // untouched since the canary was there
-				}
-				infos[t] = info
-			}
-		}
-		check = append(check, t)
-	}
-	if len(check) == 0 {
-		return true, nil
-	}
-	var b strings.Builder
-	for _, t := range check {
-		fmt.Fprintf(&b, "*%s\n-S %s\nCOMMIT\n", t, ChainCanary)
-	}
-	out, err := p.run(ctx, b.String(), p.flavour.tool("restore"), "-w", "--noflush")
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && ee.ExitCode() == 1 {
-			return false, nil // a canary chain is gone
-		}
-		return false, fmt.Errorf("check canary: %w", err)
-	}
-	if strings.Count(out, "-A "+ChainCanary+" ") < len(check) {
-		return false, nil // a chain is there, its rule is not
-	}
-	if p.seen != nil {
-		for t, info := range infos {
-			p.seen[t] = info
-		}
-	}
-	return true, nil
-}
-
 // localnet lets DNAT send 127.0.0.1 traffic elsewhere when NodePorts
-// answer on localhost (upstream sets the same sysctl).
+// answer on localhost (upstream sets the same sysctl; KUBE-PROXY-FIREWALL
+// then drops what it would otherwise let in from outside).
 func (p *Proxier) localnet(d *proxy.Desired) error {
 	for _, ip := range d.NodePortIPs {
 		if ip.IsLoopback() {

@@ -73,6 +73,7 @@ func BenchmarkSync(b *testing.B) {
 			b.Run(name+"/first", func(b *testing.B) { benchFirst(b, f, d) })
 			b.Run(name+"/change", func(b *testing.B) { benchChange(b, f, d, false) })
 			b.Run(name+"/noop", func(b *testing.B) { benchChange(b, f, d, true) })
+			b.Run(name+"/resync", func(b *testing.B) { benchResync(b, f, d) })
 		}
 	}
 }
@@ -175,5 +176,27 @@ func benchChange(b *testing.B, f Flavour, d *proxy.Desired, noop bool) {
 		cur = next
 	}
 	b.ReportMetric(float64(bytes), "restore-bytes/op")
+	cpu.report(b)
+}
+
+// benchResync is a full Sync (Desired.Changed nil) over rules already in
+// place: the periodic resync.
+func benchResync(b *testing.B, f Flavour, d *proxy.Desired) {
+	requireFlavour(b, f)
+	ctx := context.Background()
+	ns, done := benchNetNS(b)
+	defer done()
+	p := New(Options{NetNS: ns, Flavour: f})
+	if err := p.Sync(ctx, d); err != nil {
+		b.Fatal(err)
+	}
+	var cpu cpuTime
+	for b.Loop() {
+		cpu.start()
+		if err := p.Sync(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+		cpu.stop()
+	}
 	cpu.report(b)
 }

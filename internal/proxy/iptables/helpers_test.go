@@ -2,6 +2,8 @@ package iptables
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base32"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -200,6 +202,30 @@ func isListing(stdin string) bool {
 		if l != "" && l != "COMMIT" && !strings.HasPrefix(l, "*") && !strings.HasPrefix(l, "-S ") {
 			return false
 		}
+	}
+	return true
+}
+
+// endpointChainName is upstream's KUBE-SEP name, as upstream computes it.
+func endpointChainName(portName, proto, endpoint string) string {
+	h := sha256.Sum256([]byte(portName + proto + endpoint))
+	return prefixSEP + base32.StdEncoding.EncodeToString(h[:])[:16]
+}
+
+// isOurs says whether a chain name is one kdive creates, in any table.
+func isOurs(name string) bool {
+	for _, t := range tables {
+		if ownedIn(t, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func isChainTarget(j string) bool {
+	switch j {
+	case "", targetAccept, targetDrop, targetReject, targetReturn, targetDNAT, targetMark, targetMasquerade:
+		return false
 	}
 	return true
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/kdive/kdive/internal/model"
 )
@@ -43,8 +44,9 @@ type Ruleset struct {
 	// LOCAL` matches besides 127.0.0.0/8 (for Trace; not part of the rules).
 	LocalIPs []netip.Addr
 
-	glob  globals
-	index map[chainKey]*Chain
+	glob      globals
+	indexOnce sync.Once
+	index     map[chainKey]*Chain
 }
 
 // ServiceChains are the chains one service port owns (KUBE-SVC, KUBE-SVL,
@@ -144,18 +146,10 @@ const (
 	targetMasquerade = "MASQUERADE"
 )
 
-func isChainTarget(j string) bool {
-	switch j {
-	case "", targetAccept, targetDrop, targetReject, targetReturn, targetDNAT, targetMark, targetMasquerade:
-		return false
-	}
-	return true
-}
-
 // Chain finds a chain by table and name: kdive's own chains, and the
 // built-in chains as far as kdive's hooks go.
 func (rs *Ruleset) Chain(t Table, name string) *Chain {
-	if rs.index == nil {
+	rs.indexOnce.Do(func() {
 		rs.index = map[chainKey]*Chain{}
 		for _, c := range rs.Chains() {
 			rs.index[chainKey{c.Table, c.Name}] = c
@@ -163,7 +157,7 @@ func (rs *Ruleset) Chain(t Table, name string) *Chain {
 		for _, c := range rs.Hooks {
 			rs.index[chainKey{c.Table, c.Name}] = c
 		}
-	}
+	})
 	return rs.index[chainKey{t, name}]
 }
 
@@ -190,14 +184,15 @@ func (rs *Ruleset) Text() string {
 				cs = append(cs, c)
 			}
 		}
-		writeTable(&b, t, cs, nil, nil)
+		writeTable(&b, t, cs, nil, nil, nil)
 	}
 	return b.String()
 }
 
 // writeTable writes one table's transaction: the chains to create or
 // flush, their rules, the chains to delete and extra lines (hook inserts).
-func writeTable(b *strings.Builder, t Table, write []*Chain, del []string, extra []string) {
+// written, when set, sees each chain's rule lines as written.
+func writeTable(b *strings.Builder, t Table, write []*Chain, del []string, extra []string, written func(*Chain, string)) {
 	if len(write) == 0 && len(del) == 0 && len(extra) == 0 {
 		return
 	}
@@ -211,7 +206,11 @@ func writeTable(b *strings.Builder, t Table, write []*Chain, del []string, extra
 		writeChainLine(b, name)
 	}
 	for _, c := range write {
+		start := b.Len()
 		c.appendRules(b)
+		if written != nil {
+			written(c, b.String()[start:])
+		}
 	}
 	for _, name := range del {
 		b.WriteString("-X ")

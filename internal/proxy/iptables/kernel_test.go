@@ -5,7 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy"
 )
 
 // TestRestoreAccepted: the whole rendered text, with the hook inserts, is
@@ -89,6 +91,25 @@ func testSyncLifecycle(t *testing.T, f Flavour) {
 	}
 	if s := kp.sent(); len(s) != 0 {
 		t.Errorf("sync of an unchanged port restored:\n%s", strings.Join(s, "\n"))
+	}
+
+	// A full Sync over intact rules restores nothing: every rule, as
+	// iptables-save prints it back, is what it should be.
+	if err := kp.Sync(ctx, d); err != nil {
+		t.Fatalf("full sync over intact rules: %v", err)
+	}
+	if s := kp.sent(); len(s) != 0 {
+		t.Errorf("full sync over intact rules restored:\n%s", strings.Join(s, "\n"))
+	}
+	// Someone deletes a rule of ours: the next full Sync restores that
+	// chain, and only it.
+	sep := web.endpoint(netipAP("10.0.2.2:8080")).chain
+	iptables(t, kp.ns, f, "", "-w", "-t", "nat", "-D", sep, "1")
+	if err := kp.Sync(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if s := kp.sent(); len(s) != 1 || s[0] != "*nat\n:"+sep+" - [0:0]\n"+kp.Ruleset().Chain(TableNAT, sep).text()+"COMMIT\n" {
+		t.Errorf("repairing %s sent:\n%s", sep, strings.Join(s, "\n---\n"))
 	}
 
 	// One endpoint replaced: only web:http's chains go out.
@@ -216,4 +237,130 @@ func stripCounters(s string) string {
 		out = append(out, l)
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestDetectFlavourKernel: the flavour that holds rules wins; a fresh
+// namespace gets nft; kubelet's hint chain decides over rule counts.
+func TestDetectFlavourKernel(t *testing.T) {
+	requireFlavour(t, FlavourNFT)
+	requireFlavour(t, FlavourLegacy)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name  string
+		setup map[Flavour]string
+		want  Flavour
+	}{
+		{"fresh", nil, FlavourNFT},
+		{"legacy rules", map[Flavour]string{FlavourLegacy: "*filter\n-A INPUT -s 192.0.2.1 -j ACCEPT\nCOMMIT\n"}, FlavourLegacy},
+		{"nft rules", map[Flavour]string{FlavourNFT: "*filter\n-A INPUT -s 192.0.2.1 -j ACCEPT\nCOMMIT\n"}, FlavourNFT},
+		{"kubelet hint beats rule count", map[Flavour]string{
+			FlavourNFT:    "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n",
+			FlavourLegacy: "*filter\n-A INPUT -s 192.0.2.1 -j ACCEPT\n-A INPUT -s 192.0.2.2 -j ACCEPT\nCOMMIT\n",
+		}, FlavourNFT},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ns := ktest.NewNetNS(t)
+			for f, in := range c.setup {
+				if _, err := ns.Run(ctx, in, f.tool("restore"), "-w", "--noflush"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p := New(Options{NetNS: ns})
+			if err := p.Sync(ctx, fixture()); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Flavour(); got != c.want {
+				t.Errorf("detected %s, want %s", got, c.want)
+			}
+			if !chainsIn(t, ns, c.want, TableNAT)[chainServices] {
+				t.Errorf("rules not in %s", c.want)
+			}
+		})
+	}
+}
+
+// TestBatchedSync: a write too large for one iptables-nft transaction
+// goes as several, in several processes, and ends up whole.
+func TestBatchedSync(t *testing.T) {
+	ctx := context.Background()
+	kp := newKernelProxier(t, FlavourNFT)
+	d := scaleDesired(450, 10)
+	if err := kp.Sync(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	sent := kp.sent()
+	if n := strings.Count(strings.Join(sent, ""), "*nat\n"); len(sent) < 2 || n < 10 {
+		t.Errorf("%d restores with %d nat transactions, want a batched write", len(sent), n)
+	}
+	nat := chainsIn(t, kp.ns, FlavourNFT, TableNAT)
+	for _, c := range kp.Ruleset().Chains() {
+		if c.Table == TableNAT && !nat[c.Name] {
+			t.Fatalf("chain %s missing", c.Name)
+		}
+	}
+	services := 0
+	for _, l := range strings.Split(iptables(t, kp.ns, FlavourNFT, "", "-w", "-t", "nat", "-S", chainServices), "\n") {
+		if strings.Contains(l, "cluster IP") {
+			services++
+		}
+	}
+	if services != 450 {
+		t.Errorf("KUBE-SERVICES has %d cluster IPs, want 450", services)
+	}
+	if err := kp.Sync(ctx, changeOne(d, 42)); err != nil {
+		t.Fatal(err)
+	}
+	if s := kp.sent(); len(s) != 1 || len(s[0]) > 4000 {
+		t.Errorf("one-endpoint change sent %d restores, %d bytes", len(s), len(strings.Join(s, "")))
+	}
+}
+
+// TestFlavourSwitch: rules a legacy run left go when the node's flavour
+// is nft now (both would hook the same places).
+func TestFlavourSwitch(t *testing.T) {
+	requireFlavour(t, FlavourLegacy)
+	ctx := context.Background()
+	kp := newKernelProxier(t, FlavourNFT)
+	if err := New(Options{NetNS: kp.ns, Flavour: FlavourLegacy}).Sync(ctx, fixture()); err != nil {
+		t.Fatal(err)
+	}
+	if err := kp.Sync(ctx, fixture()); err != nil {
+		t.Fatal(err)
+	}
+	if legacy := iptables(t, kp.ns, FlavourLegacy, "save"); strings.Contains(legacy, "KUBE-") {
+		t.Errorf("legacy rules left:\n%s", legacy)
+	}
+	if !chainsIn(t, kp.ns, FlavourNFT, TableNAT)[chainServices] {
+		t.Error("nft rules missing")
+	}
+}
+
+// TestResyncIntact: a full Sync over rules it programmed itself restores
+// nothing, for rules the fixture lacks (no per-endpoint comments beyond
+// 1,000 endpoints, the localnet guard), in both flavours.
+func TestResyncIntact(t *testing.T) {
+	for _, f := range flavours {
+		t.Run(string(f), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			kp := newKernelProxier(t, f)
+			d := scaleDesired(120, 10)
+			d.Config.LocalhostNodePorts = true
+			d.NodePortIPs = proxy.NodePortIPs(d.Config, d.Node)
+			sp := d.Services[0].ServicePort
+			sp.NodePort, sp.AffinityTimeout = 30001, 600
+			d.Services[0] = proxy.Resolve(sp, d.Node)
+			if err := kp.Sync(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			kp.sent()
+			if err := kp.Sync(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			if s := kp.sent(); len(s) != 0 {
+				t.Errorf("full sync over intact rules restored:\n%s", strings.Join(s, "\n"))
+			}
+		})
+	}
 }

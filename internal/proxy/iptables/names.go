@@ -37,16 +37,6 @@ var sharedChains = map[Table][]string{
 	TableMangle: {ChainCanary},
 }
 
-// isOurs says whether a chain name is one kdive creates (and so removes).
-func isOurs(name string) bool {
-	switch name {
-	case chainServices, chainExternalServices, chainNodePorts, chainPostrouting,
-		chainMarkMasq, chainForward, chainFirewall, ChainCanary:
-		return true
-	}
-	return isServiceChain(name)
-}
-
 func isServiceChain(name string) bool {
 	for _, p := range []string{prefixSVC, prefixSVL, prefixEXT, prefixFW, prefixSEP} {
 		if strings.HasPrefix(name, p) {
@@ -63,11 +53,17 @@ func portProtoHash(portName, proto string) string {
 	return base32.StdEncoding.EncodeToString(h[:])[:16]
 }
 
-// endpointChainName is upstream's KUBE-SEP name: the hash also covers the
-// endpoint "ip:port".
-func endpointChainName(portName, proto, endpoint string) string {
-	h := sha256.Sum256([]byte(portName + proto + endpoint))
-	return prefixSEP + base32.StdEncoding.EncodeToString(h[:])[:16]
+// sepName is upstream's KUBE-SEP name for a port's endpoint (the hash also
+// covers the endpoint "ip:port") and that "ip:port", with one allocation:
+// a first render names 100,000 of them.
+func (pn *portNames) sepName(ep netip.AddrPort) (chain, endpoint string) {
+	var buf [128]byte
+	b := append(append(buf[:0], pn.str...), pn.proto...)
+	b = ep.AppendTo(b)
+	h := sha256.Sum256(b)
+	var enc [56]byte
+	base32.StdEncoding.Encode(enc[:], h[:])
+	return prefixSEP + string(enc[:16]), string(b[len(pn.str)+len(pn.proto):])
 }
 
 // portNames are a service port's chain names and comments, computed once
@@ -131,8 +127,8 @@ func (pn *portNames) endpoint(ep netip.AddrPort) *endpointNames {
 	if en := pn.seps[ep]; en != nil {
 		return en
 	}
-	s := ep.String()
-	en := &endpointNames{chain: endpointChainName(pn.str, pn.proto, s), comment: pn.str + " -> " + s}
+	chain, s := pn.sepName(ep)
+	en := &endpointNames{chain: chain, comment: pn.str + " -> " + s}
 	pn.seps[ep] = en
 	return en
 }

@@ -1,7 +1,11 @@
 package iptables
 
 import (
+	"context"
+	"fmt"
 	"strings"
+
+	"github.com/kdive/kdive/internal/model"
 )
 
 // plan is what one Sync sends: chains to write (create or flush and
@@ -78,7 +82,8 @@ const (
 )
 
 // inputs renders the plan as iptables-restore inputs, run in order.
-func (pl *plan) inputs(f Flavour) []string {
+// written, when set, sees each chain's rule lines as written.
+func (pl *plan) inputs(f Flavour, written func(*Chain, string)) []string {
 	svcRules := 0
 	for _, g := range pl.svc {
 		for _, c := range g {
@@ -100,7 +105,7 @@ func (pl *plan) inputs(f Flavour) []string {
 					write = append(write, g...)
 				}
 			}
-			writeTable(&b, t, write, pl.del[t], pl.extra[t])
+			writeTable(&b, t, write, pl.del[t], pl.extra[t], written)
 		}
 		return []string{b.String()}
 	}
@@ -118,7 +123,7 @@ func (pl *plan) inputs(f Flavour) []string {
 	}
 	blocks, rules := 0, 0
 	flush := func() {
-		writeTable(&b, TableNAT, block, nil, nil)
+		writeTable(&b, TableNAT, block, nil, nil, written)
 		block, rules = block[:0], 0
 		if blocks++; blocks == perProcess {
 			out = append(out, b.String())
@@ -127,30 +132,153 @@ func (pl *plan) inputs(f Flavour) []string {
 		}
 	}
 	for _, g := range pl.svc {
+		if rules >= perBlock {
+			flush()
+		}
 		block = append(block, g...)
 		for _, c := range g {
 			rules += len(c.Rules)
 		}
-		if rules >= perBlock {
-			flush()
-		}
 	}
-	if len(block) > 0 {
-		flush()
-	}
-	if b.Len() > 0 {
-		out = append(out, b.String())
-		b.Reset()
-	}
+	// The last block goes with the shared chains, in one transaction
+	// (for legacy, one whole-table replace less).
 	for _, t := range tables {
 		write := pl.top[t]
 		if t == TableNAT {
-			write = rest
+			write = append(block, rest...)
 		}
-		writeTable(&b, t, write, pl.del[t], pl.extra[t])
+		writeTable(&b, t, write, pl.del[t], pl.extra[t], written)
 	}
-	if b.Len() > 0 {
-		out = append(out, b.String())
+	return append(out, b.String())
+}
+
+// planFull restores every chain whose rules differ from what iptables-save
+// shows, deletes kdive chains that are not wanted and inserts the jumps
+// from the built-in chains that are missing.
+func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
+	out, err := save(ctx, p.run, p.flavour, "")
+	if err != nil {
+		return nil, fmt.Errorf("read iptables: %w", err)
 	}
-	return out
+	cur := parseSave(out)
+	pl := newPlan(true)
+	want := map[chainKey]bool{}
+	// A chain that holds what it should is left alone (after a restart, or
+	// the periodic resync, that is nearly all of them: iptables-nft would
+	// otherwise commit the whole table again, batch by batch, each commit
+	// validating everything hooked: 77 s at 10k services). Hashes of the
+	// chains written are taken as inputs writes them.
+	intact := func(c *Chain) bool {
+		st := cur[c.Table]
+		if st == nil || !st.chains[c.Name] || !c.sameAsSaved(st.rules[c.Name]) {
+			return false
+		}
+		pl.hash[chainKey{c.Table, c.Name}] = p.hashOf(c)
+		return true
+	}
+	for _, c := range rs.Top {
+		want[chainKey{c.Table, c.Name}] = true
+		if !intact(c) {
+			pl.top[c.Table] = append(pl.top[c.Table], c)
+		}
+	}
+	for _, sc := range rs.Services {
+		var write []*Chain
+		for _, c := range sc.Chains {
+			want[chainKey{c.Table, c.Name}] = true
+			if !intact(c) {
+				write = append(write, c)
+			}
+		}
+		if len(write) > 0 {
+			pl.svc = append(pl.svc, write)
+		}
+	}
+	pl.fresh = cur[TableNAT] == nil || len(cur[TableNAT].chains) < 1000
+	for _, t := range tables {
+		st := cur[t]
+		if st != nil {
+			for _, name := range st.ours(t) {
+				if !want[chainKey{t, name}] {
+					pl.del[t] = append(pl.del[t], name)
+				}
+			}
+		}
+		for _, hc := range rs.Hooks {
+			if hc.Table != t {
+				continue
+			}
+			for i := len(hc.Rules) - 1; i >= 0; i-- {
+				r := &hc.Rules[i]
+				if st == nil || !st.hasJump(hc.Name, r.Jump) {
+					var b strings.Builder
+					r.appendTo(&b, "-I", hc.Name+" 1")
+					pl.extra[t] = append(pl.extra[t], b.String())
+				}
+			}
+		}
+	}
+	return pl, nil
+}
+
+// planPartial writes the chains whose text changed since the last Sync
+// and deletes the ones that are gone. Ports that render reused from the
+// previous Ruleset are skipped without looking.
+func (p *Proxier) planPartial(rs *Ruleset) *plan {
+	pl := newPlan(false)
+	old := make(map[model.ServicePortName]*ServiceChains, len(p.prev.Services))
+	for _, sc := range p.prev.Services {
+		old[sc.Name] = sc
+	}
+	check := func(c *Chain) bool {
+		k := chainKey{c.Table, c.Name}
+		h := p.hashOf(c)
+		if cur, ok := p.applied[k]; ok && cur == h {
+			return false
+		}
+		pl.hash[k] = h
+		return true
+	}
+	same := map[*Chain]bool{}
+	for _, c := range p.prev.Top {
+		same[c] = true
+	}
+	for _, c := range rs.Top {
+		if !same[c] && check(c) {
+			pl.top[c.Table] = append(pl.top[c.Table], c)
+		}
+	}
+	for _, sc := range rs.Services {
+		prev := old[sc.Name]
+		delete(old, sc.Name)
+		if prev == sc {
+			continue
+		}
+		var write []*Chain
+		names := map[string]bool{}
+		for _, c := range sc.Chains {
+			names[c.Name] = true
+			if check(c) {
+				write = append(write, c)
+			}
+		}
+		if len(write) > 0 {
+			pl.svc = append(pl.svc, write)
+		}
+		if prev != nil {
+			for _, c := range prev.Chains {
+				if !names[c.Name] {
+					pl.del[TableNAT] = append(pl.del[TableNAT], c.Name)
+				}
+			}
+		}
+	}
+	for _, sc := range p.prev.Services {
+		if old[sc.Name] != nil { // removed
+			for _, c := range sc.Chains {
+				pl.del[TableNAT] = append(pl.del[TableNAT], c.Name)
+			}
+		}
+	}
+	return pl
 }

@@ -147,15 +147,24 @@ func (pr *portRender) chains() {
 	if pr.usesFW {
 		pr.chain(pn.fw, pr.firewall())
 	}
-	seen := make(map[netip.AddrPort]bool, len(p.Cluster)+len(p.Local))
+	// The KUBE-SEP chains and their rules are allocated together: they are
+	// most of a render's allocations.
+	n := len(p.Cluster) + len(p.Local)
+	seen := make(map[netip.AddrPort]bool, n)
+	slab := endpointSlab{chains: make([]Chain, 0, n), rules: make([]Rule, 0, 2*n)}
 	for _, eps := range [][]model.Endpoint{p.Cluster, p.Local} {
 		for _, e := range eps {
 			if ap := e.AddrPort(); !seen[ap] {
 				seen[ap] = true
-				pr.endpointChain(ap)
+				pr.endpointChain(ap, &slab)
 			}
 		}
 	}
+}
+
+type endpointSlab struct {
+	chains []Chain
+	rules  []Rule
 }
 
 // balance is a KUBE-SVC or KUBE-SVL chain: the masquerade rule when it
@@ -184,18 +193,24 @@ func (pr *portRender) balance(chain string, eps []model.Endpoint) []Rule {
 			rules = append(rules, r)
 		}
 	}
+	comment := func(en *endpointNames) string {
+		if pr.g.largeCluster {
+			return ""
+		}
+		return en.comment
+	}
 	if p.AffinityTimeout > 0 {
 		for _, e := range eps {
 			en := pr.pn.endpoint(e.AddrPort())
 			rules = append(rules, Rule{
-				Comment: en.comment, Recent: &Recent{Name: en.chain, Seconds: p.AffinityTimeout},
+				Comment: comment(en), Recent: &Recent{Name: en.chain, Seconds: p.AffinityTimeout},
 				Jump: en.chain, Endpoint: e.AddrPort(),
 			})
 		}
 	}
 	for i, e := range eps {
 		en := pr.pn.endpoint(e.AddrPort())
-		r := Rule{Comment: en.comment, Jump: en.chain, Endpoint: e.AddrPort()}
+		r := Rule{Comment: comment(en), Jump: en.chain, Endpoint: e.AddrPort()}
 		if i < n-1 {
 			r.Probability = 1 / float64(n-i)
 		}
@@ -255,14 +270,20 @@ func (pr *portRender) firewall() []Rule {
 // endpointChain is a KUBE-SEP chain: masquerade hairpin traffic (the
 // endpoint reaching itself through the service), remember the client for
 // affinity, and DNAT.
-func (pr *portRender) endpointChain(ap netip.AddrPort) {
+func (pr *portRender) endpointChain(ap netip.AddrPort, slab *endpointSlab) {
 	en := pr.pn.endpoint(ap)
-	dnat := Rule{Comment: pr.pn.str, Proto: pr.proto, Jump: targetDNAT, Endpoint: ap}
+	comment := pr.pn.str
+	if pr.g.largeCluster {
+		comment = ""
+	}
+	dnat := Rule{Comment: comment, Proto: pr.proto, Jump: targetDNAT, Endpoint: ap, Service: pr.name}
 	if pr.p.AffinityTimeout > 0 {
 		dnat.Recent = &Recent{Name: en.chain, Set: true}
 	}
-	pr.chain(en.chain, []Rule{
-		{Comment: pr.pn.str, Src: hostPrefix(ap.Addr()), Jump: chainMarkMasq, Endpoint: ap},
-		dnat,
-	})
+	i := len(slab.rules)
+	slab.rules = append(slab.rules,
+		Rule{Comment: comment, Src: hostPrefix(ap.Addr()), Jump: chainMarkMasq, Endpoint: ap, Service: pr.name},
+		dnat)
+	slab.chains = append(slab.chains, Chain{Table: TableNAT, Name: en.chain, Rules: slab.rules[i : i+2 : i+2], Service: pr.name})
+	pr.sc.Chains = append(pr.sc.Chains, &slab.chains[len(slab.chains)-1])
 }

@@ -33,10 +33,24 @@ type globals struct {
 	nodeIP      netip.Addr
 	nodePortIPs string
 	localIPs    string
+	// largeCluster leaves the comments off the rules of each endpoint, as
+	// upstream does beyond largeClusterEndpoints: they are most of the
+	// rules, and the comments a third of their size (10k × 10 endpoints:
+	// first sync 6.0 s → 4.8 s with either flavour, a legacy change 1.75 s
+	// → 1.07 s).
+	largeCluster bool
 }
+
+// largeClusterEndpoints is upstream's largeClusterEndpointsThreshold.
+const largeClusterEndpoints = 1000
 
 func globalsOf(d *proxy.Desired) globals {
 	g := globals{masqAll: d.Config.MasqueradeAll, nodePortIPs: joinAddrs(d.NodePortIPs), localIPs: joinAddrs(d.Node.IPs)}
+	eps := 0
+	for _, p := range d.Services {
+		eps += len(p.Endpoints)
+	}
+	g.largeCluster = eps > largeClusterEndpoints
 	// One range, like upstream's cluster-CIDR local traffic detector
 	// (a rule can only say "not from this one range").
 	if len(d.Config.ClusterCIDRs) > 0 {
@@ -170,8 +184,9 @@ func (r *renderer) top(rs *Ruleset, d *proxy.Desired) []*Chain {
 	// Sorted by target, descending: iptables-nft-restore keeps the chains
 	// a transaction names in a sorted list, and appending in descending
 	// order keeps each insertion at its head (10,000 services: 0.5 s of
-	// strcmp otherwise). The order does not matter: no two rules match
-	// the same destination and port.
+	// strcmp otherwise). The order carries no meaning: rules of different
+	// ports match different address:port pairs (upstream writes them in
+	// map order).
 	slices.SortStableFunc(parts[topNATServices], func(a, b Rule) int { return cmp.Compare(b.Jump, a.Jump) })
 	localhost := false
 	for _, ip := range d.NodePortIPs {
