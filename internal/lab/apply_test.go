@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const applyObjects = `
@@ -60,6 +61,17 @@ func TestApplyAndDelete(t *testing.T) {
 		if got, err := httpGet(p1, ips[w], nil); err != nil || got != w {
 			t.Errorf("p1 -> %s (%s): %q, %v", w, ips[w], got, err)
 		}
+	}
+	// Through the service too, including web-0 on p1's own bridge, whose
+	// replies must pass netfilter to be un-NATed (br_netfilter).
+	seen := map[string]bool{}
+	for i := 0; i < 60 && len(seen) < 3; i++ {
+		if r, err := ask(p1, web.ClusterIP+":80", 2*time.Second); err == nil {
+			seen[r.Pod] = true
+		}
+	}
+	if len(seen) < 3 {
+		t.Errorf("service web from p1 (bridge mode) answered only by %v", seen)
 	}
 	// Applying again changes nothing; scaling down removes pods; the
 	// service keeps its cluster IP and node port.
