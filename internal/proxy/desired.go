@@ -74,9 +74,9 @@ func (p *Port) InternalEndpoints() []model.Endpoint {
 }
 
 // ExternalEndpoints are the endpoints for traffic to NodePorts, external
-// IPs and LoadBalancer IPs from outside the node and its pods. (Traffic
-// from this node or its pods to those addresses uses Cluster endpoints,
-// like kube-proxy's short circuit, when the policy is Local.)
+// IPs and LoadBalancer IPs from outside the node and its pods. (Under the
+// Local policy, traffic from this node or its pods to those addresses is
+// short-circuited to the cluster endpoints, as kube-proxy does.)
 func (p *Port) ExternalEndpoints() []model.Endpoint {
 	if p.ExternalPolicyLocal {
 		return p.Local
@@ -91,8 +91,11 @@ func (p *Port) ExternallyAccessible() bool {
 }
 
 // usesCluster and usesLocal say which endpoint sets some traffic uses.
+// An externally accessible port always needs its cluster endpoints, even
+// under externalTrafficPolicy Local: this node's pods and the node itself
+// are short-circuited to them (upstream's UsesClusterEndpoints).
 func (p *Port) usesCluster() bool {
-	return !p.InternalPolicyLocal || (p.ExternallyAccessible() && !p.ExternalPolicyLocal)
+	return !p.InternalPolicyLocal || p.ExternallyAccessible()
 }
 
 func (p *Port) usesLocal() bool {
