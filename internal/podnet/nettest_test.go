@@ -46,7 +46,7 @@ func tcpRoundTrip(from, to *kernel.NetNS, dst netip.Addr, size int) error {
 	}()
 	var c net.Conn
 	if err := from.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), time.Second)
+		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 3*time.Second)
 		return err
 	}); err != nil {
 		return err
