@@ -1,10 +1,9 @@
 package iptables
 
 import (
+	"github.com/kdive/kdive/internal/proxy"
 	"net/netip"
 	"strings"
-
-	"github.com/kdive/kdive/internal/proxy/proxytest"
 )
 
 // Trace follows the first packet of a connection through the rules the way
@@ -15,7 +14,7 @@ import (
 // the result names every endpoint the packet can reach, each with whether
 // it is masqueraded. It reads only the Ruleset: built-in chains hold just
 // kdive's jumps, and their policies are ACCEPT.
-func Trace(rs *Ruleset, p proxytest.Packet) proxytest.Result {
+func Trace(rs *Ruleset, p proxy.Packet) proxy.Result {
 	t := &tracer{rs: rs}
 	s := state{src: p.Src, dst: p.Dst, proto: strings.ToLower(string(p.Proto)), dport: uint16(p.Port)}
 	var ends []end
@@ -214,7 +213,7 @@ func (t *tracer) walk(c *Chain, i int, s state, depth int) []end {
 
 // result sums up the ways a packet went: DNAT to the endpoints it can
 // reach, else DROP, REJECT or ACCEPT.
-func result(ends []end) proxytest.Result {
+func result(ends []end) proxy.Result {
 	eps := map[string]bool{}
 	var drop, reject bool
 	for _, e := range ends {
@@ -230,11 +229,11 @@ func result(ends []end) proxytest.Result {
 	}
 	switch {
 	case len(eps) > 0:
-		return proxytest.Result{Verdict: proxytest.DNAT, Endpoints: eps}
+		return proxy.Result{Verdict: proxy.DNAT, Endpoints: eps}
 	case drop:
-		return proxytest.Result{Verdict: proxytest.DROP}
+		return proxy.Result{Verdict: proxy.DROP}
 	case reject:
-		return proxytest.Result{Verdict: proxytest.REJECT}
+		return proxy.Result{Verdict: proxy.REJECT}
 	}
-	return proxytest.Result{Verdict: proxytest.ACCEPT}
+	return proxy.Result{Verdict: proxy.ACCEPT}
 }

@@ -2,13 +2,13 @@ package ipvs
 
 import (
 	"fmt"
+	"github.com/kdive/kdive/internal/proxy"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
-	"github.com/kdive/kdive/internal/proxy/proxytest"
 )
 
 // Trace follows the first packet of a connection through a plan the way
@@ -26,7 +26,7 @@ import (
 //     node's own stack gets it (ACCEPT); no real server of weight > 0:
 //     IPVS answers ICMP port unreachable (REJECT);
 //   - nat POSTROUTING towards each real server: masquerade or not.
-func Trace(r *Ruleset, p proxytest.Packet) proxytest.Result {
+func Trace(r *Ruleset, p proxy.Packet) proxy.Result {
 	t := tracer{r: r, p: p, proto: strings.ToLower(string(p.Proto))}
 	if t.p.Proto == "" {
 		t.proto = "tcp"
@@ -37,22 +37,22 @@ func Trace(r *Ruleset, p proxytest.Packet) proxytest.Result {
 	}
 	for _, table := range []string{tableMangle, tableNat} {
 		if v := t.builtin(table, hook, p.Dst, p.Port); v == "DROP" || v == "REJECT" {
-			return proxytest.Result{Verdict: proxytest.Verdict(v)}
+			return proxy.Result{Verdict: proxy.Verdict(v)}
 		}
 	}
 	if !t.local(p.Dst) {
-		return proxytest.Result{Verdict: proxytest.ACCEPT}
+		return proxy.Result{Verdict: proxy.ACCEPT}
 	}
 	if !p.FromNode {
 		if v := t.builtin(tableFilter, "INPUT", p.Dst, p.Port); v == "DROP" || v == "REJECT" {
-			return proxytest.Result{Verdict: proxytest.Verdict(v)}
+			return proxy.Result{Verdict: proxy.Verdict(v)}
 		}
 	}
 	vs := t.lookup()
 	if vs == nil {
-		return proxytest.Result{Verdict: proxytest.ACCEPT}
+		return proxy.Result{Verdict: proxy.ACCEPT}
 	}
-	res := proxytest.Result{Verdict: proxytest.DNAT, Endpoints: map[string]bool{}}
+	res := proxy.Result{Verdict: proxy.DNAT, Endpoints: map[string]bool{}}
 	mark := t.mark
 	for _, rs := range vs.RealServers {
 		if rs.Weight <= 0 {
@@ -63,14 +63,14 @@ func Trace(r *Ruleset, p proxytest.Packet) proxytest.Result {
 		res.Endpoints[rs.Address.String()] = t.masq
 	}
 	if len(res.Endpoints) == 0 {
-		return proxytest.Result{Verdict: proxytest.REJECT}
+		return proxy.Result{Verdict: proxy.REJECT}
 	}
 	return res
 }
 
 type tracer struct {
 	r     *Ruleset
-	p     proxytest.Packet
+	p     proxy.Packet
 	proto string
 	mark  uint32
 	masq  bool

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"github.com/kdive/kdive/internal/proxy"
 	"maps"
 	"net/netip"
 	"slices"
@@ -8,13 +9,12 @@ import (
 	"strings"
 
 	"github.com/kdive/kdive/internal/model"
-	"github.com/kdive/kdive/internal/proxy/proxytest"
 )
 
 // Branch is one way the first packet of a connection can go through the
 // ruleset: where numgen picks among endpoints, each pick is a branch.
 type Branch struct {
-	Verdict proxytest.Verdict
+	Verdict proxy.Verdict
 	// Endpoint and Masquerade: where a DNAT sends the packet, and whether
 	// nat-postrouting masquerades it.
 	Endpoint   netip.AddrPort
@@ -28,15 +28,15 @@ type Branch struct {
 // Trace interprets the ruleset the way the kernel would for the first
 // packet of a connection (no conntrack entry yet, session-affinity sets
 // empty), enumerating every endpoint numgen could pick.
-func Trace(rs *Ruleset, p proxytest.Packet) proxytest.Result {
+func Trace(rs *Ruleset, p proxy.Packet) proxy.Result {
 	return Summarize(TraceBranches(rs, p))
 }
 
 // Summarize folds branches into one result. Branches that disagree on
 // the verdict give a verdict naming all of them ("MIXED ..."), which no
 // correct ruleset produces.
-func Summarize(branches []Branch) proxytest.Result {
-	verdicts := map[proxytest.Verdict]bool{}
+func Summarize(branches []Branch) proxy.Result {
+	verdicts := map[proxy.Verdict]bool{}
 	for _, b := range branches {
 		verdicts[b.Verdict] = true
 	}
@@ -46,10 +46,10 @@ func Summarize(branches []Branch) proxytest.Result {
 		for i, v := range vs {
 			parts[i] = string(v)
 		}
-		return proxytest.Result{Verdict: proxytest.Verdict("MIXED " + strings.Join(parts, "+"))}
+		return proxy.Result{Verdict: proxy.Verdict("MIXED " + strings.Join(parts, "+"))}
 	}
-	r := proxytest.Result{Verdict: branches[0].Verdict}
-	if r.Verdict == proxytest.DNAT {
+	r := proxy.Result{Verdict: branches[0].Verdict}
+	if r.Verdict == proxy.DNAT {
 		r.Endpoints = map[string]bool{}
 		for _, b := range branches {
 			r.Endpoints[b.Endpoint.String()] = r.Endpoints[b.Endpoint.String()] || b.Masquerade
@@ -59,7 +59,7 @@ func Summarize(branches []Branch) proxytest.Result {
 }
 
 // TraceBranches is Trace with every branch and the chains it took.
-func TraceBranches(rs *Ruleset, p proxytest.Packet) []Branch {
+func TraceBranches(rs *Ruleset, p proxy.Packet) []Branch {
 	hook := "prerouting"
 	if p.FromNode {
 		hook = "output"
@@ -71,11 +71,11 @@ func TraceBranches(rs *Ruleset, p proxytest.Packet) []Branch {
 		b := Branch{Service: o.st.service, Path: o.st.path}
 		switch o.kind {
 		case outDrop:
-			b.Verdict = proxytest.DROP
+			b.Verdict = proxy.DROP
 		case outReject:
-			b.Verdict = proxytest.REJECT
+			b.Verdict = proxy.REJECT
 		case outDNAT:
-			b.Verdict, b.Endpoint = proxytest.DNAT, o.to
+			b.Verdict, b.Endpoint = proxy.DNAT, o.to
 			post := o.st
 			post.dst, post.dport, post.dnat = o.to.Addr(), o.to.Port(), true
 			for _, po := range t.hook("postrouting", post) {
@@ -83,7 +83,7 @@ func TraceBranches(rs *Ruleset, p proxytest.Packet) []Branch {
 				b.Path = po.st.path
 			}
 		default:
-			b.Verdict = proxytest.ACCEPT
+			b.Verdict = proxy.ACCEPT
 		}
 		out = append(out, b)
 	}
