@@ -64,9 +64,10 @@ func TestApplyAndDelete(t *testing.T) {
 	}
 	// Through the service too, including web-0 on p1's own bridge, whose
 	// replies must pass netfilter to be un-NATed (br_netfilter).
+	// (The agents program the last pod's endpoint a moment after Apply.)
 	seen := map[string]bool{}
-	for i := 0; i < 60 && len(seen) < 3; i++ {
-		if r, err := ask(p1, web.ClusterIP+":80", 2*time.Second); err == nil {
+	for deadline := time.Now().Add(15 * time.Second); len(seen) < 3 && time.Now().Before(deadline); {
+		if r, err := ask(p1, web.ClusterIP+":80", time.Second); err == nil {
 			seen[r.Pod] = true
 		}
 	}

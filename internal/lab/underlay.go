@@ -68,7 +68,12 @@ func buildUnderlay(ctx context.Context, p *Plan) error {
 		}
 	}
 	// With br_netfilter loaded, bridged frames would also traverse the
-	// router's forward hook; the subnets are plain L2 segments.
+	// router's IP hooks, and its source/destination check would drop pod
+	// traffic between nodes of one subnet. The module's sysctls appear,
+	// set to 1 in every namespace, whenever anyone loads it (a bridge-mode
+	// agent does), so load it now and turn it off here. Without the module
+	// (a kernel without it) there is nothing to guard.
+	_ = kernel.LoadModule(ctx, "br_netfilter")
 	for _, k := range []string{"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-arptables"} {
 		if err := router.Sysctl(k, "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err

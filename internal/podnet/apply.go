@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/kdive/kdive/internal/kernel"
@@ -141,6 +142,12 @@ func (a *applier) sysctls() error {
 	for _, s := range a.p.Sysctls {
 		if v, err := a.ns.ReadSysctl(s.Name); err == nil && v == s.Value {
 			continue
+		} else if err != nil && strings.HasPrefix(s.Name, "net.bridge.") {
+			// net.bridge.* appears with br_netfilter.
+			if err := kernel.LoadModule(context.Background(), "br_netfilter"); err != nil {
+				a.fail(s.Node, "sysctl "+s.Name, err)
+				continue
+			}
 		}
 		if err := a.ns.Sysctl(s.Name, s.Value); err != nil {
 			a.fail(s.Node, "sysctl "+s.Name, err)

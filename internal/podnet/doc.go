@@ -13,8 +13,11 @@
 // entries on the VXLAN device. It never touches a route of another protocol
 // (the CNI plugin's pod /32s, the kernel's connected routes, an admin's
 // static routes), pods' interfaces, kube-bridge or the uplink's addresses.
-// It writes no sysctl other than those in the plan (ip_forward, and
-// rp_filter on its own tunnel devices), and leaves them set on Cleanup:
+// It writes no sysctl other than those in the plan (ip_forward, rp_filter
+// on its own tunnel devices, and in bridge mode br_netfilter's
+// bridge-nf-call-iptables, loading the module if needed, so a service reply
+// from a pod on the client's own bridge is un-NATed), and leaves them set
+// on Cleanup:
 // other parts of the node (the service proxy) need forwarding too.
 //
 // # Modes

@@ -91,6 +91,10 @@ func Render(opts Options, st State) (*Plan, error) {
 		Route: kernel.Route{Dst: block, Blackhole: true, Protocol: kernel.RouteProtocolAgent, Metric: BlackholeMetric},
 		Node:  l.Name, Reason: fmt.Sprintf("own pod block of %s: drop traffic to addresses no pod holds", l.Name),
 	})
+	if opts.Network.Interface == model.InterfaceBridge {
+		p.Sysctls = append(p.Sysctls, SysctlEntry{Name: "net.bridge.bridge-nf-call-iptables", Value: "1", Node: l.Name,
+			Reason: "service replies between pods on kube-bridge must pass netfilter to be un-NATed (br_netfilter)"})
+	}
 	if opts.Network.Interface == model.InterfaceRouted {
 		p.Routes = append(p.Routes, RouteEntry{
 			Route: kernel.Route{Dst: netip.PrefixFrom(RoutedGateway, 32), Dev: "lo", Scope: unix.RT_SCOPE_LINK, Protocol: kernel.RouteProtocolAgent},

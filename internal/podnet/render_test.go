@@ -171,6 +171,8 @@ skip node-4  # no pod block (spec.podCIDR) yet
 				want := strings.TrimPrefix(c.want, "\n")
 				if nw.Interface == routed {
 					want = strings.Replace(want, blackholeLine, blackholeLine+routedGatewayLine, 1)
+				} else {
+					want = strings.Replace(want, forwardLine, forwardLine+bridgeNetfilterLine, 1)
 				}
 				if body != want {
 					t.Errorf("plan:\n%s\nwant:\n%s", body, want)
@@ -188,4 +190,7 @@ skip node-4  # no pod block (spec.podCIDR) yet
 const (
 	blackholeLine     = "route blackhole 10.244.1.0/24 proto 107 metric 1024  # own pod block of node-1: drop traffic to addresses no pod holds\n"
 	routedGatewayLine = "route 169.254.1.1/32 dev lo scope link proto 107  # routed pods' gateway: lets proxy ARP answer for it on a node without a default route\n"
+	// Bridge mode adds br_netfilter's sysctl after ip_forward.
+	forwardLine         = "sysctl net.ipv4.ip_forward=1  # forward pod traffic between pods, the uplink and tunnels\n"
+	bridgeNetfilterLine = "sysctl net.bridge.bridge-nf-call-iptables=1  # service replies between pods on kube-bridge must pass netfilter to be un-NATed (br_netfilter)\n"
 )
