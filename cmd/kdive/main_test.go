@@ -13,6 +13,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/lab"
 )
 
 // The command line is stable (scripts depend on it), so these tests run the
@@ -105,10 +106,13 @@ func TestLabPrint(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "kind: Lab") || !strings.Contains(out, "mode: ipvs") {
 		t.Errorf("lab up --preset a --print: exit %d\n%s", code, out)
 	}
-	// What --print gives is a lab file lab up accepts: round trip via stdin
-	// is exercised by TestLabCommands; here check it parses as YAML.
-	if !strings.Contains(out, "encapPolicy: cross-subnet") {
-		t.Errorf("preset A is not IPIP cross-subnet:\n%s", out)
+	// What --print gives is a lab file lab up accepts as it is.
+	p, _, err := lab.Prepare("", lab.Source{File: []byte(out), FileName: "printed"})
+	if err != nil {
+		t.Fatalf("the printed preset is not a valid lab file: %v", err)
+	}
+	if p.PodNetwork.Encap != "ipip" || p.PodNetwork.EncapPolicy != "cross-subnet" || p.Proxy.Mode != "ipvs" {
+		t.Errorf("printed preset A = %+v %+v", p.PodNetwork, p.Proxy)
 	}
 }
 

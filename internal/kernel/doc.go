@@ -1,7 +1,11 @@
 // Package kernel is kdive's one door to the operating system: network
-// namespaces, links, addresses, routes, sysctls and the netfilter tools. Every
-// other package asks this one; none of them calls netlink, setns or execs
-// `nft` itself (see STYLE.md, "One narrow door to the OS").
+// namespaces, links, addresses, routes, tunnels (IPIP, VXLAN) with their
+// FDB and neighbour entries, dummy devices, sysctls and modules, the
+// netfilter tools (nft, also as a long-lived `nft -i` session; iptables
+// table info), IPVS, ipsets and conntrack. Every other package asks this
+// one; none of them calls netlink, setns or execs `nft` itself (see
+// STYLE.md, "One narrow door to the OS"). The proxy backends build the
+// iptables-restore input themselves but run the tools through NetNS.Run.
 //
 // A NetNS names a network namespace (bind-mounted under /run/netns like
 // `ip netns add` does, so `ip netns exec` works on it too) and carries a

@@ -2,12 +2,8 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -66,29 +62,15 @@ func labPods(t *testing.T, s *State) []podInfo {
 	return out
 }
 
-// httpGet asks the echo server at ip:8080 from inside ns and returns the
-// pod that answered. Every connection is dialed inside ns: nothing of the
-// test's traffic may leave the lab's namespaces.
+// httpGet asks the echo server at ip:8080 from inside ns (see ask) and
+// returns the pod that answered.
 func httpGet(ns *kernel.NetNS, ip string, body []byte) (string, error) {
 	return httpGetWithin(ns, ip, body, 3*time.Second)
 }
 
 func httpGetWithin(ns *kernel.NetNS, ip string, body []byte, timeout time.Duration) (string, error) {
-	c := http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true, DialContext: ns.DialContext}}
-	resp, err := c.Post("http://"+net.JoinHostPort(ip, "8080")+"/", "application/octet-stream", strings.NewReader(string(body)))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	var reply struct{ Pod, Client string }
-	if err := json.Unmarshal(b, &reply); err != nil {
-		return "", fmt.Errorf("%s from %s: %w", resp.Status, ip, err)
-	}
-	return reply.Pod, nil
+	r, err := request(ns, net.JoinHostPort(ip, "8080"), body, timeout)
+	return r.Pod, err
 }
 
 // udpDF sends one datagram of size bytes with the don't-fragment bit set

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -126,12 +127,18 @@ type reply struct {
 	Pod, Node, Client string
 }
 
-// ask sends one HTTP request from ns to addr (dialed inside ns) within
-// timeout.
+// ask sends one HTTP request from ns to addr within timeout.
 func ask(ns *kernel.NetNS, addr string, timeout time.Duration) (reply, error) {
+	return request(ns, addr, nil, timeout)
+}
+
+// request POSTs body to the echo server at addr. Every connection is
+// dialed inside ns: an http.Client dials on goroutines of its own, which
+// are not in the namespace, and nothing of a test may leave the lab.
+func request(ns *kernel.NetNS, addr string, body []byte, timeout time.Duration) (reply, error) {
 	var r reply
 	c := http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true, DialContext: ns.DialContext}}
-	resp, err := c.Get("http://" + addr + "/")
+	resp, err := c.Post("http://"+addr+"/", "application/octet-stream", bytes.NewReader(body))
 	if err != nil {
 		return r, err
 	}
@@ -140,8 +147,10 @@ func ask(ns *kernel.NetNS, addr string, timeout time.Duration) (reply, error) {
 	if err != nil {
 		return r, err
 	}
-	err = json.Unmarshal(b, &r)
-	return r, err
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("%s from %s: %w", resp.Status, addr, err)
+	}
+	return r, nil
 }
 
 // spread asks n times and counts the answering pods.

@@ -59,9 +59,6 @@ func (p *Plan) cniBinDir() string          { return filepath.Join(Dir(p.Name), "
 func (p *Plan) cniCacheDir() string        { return filepath.Join(Dir(p.Name), "cni", "cache") }
 func (p *Plan) podsDir() string            { return filepath.Join(Dir(p.Name), "pods") }
 
-// StoreDir is the lab's object store directory (agents read it).
-func StoreDir(lab string) string { return filepath.Join(Dir(lab), "store") }
-
 // PodNetNS is the network namespace of a lab pod. Lab and Kubernetes
 // namespace names have no dots, so the name splits unambiguously.
 func PodNetNS(lab, namespace, name string) string {
