@@ -18,7 +18,7 @@ VM_RUN := IPIP|IPVS
 VM_PKGS := ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/
 VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 
-.PHONY: all deps build demo test test-native test-vm vet clean
+.PHONY: all deps build apiserver demo test test-native test-vm vet clean
 
 all: build
 
@@ -30,10 +30,23 @@ build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kdive-cni ./cmd/kdive-cni
 	go build -o bin/kdive-vm ./hack/vm
 
+# A real kube-apiserver and etcd at released versions, for the agent's
+# integration tests (internal/source/kubetest). hack/apiserver is a module
+# of its own, so the product never depends on k8s.io/kubernetes. Cold, this
+# takes about 5 minutes and 3 GB of memory; Go's build cache makes repeated
+# builds take seconds.
+K8S_VERSION := v1.37.2
+APISERVER_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+                     -X k8s.io/component-base/version.gitMajor=1 \
+                     -X k8s.io/component-base/version.gitMinor=37
+apiserver:
+	cd hack/apiserver && go build -o $(CURDIR)/bin/etcd ./etcd
+	cd hack/apiserver && go build -ldflags '$(APISERVER_LDFLAGS)' -o $(CURDIR)/bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+
 demo: deps build
 	hack/demo.sh
 
-test: deps build vet test-native test-vm
+test: deps build apiserver vet test-native test-vm
 
 vet:
 	go vet ./...

@@ -21,11 +21,14 @@ func newAgentCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent [--config FILE] [flags]",
 		Short: "Run the node agent: the node's CNI config, pod network routes and tunnels, and the service proxy",
-		Long: `Run the node agent, one per node. It reads Nodes, Services and EndpointSlices
-through client-go informers (from a real API server with --kubeconfig, or from
-a lab's store with --lab-store), writes the node's CNI network config
-(10-kdive.conflist), keeps the node's routes and tunnels as the pod network
-mode says, and load-balances Services in the proxy mode (nftables, iptables).
+		Long: `Run the node agent, one per node. It reads Nodes, Services, EndpointSlices
+and this node's Pods through client-go informers (from an API server with
+--kubeconfig or in-cluster, or from a lab's store with --lab-store), writes the
+node's CNI network config (10-kdive.conflist), keeps the node's routes and
+tunnels as the pod network mode says, and load-balances Services in the proxy
+mode (nftables, iptables, ipvs). Health on :10256 (/healthz, /livez) and
+metrics on 127.0.0.1:10249 (/metrics) as kube-proxy serves them. SIGTERM
+leaves the datapath in place for the next agent to adopt.
 
 Configuration comes from --config (kind: AgentConfiguration); flags override
 its fields.`,

@@ -49,12 +49,14 @@ type Agent struct {
 	metrics *metrics
 
 	nodes  corelisters.NodeLister
+	pods   *localPods
 	proxy  *proxyRunner
 	podnet *podnet.Reconciler
 	// podnetDesired is the state podnet last synced; a change applied
 	// while syncing the same state again repairs drift.
 	podnetDesired podnet.State
 	repairing     bool
+	orphansLogged int
 	uplink        string
 	confList      []byte
 }
@@ -110,6 +112,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.setupProxy(factory); err != nil {
 		return err
 	}
+	podFactory, err := a.setupPods(client)
+	if err != nil {
+		return err
+	}
 	if switchedModes(cfg.CNI.DataDir, cfg.Proxy.Mode) {
 		if err := cleanupOtherModes(ctx, cfg.Proxy.Mode, a.opts.NetNS); err != nil {
 			a.log.Error("cleaning up other proxy modes", "err", err)
@@ -123,6 +129,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopServing()
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
+	// The pod network and the proxy need nodes, services and slices; the
+	// pods only feed a report, which waits for them by itself.
+	podFactory.Start(ctx.Done())
+	defer podFactory.Shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("caches of %v did not sync: %w", typ, ctx.Err())
@@ -355,6 +365,21 @@ func (a *Agent) reportIPAM(local model.Node) {
 	if err != nil {
 		return
 	}
-	a.metrics.ipamInUse.WithLabelValues(local.Name, local.PodCIDR.String()).Set(float64(len(allocs)))
-	a.metrics.ipamSize.WithLabelValues(local.Name, local.PodCIDR.String()).Set(float64(ipam.Capacity(local.PodCIDR)))
+	block := local.PodCIDR.String()
+	a.metrics.ipamInUse.WithLabelValues(local.Name, block).Set(float64(len(allocs)))
+	a.metrics.ipamSize.WithLabelValues(local.Name, block).Set(float64(ipam.Capacity(local.PodCIDR)))
+	if a.pods == nil {
+		return
+	}
+	orphans, err := a.pods.orphans(allocs, time.Now())
+	if err != nil {
+		return
+	}
+	a.metrics.ipamOrphaned.WithLabelValues(local.Name, block).Set(float64(len(orphans)))
+	if len(orphans) != a.orphansLogged {
+		a.orphansLogged = len(orphans)
+		for _, o := range orphans {
+			a.log.Warn("pod address allocated but held by no pod of this node", "addr", o.Addr, "attachment", o.Attachment.String(), "for", ">"+orphanGrace.String())
+		}
+	}
 }

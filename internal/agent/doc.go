@@ -3,7 +3,13 @@
 // server or a lab's store; see internal/source), computes this node's
 // desired pod network, and hands snapshots to the dataplane packages:
 // internal/podnet for routes and tunnels, internal/cni for the node's CNI
-// network config. Later the service proxy joins the same loop.
+// network config, and the proxy mode's backend (internal/proxy/...) for
+// Services. This node's Pods (a field selector on spec.nodeName) feed only
+// a report of IPAM addresses no pod holds; the datapath never waits on them.
+//
+// Against a real API server it is tested in kube_test.go (a kube-apiserver
+// and etcd from internal/source/kubetest, RBAC with deploy/kdive.yaml's
+// ClusterRole); everywhere else through a lab's store.
 //
 // The sync loop is bounded in frequency: changes trigger a sync no sooner
 // than MinSyncPeriod after the previous one, and every SyncPeriod

@@ -21,6 +21,7 @@ type metrics struct {
 	endpointsProgrammed prometheus.Gauge
 	ipamInUse           *prometheus.GaugeVec
 	ipamSize            *prometheus.GaugeVec
+	ipamOrphaned        *prometheus.GaugeVec
 	invalidServices     prometheus.Gauge
 }
 
@@ -63,12 +64,15 @@ func newMetrics() *metrics {
 		ipamSize: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kdive_ipam_addresses_total", Help: "Pod addresses this node's block can hand out.",
 		}, []string{"node", "block"}),
+		ipamOrphaned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kdive_ipam_addresses_orphaned", Help: "Pod addresses allocated on this node that no pod of the node has held for two minutes (a CNI DEL that never came).",
+		}, []string{"node", "block"}),
 		invalidServices: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kdive_proxy_invalid_services", Help: "Services left out because a field is invalid (logged with the field).",
 		}),
 	}
 	m.reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.programming,
-		m.syncErrors, m.driftRepairs, m.servicesProgrammed, m.endpointsProgrammed, m.ipamInUse, m.ipamSize,
+		m.syncErrors, m.driftRepairs, m.servicesProgrammed, m.endpointsProgrammed, m.ipamInUse, m.ipamSize, m.ipamOrphaned,
 		m.invalidServices, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
