@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -35,15 +36,23 @@ type attach struct {
 	netnsPath string
 	hostVeth  string
 	ip        netip.Addr
+	ports     []PortMapping
+	hp        *hostPorts
+	ctx       context.Context // bounds the hostPort work
 }
 
 // add attaches the pod. ADD is retry-safe: for an attachment that already
 // holds an address it keeps that address, deletes the host-side veth a
 // previous ADD left (which removes its pod end too) and builds everything
 // afresh. An interface of that name in the pod that is not ours is an error
-// and is left alone. Nothing is left behind when ADD fails.
+// and is left alone. The pod's hostPorts (runtimeConfig.portMappings) are
+// programmed last, all or none. Nothing is left behind when ADD fails.
 func (p *plugin) add(args *skel.CmdArgs) (*NetConf, *types100.Result, error) {
 	conf, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return nil, nil, err
+	}
+	ports, err := conf.PortMappings()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -70,13 +79,20 @@ func (p *plugin) add(args *skel.CmdArgs) (*NetConf, *types100.Result, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	at := &attach{conf: conf, a: a, host: host, pod: pod, netnsPath: args.Netns, hostVeth: hostVethName(conf, a)}
+	ctx, cancel := hostPortContext()
+	defer cancel()
+	at := &attach{conf: conf, a: a, host: host, pod: pod, netnsPath: args.Netns, hostVeth: hostVethName(conf, a),
+		ports: ports, hp: newHostPorts(host, conf.DataDir), ctx: ctx}
 	if at.ip, err = store.Allocate(a); err != nil {
 		return nil, nil, ipamError(err)
 	}
 	res, err := at.build()
 	if err != nil {
 		_ = deleteOwnVeth(host, at.hostVeth, a)
+		// The address stays allocated while hostPorts may lead to it.
+		if herr := at.hp.remove(ctx, a, at.ip); herr != nil {
+			return nil, nil, errors.Join(err, fmt.Errorf("undo: %w", herr))
+		}
 		if _, rerr := store.Release(a); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
 		}
@@ -137,6 +153,9 @@ func (at *attach) build() (*types100.Result, error) {
 		&types100.Interface{Name: hl.Name, Mac: hl.MAC.String(), Mtu: hl.MTU},
 		&types100.Interface{Name: pl.Name, Mac: pl.MAC.String(), Mtu: pl.MTU, Sandbox: at.netnsPath})
 	podIdx := len(ifaces) - 1
+	if err := at.hp.add(at.ctx, at.a, at.ip, at.ports); err != nil {
+		return nil, err
+	}
 	return &types100.Result{
 		CNIVersion: types100.ImplementedSpecVersion,
 		Interfaces: ifaces,
@@ -164,6 +183,9 @@ func (at *attach) podPrefix() netip.Prefix {
 func (at *attach) clearLeftovers() error {
 	if err := deleteOwnVeth(at.host, at.hostVeth, at.a); err != nil {
 		return fmt.Errorf("remove the veth an earlier ADD left: %w", err)
+	}
+	if err := at.hp.remove(at.ctx, at.a, at.ip); err != nil {
+		return fmt.Errorf("remove the hostPorts an earlier ADD left: %w", err)
 	}
 	if _, err := at.pod.LinkInfo(at.a.IfName); err == nil {
 		return fmt.Errorf("netns %s already has an interface %s (not created by kdive-cni); refusing to replace it", at.netnsPath, at.a.IfName)

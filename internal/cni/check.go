@@ -26,7 +26,9 @@ func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
 // check verifies that what ADD built (as its prevResult describes) is still
 // there: the address in IPAM, the pod's interface (up, MTU, MAC, address)
 // and routes, the host-side veth and, per mode, the /32 route and proxy ARP
-// or the bridge port. The error lists everything missing.
+// or the bridge port, and the pod's hostPorts (runtimeConfig.portMappings:
+// their map entries, the hairpin entry, the table's chains, the state file
+// DEL needs). The error lists everything missing.
 func (p *plugin) check(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -59,7 +61,21 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	c.ipam(ip)
 	c.podSide(ip, podIface)
 	c.hostSide(ip, hostIface)
+	c.hostPorts(ip)
 	return c.err()
+}
+
+// hostPorts checks the pod's hostPorts; an invalid portMappings list is a
+// problem too.
+func (c *checker) hostPorts(ip netip.Addr) {
+	ports, err := c.conf.PortMappings()
+	if err != nil {
+		c.missing("%v", err)
+		return
+	}
+	ctx, cancel := hostPortContext()
+	defer cancel()
+	c.problems = append(c.problems, newHostPorts(c.host, c.conf.DataDir).check(ctx, c.a, ip, ports)...)
 }
 
 // checker collects what CHECK finds missing.

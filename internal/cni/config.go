@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -251,6 +252,185 @@ func (c *NetConf) validate() error {
 		return fmt.Errorf("bridge: %w", err)
 	}
 	return nil
+}
+
+// PortMapping is one hostPort of a pod: connections to HostPort (on HostIP,
+// or on every address of the node when HostIP is the zero Addr) are
+// forwarded to the pod's ContainerPort. Runtimes pass them in
+// runtimeConfig.portMappings to plugins that declare the portMappings
+// capability, as the upstream portmap plugin receives them.
+type PortMapping struct {
+	HostIP        netip.Addr `json:"hostIP,omitzero"`
+	Protocol      string     `json:"protocol"` // tcp, udp or sctp
+	HostPort      uint16     `json:"hostPort"`
+	ContainerPort uint16     `json:"containerPort"`
+}
+
+// String reads like "8080/tcp -> :80" or "192.0.2.1:8080/udp -> :53".
+func (m PortMapping) String() string {
+	host := strconv.Itoa(int(m.HostPort))
+	if m.HostIP.IsValid() {
+		host = netip.AddrPortFrom(m.HostIP, m.HostPort).String()
+	}
+	return fmt.Sprintf("%s/%s -> :%d", host, m.Protocol, m.ContainerPort)
+}
+
+// PortMappings parses runtimeConfig.portMappings: [{"hostPort": 8080,
+// "containerPort": 80, "protocol": "tcp", "hostIP": ""}, ...]. It is strict
+// about what it uses: both ports must be integers in 1..65535, protocol tcp,
+// udp or sctp in any case (empty means tcp), hostIP empty, 0.0.0.0 (every
+// node address) or one IPv4 address that is not loopback (kdive never
+// serves hostPorts on 127.0.0.0/8: that would need route_localnet, cf.
+// CVE-2020-8558), and a pod may not map the same hostIP, protocol and
+// hostPort twice. Mappings with an IPv6 hostIP are skipped, as the upstream
+// portmap plugin skips them for an IPv4 container: kdive's pods are
+// IPv4-only. Keys it does not use are ignored: runtimes write this list, not
+// people, and may add fields. The error is a *types.Error with code
+// ErrInvalidNetworkConfig naming the field, e.g.
+// "runtimeConfig.portMappings[1].hostPort: 70000 is out of range 1-65535".
+//
+// ParseConfig does not call it: only ADD and CHECK use the mappings, and a
+// DEL or GC must work even for a pod whose ADD failed on them.
+func (c *NetConf) PortMappings() ([]PortMapping, error) {
+	raw, ok := c.RuntimeConfig["portMappings"]
+	if !ok || raw == nil {
+		return nil, nil
+	}
+	ms, err := parsePortMappings(raw)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "network config: "+err.Error(), "")
+	}
+	return ms, nil
+}
+
+const portMappingsKey = "runtimeConfig.portMappings"
+
+func parsePortMappings(raw any) ([]PortMapping, error) {
+	list, ok := raw.([]any)
+	if !ok {
+		return nil, fmt.Errorf("%s: must be a list of mappings, got %s", portMappingsKey, jsonText(raw))
+	}
+	var out []PortMapping
+	first := map[PortMapping]int{} // the key fields of each mapping -> its index
+	for i, e := range list {
+		path := fmt.Sprintf("%s[%d]", portMappingsKey, i)
+		obj, ok := e.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("%s: must be an object, got %s", path, jsonText(e))
+		}
+		m, skip, err := parsePortMapping(path, obj)
+		if err != nil {
+			return nil, err
+		}
+		if skip {
+			continue
+		}
+		key := PortMapping{HostIP: m.HostIP, Protocol: m.Protocol, HostPort: m.HostPort}
+		if j, dup := first[key]; dup {
+			where := "every node address"
+			if m.HostIP.IsValid() {
+				where = m.HostIP.String()
+			}
+			return nil, fmt.Errorf("%s: hostPort %d/%s on %s is already mapped by %s[%d]", path, m.HostPort, m.Protocol, where, portMappingsKey, j)
+		}
+		first[key] = i
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// parsePortMapping reads one mapping; skip reports an IPv6 hostIP.
+func parsePortMapping(path string, obj map[string]any) (m PortMapping, skip bool, err error) {
+	for _, f := range []struct {
+		name string
+		dst  *uint16
+	}{{"hostPort", &m.HostPort}, {"containerPort", &m.ContainerPort}} {
+		v, ok := obj[f.name]
+		if !ok || v == nil {
+			return m, false, fmt.Errorf("%s.%s: required", path, f.name)
+		}
+		n, ok := jsonInt(v)
+		if !ok {
+			return m, false, fmt.Errorf("%s.%s: %s is not an integer", path, f.name, jsonText(v))
+		}
+		if n < 1 || n > 65535 {
+			return m, false, fmt.Errorf("%s.%s: %d is out of range 1-65535", path, f.name, n)
+		}
+		*f.dst = uint16(n)
+	}
+	proto, err := jsonString(path+".protocol", obj["protocol"])
+	if err != nil {
+		return m, false, err
+	}
+	switch m.Protocol = strings.ToLower(proto); m.Protocol {
+	case "":
+		m.Protocol = "tcp"
+	case "tcp", "udp", "sctp":
+	default:
+		return m, false, fmt.Errorf("%s.protocol: %q is not tcp, udp or sctp", path, proto)
+	}
+	s, err := jsonString(path+".hostIP", obj["hostIP"])
+	if err != nil || s == "" {
+		return m, false, err
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil || addr.Zone() != "" {
+		return m, false, fmt.Errorf("%s.hostIP: %q is not an IP address", path, s)
+	}
+	if addr.Is6() && !addr.Is4In6() {
+		return m, true, nil // IPv6: pods are IPv4-only, see PortMappings.
+	}
+	switch addr = addr.Unmap(); {
+	case addr.IsUnspecified():
+		return m, false, nil // 0.0.0.0: every node address.
+	case addr.IsLoopback():
+		return m, false, fmt.Errorf("%s.hostIP: %s is a loopback address; kdive does not serve hostPorts on 127.0.0.0/8 "+
+			"(it would need route_localnet, cf. CVE-2020-8558)", path, addr)
+	case addr.IsMulticast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return m, false, fmt.Errorf("%s.hostIP: %s is not a unicast address", path, addr)
+	}
+	m.HostIP = addr
+	return m, false, nil
+}
+
+// jsonInt reads an integral JSON number as decoded into an any: int64 by
+// sigs.k8s.io/json, float64 by encoding/json.
+func jsonInt(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int64:
+		return n, true
+	case int:
+		return int64(n), true
+	case float64:
+		if n > -1e18 && n < 1e18 && n == float64(int64(n)) {
+			return int64(n), true
+		}
+	case json.Number:
+		i, err := n.Int64()
+		return i, err == nil
+	}
+	return 0, false
+}
+
+// jsonString reads an optional string; null or absent is "".
+func jsonString(path string, v any) (string, error) {
+	if v == nil {
+		return "", nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("%s: %s is not a string", path, jsonText(v))
+	}
+	return s, nil
+}
+
+// jsonText shows a decoded JSON value in an error message.
+func jsonText(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil || len(b) > 64 {
+		return fmt.Sprintf("a %T", v)
+	}
+	return string(b)
 }
 
 // closest returns the known key nearest to k, or "" when none is near

@@ -126,6 +126,9 @@ func TestNewConfList(t *testing.T) {
   "plugins": [
     {
       "type": "kdive",
+      "capabilities": {
+        "portMappings": true
+      },
       "mode": "routed",
       "podCIDR": "10.0.1.0/24",
       "mtu": 1450,
@@ -142,7 +145,8 @@ func TestNewConfList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if list.Name != "kdive" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "kdive" {
+	if list.Name != "kdive" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "kdive" ||
+		!list.Plugins[0].Network.Capabilities["portMappings"] {
 		t.Errorf("libcni reads the conflist as %+v", list)
 	}
 

@@ -34,12 +34,20 @@ type ConfListOptions struct {
 // pluginJSON fixes the order of the keys in the rendered file.
 type pluginJSON struct {
 	Type           string          `json:"type"`
+	Capabilities   capabilities    `json:"capabilities"`
 	Mode           model.Interface `json:"mode"`
 	PodCIDR        string          `json:"podCIDR"`
 	MTU            int             `json:"mtu"`
 	DataDir        string          `json:"dataDir"`
 	Bridge         string          `json:"bridge,omitempty"`
 	HostVethPrefix string          `json:"hostVethPrefix,omitempty"`
+}
+
+// capabilities are the runtime-provided settings the plugin asks for:
+// runtimes (through libcni) pass a capability's data as runtimeConfig only
+// to plugins declaring it. portMappings carries the pods' hostPorts.
+type capabilities struct {
+	PortMappings bool `json:"portMappings"`
 }
 
 type confListJSON struct {
@@ -54,7 +62,7 @@ type confListJSON struct {
 // so a conflist NewConfList accepts is one the plugin accepts.
 func NewConfList(o ConfListOptions) ([]byte, error) {
 	p := pluginJSON{
-		Type: PluginType, Mode: o.Mode, MTU: o.MTU, DataDir: o.DataDir,
+		Type: PluginType, Capabilities: capabilities{PortMappings: true}, Mode: o.Mode, MTU: o.MTU, DataDir: o.DataDir,
 		Bridge: o.Bridge, HostVethPrefix: o.HostVethPrefix,
 	}
 	if o.PodCIDR.IsValid() {

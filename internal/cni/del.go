@@ -26,7 +26,9 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 // host-side veths removed are the one named after the attachment and any
 // host-side veth the prevResult lists (in case the naming changed since
 // ADD); deleting either end of a veth removes both, and the /32 route with
-// the host end.
+// the host end. The pod's hostPorts go before its address: when they cannot
+// be deleted the address stays allocated (no new pod may inherit traffic
+// meant for this one) and DEL fails, for the runtime to retry.
 func (p *plugin) del(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -63,6 +65,12 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	}
 	store, err := storeOf(conf)
 	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	held, _, _ := store.Lookup(a) // unreadable: the state file alone says what to delete
+	ctx, cancel := hostPortContext()
+	defer cancel()
+	if err := newHostPorts(host, conf.DataDir).remove(ctx, a, held); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
 	if _, err := store.Release(a); err != nil {

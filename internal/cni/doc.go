@@ -20,6 +20,7 @@
 //	  "name": "kdive",
 //	  "plugins": [{
 //	    "type": "kdive",
+//	    "capabilities": {"portMappings": true},  // hostPorts, see below
 //	    "mode": "routed",            // or "bridge"
 //	    "podCIDR": "10.0.1.0/24",    // node.spec.podCIDR
 //	    "mtu": 1450,                 // uplink MTU minus encapsulation overhead
@@ -69,6 +70,44 @@
 // block's prefix length and the default route via the bridge's address. The
 // bridge is shared and stays when pods go. IP forwarding and other node
 // sysctls are the agent's.
+//
+// # hostPorts
+//
+// The conflist declares the portMappings capability, so runtimes pass each
+// pod's hostPorts as runtimeConfig.portMappings ({"hostPort": 8080,
+// "containerPort": 80, "protocol": "tcp", "hostIP": ""}), as they do to the
+// upstream portmap plugin, which kdive replaces. NetConf.PortMappings reads
+// them strictly (ports 1-65535, tcp/udp/sctp in any case, hostIP empty,
+// 0.0.0.0 or one IPv4 address, no duplicates; IPv6 hostIPs are skipped, as
+// pods are IPv4-only); a bad entry fails ADD with code 7 naming it,
+// "runtimeConfig.portMappings[1].hostPort: 70000 is out of range 1-65535",
+// before anything is built.
+//
+// ADD programs them last, in one `nft -f` transaction in the node's
+// namespace (nft must be on the plugin's PATH on nodes whose pods use
+// hostPorts): table "ip kdive-hostport" with the maps hostports (protocol .
+// port on every node address) and hostports-ip (one host address), whose
+// values are podIP . containerPort, a set hairpin of podIP . podIP, and
+// fixed chains that DNAT packets for a local, non-loopback destination
+// through the maps at priority dstnat - 1 (prerouting and output, so before
+// kube-proxy-like service rules) and masquerade a pod reaching its own
+// hostPort (postrouting, srcnat - 1). Loopback is never served
+// (route_localnet stays off, cf. CVE-2020-8558). Each ADD recreates the
+// table's skeleton idempotently in the same transaction, so a pod gets all
+// its mappings or none. A port another pod holds fails ADD naming the port
+// and its holder ("hostPort 8080/tcp is already taken: the node forwards it
+// to 10.0.1.2:80 (pod c1/eth0)"); the kernel refuses to overwrite a map
+// entry with other data anyway. The design note is in hostport.go.
+//
+// Each attachment's entries are recorded in
+// <dataDir>/hostports/<containerID>@<ifname>.json (0600, written by
+// rename, under a lock shared by all plugin processes) before they are
+// added. DEL deletes them (missing ones and a missing table are success) and
+// then the file; an address is released only once no entry leads to it, so
+// a new pod never inherits another's hostPort. GC does the same for
+// attachments not listed and deletes entries leading to unallocated
+// addresses. CHECK verifies the entries, the chains and the state file.
+// CleanupHostPorts (kdive agent --cleanup) deletes the table.
 //
 // # Idempotence and cleanup
 //

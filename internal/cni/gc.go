@@ -20,8 +20,11 @@ func (p *plugin) cmdGC(args *skel.CmdArgs) error {
 // gc frees everything whose attachment the runtime does not list in
 // cni.dev/valid-attachments: IPAM entries, and host-side veths of ours (a
 // veth whose alias names its attachment, or, without an alias, named after
-// a freed IPAM entry). Deleting a host-side veth removes its pod end and /32
-// route too. Nothing that is not ours is touched.
+// a freed IPAM entry), and hostPorts (of attachments with a state file, and
+// any leading to an address no longer allocated). Deleting a host-side veth
+// removes its pod end and /32 route too. An attachment whose hostPorts
+// cannot be deleted keeps its address until a later GC or DEL. Nothing that
+// is not ours is touched.
 func (p *plugin) gc(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
@@ -42,15 +45,31 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	freed, err := store.GC(keep)
-	if err != nil {
-		return ipamError(err)
-	}
 	host, err := p.openHost()
 	if err != nil {
 		return err
 	}
 	defer host.Close()
+
+	var errs []error
+	ctx, cancel := hostPortContext()
+	defer cancel()
+	hp := newHostPorts(host, conf.DataDir)
+	allocs, err := store.List()
+	if err != nil {
+		return ipamError(err)
+	}
+	stuck, err := hp.gc(ctx, valid, allocs)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	freed, err := store.GC(append(keep, stuck...))
+	if err != nil {
+		return errors.Join(append(errs, ipamError(err))...)
+	}
+	if err := hp.sweep(ctx, store.List); err != nil {
+		errs = append(errs, err)
+	}
 
 	stale := map[string]ipam.Attachment{}
 	for _, f := range freed {
@@ -60,9 +79,8 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	}
 	links, err := host.Links()
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
-	var errs []error
 	for _, l := range links {
 		if l.Type != "veth" {
 			continue
