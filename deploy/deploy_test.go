@@ -45,6 +45,24 @@ func TestManifest(t *testing.T) {
 			t.Errorf("the agent does not mount %s", want)
 		}
 	}
+	// The init step runs `kdive install-cni` into the mounts it has.
+	if len(s.InitContainers) != 1 {
+		t.Fatalf("init containers: %d, want 1", len(s.InitContainers))
+	}
+	ic := s.InitContainers[0]
+	initMounts := map[string]bool{}
+	for _, m := range ic.VolumeMounts {
+		initMounts[m.MountPath] = true
+	}
+	args := strings.Join(ic.Command, " ")
+	for _, dir := range []string{"/host/opt/cni/bin", "/host/etc/cni/net.d", "/etc/kdive"} {
+		if !initMounts[dir] || !strings.Contains(args, dir) {
+			t.Errorf("install-cni: %s mounted %v, in %q", dir, initMounts[dir], args)
+		}
+	}
+	if !strings.HasPrefix(args, "kdive install-cni ") || len(ic.Env) == 0 || ic.Env[0].Name != "NODE_NAME" {
+		t.Errorf("install-cni command %q env %v", args, ic.Env)
+	}
 }
 
 func TestDecodeRefusesUnknownFields(t *testing.T) {

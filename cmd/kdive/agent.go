@@ -1,22 +1,26 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kdive/kdive/internal/agent"
+	"github.com/kdive/kdive/internal/cni"
 )
 
 func newAgentCmd() *cobra.Command {
 	var (
-		configFile string
-		verbose    bool
-		cleanup    bool
-		fl         agent.Configuration
+		af      agentFlags
+		verbose bool
+		cleanup bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent [--config FILE] [flags]",
@@ -34,43 +38,8 @@ Configuration comes from --config (kind: AgentConfiguration); flags override
 its fields.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := &agent.Configuration{}
-			if configFile != "" {
-				var err error
-				if cfg, err = agent.LoadConfiguration(configFile); err != nil {
-					return err
-				}
-			}
-			f := cmd.Flags()
-			set := func(name string, dst *string, v string) {
-				if f.Changed(name) {
-					*dst = v
-				}
-			}
-			set("node-name", &cfg.NodeName, fl.NodeName)
-			set("hostname-override", &cfg.NodeName, fl.NodeName)
-			set("kubeconfig", &cfg.ClientConnection.Kubeconfig, fl.ClientConnection.Kubeconfig)
-			set("lab-store", &cfg.ClientConnection.LabStore, fl.ClientConnection.LabStore)
-			set("uplink", &cfg.Uplink, fl.Uplink)
-			set("cni-conf-dir", &cfg.CNI.ConfDir, fl.CNI.ConfDir)
-			set("cni-data-dir", &cfg.CNI.DataDir, fl.CNI.DataDir)
-			set("proxy-mode", &cfg.Proxy.Mode, fl.Proxy.Mode)
-			set("cluster-cidr", &cfg.Proxy.ClusterCIDR, fl.Proxy.ClusterCIDR)
-			set("ipvs-scheduler", &cfg.Proxy.IPVS.Scheduler, fl.Proxy.IPVS.Scheduler)
-			if f.Changed("nodeport-addresses") {
-				cfg.Proxy.NodePortAddresses = fl.Proxy.NodePortAddresses
-			}
-			if f.Changed("interface") {
-				cfg.PodNetwork.Interface = fl.PodNetwork.Interface
-			}
-			if f.Changed("encap") {
-				cfg.PodNetwork.Encap = fl.PodNetwork.Encap
-			}
-			if f.Changed("encap-policy") {
-				cfg.PodNetwork.EncapPolicy = fl.PodNetwork.EncapPolicy
-			}
-			cfg.Default()
-			if err := cfg.Validate(); err != nil {
+			cfg, err := af.load(cmd.Flags())
+			if err != nil {
 				return err
 			}
 			level := slog.LevelInfo
@@ -91,7 +60,60 @@ its fields.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&configFile, "config", "", "AgentConfiguration file")
+	af.register(f)
+	f.BoolVar(&cleanup, "cleanup", false, "remove every rule, route, tunnel and file kdive programmed on this node, then exit (for uninstall)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
+	return cmd
+}
+
+func newInstallCNICmd() *cobra.Command {
+	var (
+		af   agentFlags
+		opts agent.InstallOptions
+	)
+	cmd := &cobra.Command{
+		Use:   "install-cni --bin-dir DIR [--plugin FILE] [agent flags]",
+		Short: "Install kdive-cni and the node's CNI network config (the DaemonSet's init step)",
+		Long: `Install the CNI plugin and this node's network config, atomically: the plugin
+binary is copied to DIR/kdive through a temporary file and a rename, and, once
+this node's Node object has an InternalIP and a pod CIDR, 10-kdive.conflist is
+written into the CNI config dir exactly as the agent writes it. It takes the
+agent's configuration and flags (--config, --kubeconfig, --hostname-override,
+--cni-conf-dir, ...).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := af.load(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := agent.InstallCNI(ctx, cfg, opts); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "installed %s and %s\n",
+				filepath.Join(opts.BinDir, cni.PluginType), filepath.Join(cfg.CNI.ConfDir, cni.ConfListFile))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	af.register(f)
+	f.StringVar(&opts.BinDir, "bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
+	f.StringVar(&opts.Plugin, "plugin", "/usr/local/bin/kdive-cni", "the kdive-cni binary to install")
+	f.DurationVar(&opts.Wait, "wait", 5*time.Minute, "how long to wait for the node's pod CIDR")
+	return cmd
+}
+
+// agentFlags are the agent configuration's flags, shared by the commands
+// that take an AgentConfiguration.
+type agentFlags struct {
+	configFile string
+	fl         agent.Configuration
+}
+
+func (af *agentFlags) register(f *pflag.FlagSet) {
+	fl := &af.fl
+	f.StringVar(&af.configFile, "config", "", "AgentConfiguration file")
 	f.StringVar(&fl.NodeName, "node-name", "", "this node's name (default $NODE_NAME, else the hostname)")
 	f.StringVar(&fl.NodeName, "hostname-override", "", "same as --node-name, as kube-proxy spells it")
 	f.StringVar(&fl.ClientConnection.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (default: in-cluster)")
@@ -106,7 +128,49 @@ its fields.`,
 	f.StringVar(&fl.Proxy.IPVS.Scheduler, "ipvs-scheduler", "", "ipvs mode's scheduler: rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh (default rr)")
 	f.StringVar(&fl.Proxy.ClusterCIDR, "cluster-cidr", "", "the cluster's pod range; traffic to cluster IPs from outside it is masqueraded (default: this node's pod CIDR)")
 	f.StringSliceVar(&fl.Proxy.NodePortAddresses, "nodeport-addresses", nil, "CIDRs of the node addresses NodePorts answer on (default: the node's primary IP)")
-	f.BoolVar(&cleanup, "cleanup", false, "remove every rule, route, tunnel and file kdive programmed on this node, then exit (for uninstall)")
-	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
-	return cmd
+}
+
+// load reads --config and applies the flags that were set over it, then
+// defaults and validates the result.
+func (af *agentFlags) load(f *pflag.FlagSet) (*agent.Configuration, error) {
+	cfg := &agent.Configuration{}
+	if af.configFile != "" {
+		var err error
+		if cfg, err = agent.LoadConfiguration(af.configFile); err != nil {
+			return nil, err
+		}
+	}
+	fl := &af.fl
+	set := func(name string, dst *string, v string) {
+		if f.Changed(name) {
+			*dst = v
+		}
+	}
+	set("node-name", &cfg.NodeName, fl.NodeName)
+	set("hostname-override", &cfg.NodeName, fl.NodeName)
+	set("kubeconfig", &cfg.ClientConnection.Kubeconfig, fl.ClientConnection.Kubeconfig)
+	set("lab-store", &cfg.ClientConnection.LabStore, fl.ClientConnection.LabStore)
+	set("uplink", &cfg.Uplink, fl.Uplink)
+	set("cni-conf-dir", &cfg.CNI.ConfDir, fl.CNI.ConfDir)
+	set("cni-data-dir", &cfg.CNI.DataDir, fl.CNI.DataDir)
+	set("proxy-mode", &cfg.Proxy.Mode, fl.Proxy.Mode)
+	set("cluster-cidr", &cfg.Proxy.ClusterCIDR, fl.Proxy.ClusterCIDR)
+	set("ipvs-scheduler", &cfg.Proxy.IPVS.Scheduler, fl.Proxy.IPVS.Scheduler)
+	if f.Changed("nodeport-addresses") {
+		cfg.Proxy.NodePortAddresses = fl.Proxy.NodePortAddresses
+	}
+	if f.Changed("interface") {
+		cfg.PodNetwork.Interface = fl.PodNetwork.Interface
+	}
+	if f.Changed("encap") {
+		cfg.PodNetwork.Encap = fl.PodNetwork.Encap
+	}
+	if f.Changed("encap-policy") {
+		cfg.PodNetwork.EncapPolicy = fl.PodNetwork.EncapPolicy
+	}
+	cfg.Default()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }

@@ -54,6 +54,7 @@ multi-node cluster out of network namespaces on this machine:
 		newVerifyCmd(),
 		newBenchCmd(),
 		newAgentCmd(),
+		newInstallCNICmd(),
 		newEchoCmd(),
 		newVersionCmd(),
 	)

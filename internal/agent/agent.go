@@ -127,12 +127,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopServing()
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	// Shutdown waits for the informers, which stop when stop closes.
+	stop := make(chan struct{})
+	defer func() { close(stop); factory.Shutdown(); podFactory.Shutdown() }()
+	factory.Start(stop)
 	// The pod network and the proxy need nodes, services and slices; the
 	// pods only feed a report, which waits for them by itself.
-	podFactory.Start(ctx.Done())
-	defer podFactory.Shutdown()
+	podFactory.Start(stop)
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("caches of %v did not sync: %w", typ, ctx.Err())

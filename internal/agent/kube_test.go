@@ -82,6 +82,21 @@ cni: {confDir: %s, dataDir: %s}
 syncPeriod: 2s
 minSyncPeriod: 10ms
 `, filepath.Join(dir, "net.d"), filepath.Join(dir, "ipam")))
+	// The DaemonSet's init step, with the same token and role.
+	install := exec.Command(kdive, "install-cni", "--config", cfgFile, "--kubeconfig", kubeconfig, "--hostname-override", "n1",
+		"--plugin", filepath.Join(bindir, "kdive-cni"), "--bin-dir", filepath.Join(dir, "bin"), "--wait", "30s")
+	var installOut bytes.Buffer
+	install.Stdout, install.Stderr = &installOut, &installOut
+	if err := node.Start(install); err != nil {
+		t.Fatal(err)
+	}
+	if err := install.Wait(); err != nil {
+		t.Fatalf("kdive install-cni: %v\n%s", err, installOut.String())
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "net.d", "10-kdive.conflist")); err != nil || !strings.Contains(string(b), `"podCIDR": "10.244.1.0/24"`) {
+		t.Errorf("install-cni wrote no conflist for n1's block: %v\n%s", err, b)
+	}
+
 	args := []string{"agent", "--config", cfgFile, "--kubeconfig", kubeconfig, "--hostname-override", "n1", "--proxy-mode", "nftables"}
 	agent := startAgent(t, node, kdive, filepath.Join(dir, "agent.log"), args...)
 
@@ -242,6 +257,26 @@ minSyncPeriod: 10ms
 		t.Fatal(err)
 	}
 	waitFor("n3's route gone", lacks(routes, "10.244.3.0/24"))
+
+	// The same agent in iptables mode (the flag over the config file):
+	// the nftables table goes, the services come back as KUBE-SVC chains.
+	if err := agent.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("agent after SIGTERM: %v", err)
+	}
+	args[len(args)-1] = "iptables"
+	agent = startAgent(t, node, kdive, filepath.Join(dir, "agent3.log"), args...)
+	iptables := func() string {
+		nftOut, _ := node.Run(ctx, "", "iptables-nft-save", "-t", "nat")
+		legacyOut, _ := node.Run(ctx, "", "iptables-legacy-save", "-t", "nat")
+		return nftOut + legacyOut
+	}
+	waitFor("the service in iptables mode", contains(iptables, svc2.Spec.ClusterIP+"/32", "KUBE-SVC-", "10.244.2.9:8080"))
+	waitFor("the nftables table gone", func() error {
+		if out, err := node.Run(ctx, "", "nft", "list", "tables"); err != nil || strings.Contains(out, "kdive-proxy") {
+			return fmt.Errorf("tables: %s %v", out, err)
+		}
+		return nil
+	})
 }
 
 // installRBAC creates the manifest's ServiceAccount, ClusterRole and
