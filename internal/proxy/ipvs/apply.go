@@ -45,6 +45,11 @@ func (p *Proxier) apply(ctx context.Context, r *Ruleset, changed map[model.Servi
 	if err != nil {
 		return fmt.Errorf("ipvs: %w", err)
 	}
+	staleNames, err := syncNames(sets, r, &stats)
+	if err != nil {
+		return fmt.Errorf("ipvs: %w", err)
+	}
+	stale = append(stale, staleNames...)
 	if err := p.syncIptables(ctx, r, &stats); err != nil {
 		return fmt.Errorf("ipvs: %w", err)
 	}

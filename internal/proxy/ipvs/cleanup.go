@@ -103,5 +103,8 @@ func cleanupSets(ns *kernel.NetNS) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := sets.Destroy(setNames); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }

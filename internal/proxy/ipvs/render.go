@@ -224,6 +224,7 @@ func (rd *renderer) vserverKey(p *proxy.Port, vs kernel.VirtualServer, kind Kind
 	v.RealServers = slices.CompactFunc(v.RealServers, func(a, b kernel.RealServer) bool { return a.Address == b.Address })
 	rd.vs[key] = len(rd.r.VirtualServers)
 	rd.r.VirtualServers = append(rd.r.VirtualServers, v)
+	rd.recordName(p, v)
 	return true
 }
 

@@ -33,6 +33,8 @@ type Ruleset struct {
 	// Warnings name services rendered differently than asked (an unknown
 	// scheduler, an address:port two services claim).
 	Warnings []string
+	// names is the name index Sync keeps in KUBE-IPVS-NAMES (names.go).
+	names []kernel.CommentedEntry
 }
 
 // Kind says which address of a service a virtual server serves.
