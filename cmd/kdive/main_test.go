@@ -72,7 +72,6 @@ func TestVersion(t *testing.T) {
 
 func TestNotImplementedYet(t *testing.T) {
 	for _, args := range [][]string{
-		{"show", "routes"}, {"trace", "--from", "a", "--to", "b"}, {"verify"},
 		{"bench", "sync"}, {"bench", "datapath"}, {"bench", "encap"},
 	} {
 		_, errOut, code := run(t, "", args...)

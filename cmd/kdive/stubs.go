@@ -6,35 +6,6 @@ import "github.com/spf13/cobra"
 // answer "not implemented yet" with exit status 2 until their capability
 // lands. Their flags are registered now so scripts fail for the right reason.
 
-func newShowCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:       "show routes|links|lb|pods|blocks",
-		Short:     "Show a node's routes, links, load-balancing tables, pods or pod blocks with their Kubernetes meaning",
-		ValidArgs: []string{"routes", "links", "lb", "pods", "blocks"},
-		Args:      cobra.MatchAll(cobra.ExactArgs(1), cobra.OnlyValidArgs),
-		RunE:      notImplemented("kdive show"),
-	}
-	cmd.Flags().String("lab", "", "lab to look at (default: this machine)")
-	cmd.Flags().String("node", "", "node of the lab")
-	cmd.Flags().StringP("output", "o", "table", "output format: table or json")
-	return cmd
-}
-
-func newTraceCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "trace --from POD|NODE --to SERVICE|POD|IP[:PORT]",
-		Short: "Trace a packet's path through the kernel's actual routes, load balancing and encapsulation",
-		Args:  cobra.NoArgs,
-		RunE:  notImplemented("kdive trace"),
-	}
-	cmd.Flags().String("from", "", "source pod (namespace/name) or node")
-	cmd.Flags().String("to", "", "destination service (namespace/name[:port]), pod or IP[:PORT]")
-	cmd.Flags().String("proto", "tcp", "protocol: tcp or udp")
-	cmd.Flags().String("lab", "", "lab to trace in (default: this machine)")
-	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
-	return cmd
-}
-
 func newVerifyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify",

@@ -1,0 +1,201 @@
+package diag_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kdive/kdive/internal/diag"
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/lab"
+)
+
+// traceBins are the binaries a trace test's lab runs: from
+// KDIVE_TEST_BINDIR (make test), else built once.
+func traceBins(t *testing.T) lab.Binaries {
+	t.Helper()
+	dir := os.Getenv("KDIVE_TEST_BINDIR")
+	if dir == "" {
+		dir = t.TempDir()
+		for bin, pkg := range map[string]string{"kdive": "../../cmd/kdive", "kdive-cni": "../../cmd/kdive-cni"} {
+			if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg).CombinedOutput(); err != nil {
+				t.Fatalf("build %s: %v\n%s", bin, err, out)
+			}
+		}
+	}
+	return lab.Binaries{Kdive: filepath.Join(dir, "kdive"), KdiveCNI: filepath.Join(dir, "kdive-cni")}
+}
+
+// upPresetLab brings a preset up under name and tears it down at the end.
+func upPresetLab(t *testing.T, name, preset string) *lab.Status {
+	t.Helper()
+	ktest.RequireRoot(t)
+	for _, f := range []kernel.Feature{kernel.FeatureVeth, kernel.FeatureBridge, kernel.FeatureNFTables} {
+		ktest.RequireFeature(t, f)
+	}
+	_ = lab.Down(name)
+	p, raw, err := lab.Prepare(name, lab.Source{Preset: preset})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range p.Features() {
+		ktest.RequireFeature(t, f)
+	}
+	s, err := lab.Up(context.Background(), p, lab.UpOptions{LabFile: raw, Binaries: traceBins(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Down(name); err != nil && !errors.Is(err, lab.ErrNoLab) {
+			t.Errorf("down %s: %v", name, err)
+		}
+	})
+	return lab.GetStatus(context.Background(), s)
+}
+
+// podOn returns the first pod of a deployment (name prefix) on a node.
+func podOn(t *testing.T, st *lab.Status, prefix, node string) string {
+	t.Helper()
+	for _, p := range st.Pods {
+		if strings.HasPrefix(p.Name, prefix+"-") && p.Node == node {
+			return p.Namespace + "/" + p.Name
+		}
+	}
+	t.Fatalf("no %s pod on %s in %+v", prefix, node, st.Pods)
+	return ""
+}
+
+// minimal traces and returns the --minimal text, retrying until want
+// holds (agents program services a moment after lab up).
+func minimal(t *testing.T, req diag.TraceRequest, want func(string) error) string {
+	t.Helper()
+	req.Inspect = diag.InspectProxy
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var out strings.Builder
+		rep, err := diag.Trace(context.Background(), req)
+		if err == nil {
+			err = rep.WriteMinimal(&out)
+		}
+		if err == nil {
+			err = want(out.String())
+		}
+		if err == nil {
+			return out.String()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("trace %s -> %s: %v\n%s", req.From, req.To, err, out.String())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func has(subs ...string) func(string) error {
+	return func(s string) error {
+		for _, sub := range subs {
+			if !strings.Contains(s, sub) {
+				return fmt.Errorf("%q missing", sub)
+			}
+		}
+		return nil
+	}
+}
+
+// Preset D: routed pods, VXLAN only across subnets, nftables. node-1 and
+// node-2 share zone-a, node-3 is in zone-b behind the router.
+func TestTracePresetD(t *testing.T) {
+	st := upPresetLab(t, "trcd", "D")
+	client := podOn(t, st, "coredns", "node-1")
+	ing2, ing3 := podOn(t, st, "ingress", "node-2"), podOn(t, st, "ingress", "node-3")
+	req := func(from, to string) diag.TraceRequest { return diag.TraceRequest{Lab: "trcd", From: from, To: to} }
+
+	out := minimal(t, req(client, ing2), has("lb=none", "pod="+ing2+" node=node-2 p=1.000 masq=no encap=direct underlay=same subnet delivered=yes"))
+	t.Logf("pod -> pod, same subnet:\n%s", out)
+	out = minimal(t, req(client, ing3), has("pod="+ing3+" node=node-3 p=1.000 masq=no encap=vxlan underlay=router delivered=yes"))
+	t.Logf("pod -> pod, other subnet:\n%s", out)
+
+	out = minimal(t, req(client, "default/ingress:http"), has("lb=DNAT",
+		"node=node-1 p=0.333 masq=no encap=local",
+		"pod="+ing2+" node=node-2 p=0.333 masq=no encap=direct underlay=same subnet delivered=yes",
+		"pod="+ing3+" node=node-3 p=0.333 masq=no encap=vxlan underlay=router delivered=yes"))
+	t.Logf("pod -> service:\n%s", out)
+
+	// From the node itself the source is outside the cluster CIDR:
+	// masqueraded.
+	out = minimal(t, req("node-1", "default/ingress:http"), has("lb=DNAT", "node=node-3 p=0.333 masq=yes encap=vxlan"))
+	t.Logf("node -> service:\n%s", out)
+
+	// From outside to the NodePort on node-1.
+	out = minimal(t, req("external", st.Nodes[0].IP+":30080"), has("lb=DNAT", "node=node-2 p=0.333 masq=yes encap=direct"))
+	t.Logf("external -> NodePort:\n%s", out)
+
+	// --probe agrees with the prediction, over TCP and UDP.
+	for _, r := range []diag.TraceRequest{req(client, "default/ingress:http"), {Lab: "trcd", From: client, To: "kube-system/kube-dns:dns"}} {
+		r.Probe = true
+		out = minimal(t, r, has("predicted=yes"))
+		t.Logf("probe:\n%s", out)
+	}
+
+	// show lb on node-1 reads the same table, with pods named.
+	var lbOut strings.Builder
+	if err := diag.ShowLB(context.Background(), diag.Target{Lab: "trcd", Node: "node-1"}, diag.Output{Format: diag.FormatJSON, W: &lbOut}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"mode": "nftables"`, `"name": "default/ingress:http"`, `"pod": "` + ing3 + `"`, `"node": "node-3"`, `"kind": "NodePort"`, `"probability": 0.333`} {
+		if !strings.Contains(lbOut.String(), want) {
+			t.Errorf("show lb -o json lacks %s:\n%s", want, lbOut.String())
+		}
+	}
+	var lbTable strings.Builder
+	if err := diag.ShowLB(context.Background(), diag.Target{Lab: "trcd", Node: "node-1"}, diag.Output{Format: diag.FormatTable, W: &lbTable}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("show lb:\n%s", lbTable.String())
+
+	// The CLI, as a user runs it.
+	bin := traceBins(t).Kdive
+	cli, err := exec.Command(bin, "trace", "--lab", "trcd", "--from", client, "--to", "default/ingress:http", "--minimal").CombinedOutput()
+	if err != nil || !strings.Contains(string(cli), "lb=DNAT") {
+		t.Errorf("kdive trace --minimal: %v\n%s", err, cli)
+	}
+	detail, err := exec.Command(bin, "trace", "--lab", "trcd", "--from", client, "--to", ing3).CombinedOutput()
+	if err != nil || !strings.Contains(string(detail), "VXLAN") || !strings.Contains(string(detail), "decapsulated by vxlan.kdive") {
+		t.Errorf("kdive trace (detailed): %v\n%s", err, detail)
+	}
+	t.Logf("detailed:\n%s", detail)
+}
+
+// Presets A (routed, IPIP across subnets, IPVS), B (routed, IPIP always,
+// iptables) and C (bridge, per-peer IPIP tunnels across subnets, iptables)
+// need the ipip module: they run in the test VM.
+func TestTraceIPIPPresets(t *testing.T) {
+	for _, tc := range []struct {
+		preset                 string
+		sameSubnet, crossEncap string
+	}{
+		{"A", "encap=direct underlay=same subnet", "encap=ipip underlay=router"},
+		{"B", "encap=ipip underlay=same subnet", "encap=ipip underlay=router"},
+		{"C", "encap=direct underlay=same subnet", "encap=ipip underlay=router"},
+	} {
+		t.Run(tc.preset, func(t *testing.T) {
+			name := "trc" + strings.ToLower(tc.preset)
+			st := upPresetLab(t, name, tc.preset)
+			client := podOn(t, st, "coredns", "node-1")
+			ing2, ing3 := podOn(t, st, "ingress", "node-2"), podOn(t, st, "ingress", "node-3")
+			req := func(to string) diag.TraceRequest { return diag.TraceRequest{Lab: name, From: client, To: to} }
+			t.Log(minimal(t, req(ing2), has("node=node-2 p=1.000 masq=no "+tc.sameSubnet+" delivered=yes")))
+			t.Log(minimal(t, req(ing3), has("node=node-3 p=1.000 masq=no "+tc.crossEncap+" delivered=yes")))
+			svc := req("default/ingress:http")
+			svc.Probe = true
+			t.Log(minimal(t, svc, has("lb=DNAT", "node=node-1 p=0.333 masq=no encap=local",
+				"node=node-2 p=0.333 masq=no "+tc.sameSubnet, "node=node-3 p=0.333 masq=no "+tc.crossEncap, "predicted=yes")))
+		})
+	}
+}
