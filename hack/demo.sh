@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo `make demo` runs: bring up the default lab, show its pods and a
 # node's routes, send traffic between pods across nodes and subnets, show
-# the VPC check that makes encapsulation necessary, and tear it all down
-# again (also when a step fails).
+# the VPC check that makes encapsulation necessary, show the load-balancing
+# table, verify the lab with real traffic (kdive verify), trace a service
+# request across subnets, and tear it all down again (also when a step fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kdive=bin/kdive
@@ -56,5 +57,14 @@ echo "(no answer: in a cloud VPC pod traffic must be encapsulated between subnet
 
 step "kdive lab status $lab"
 $kdive lab status "$lab"
+
+step "kdive show lb --lab $lab --node node-1: the load-balancing table read back from the kernel"
+$kdive show lb --lab "$lab" --node node-1
+
+step "kdive verify --lab $lab: pod, node and external traffic, services, MTU, load balancing, kernel vs API objects"
+$kdive verify --lab "$lab"
+
+step "kdive trace: coredns-0 (node-1, zone-a) -> service default/ingress, every endpoint's path, checked by a real request"
+$kdive trace --lab "$lab" --from kube-system/coredns-0 --to default/ingress:http --probe
 
 step "kdive lab down $lab"

@@ -6,18 +6,6 @@ import "github.com/spf13/cobra"
 // answer "not implemented yet" with exit status 2 until their capability
 // lands. Their flags are registered now so scripts fail for the right reason.
 
-func newVerifyCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "verify",
-		Short: "Verify connectivity and load balancing by sending real traffic (exit status 1 when a check fails)",
-		Args:  cobra.NoArgs,
-		RunE:  notImplemented("kdive verify"),
-	}
-	cmd.Flags().String("lab", "", "lab to verify (default: this machine)")
-	cmd.Flags().StringP("output", "o", "table", "output format: table or json")
-	return cmd
-}
-
 func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",

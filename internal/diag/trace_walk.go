@@ -258,12 +258,22 @@ func (tl *traceLab) reply(end, from, entry *tracePlace, masq bool, vip, ep netip
 		start = tl.byName[end.Node]
 	}
 	w := tl.forward(start, to)
+	if vip != ep {
+		// On the way through the node that load-balanced the request,
+		// before its routing: conntrack restores the service address.
+		at := len(w.steps)
+		for i, s := range w.steps {
+			if s.At == entry.Name {
+				at = i
+				break
+			}
+		}
+		undo := TraceStep{At: entry.Name, What: fmt.Sprintf("conntrack reverses the DNAT: source %s -> %s", ep, vip)}
+		w.steps = append(w.steps[:at], append([]TraceStep{undo}, w.steps[at:]...)...)
+	}
 	steps = append(steps, w.steps...)
 	if !w.delivered {
 		return steps
-	}
-	if vip != ep {
-		steps = append(steps, TraceStep{At: entry.Name, What: fmt.Sprintf("conntrack reverses the DNAT: source %s -> %s", ep, vip)})
 	}
 	if masq && from != entry {
 		steps = append(steps, TraceStep{At: entry.Name, What: fmt.Sprintf("conntrack reverses the masquerade: destination %s -> %s", entry.IP, from.IP)})
