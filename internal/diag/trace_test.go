@@ -196,6 +196,72 @@ func TestTraceIPIPPresets(t *testing.T) {
 			svc.Probe = true
 			t.Log(minimal(t, svc, has("lb=DNAT", "node=node-1 p=0.333 masq=no encap=local",
 				"node=node-2 p=0.333 masq=no "+tc.sameSubnet, "node=node-3 p=0.333 masq=no "+tc.crossEncap, "predicted=yes")))
+			checkShow(t, name, st, tc.preset, ing3)
 		})
+	}
+}
+
+// checkShow checks every kind of show on node-1 of an IPIP preset against
+// the lab's known topology.
+func checkShow(t *testing.T, labName string, st *lab.Status, preset, remotePod string) {
+	t.Helper()
+	ctx := context.Background()
+	target := diag.Target{Lab: labName, Node: "node-1"}
+	routes, err := diag.Routes(ctx, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blockEncap := map[string]string{}
+	for _, r := range routes.Routes {
+		if r.Node != "" && r.Node != "node-1" && r.Owner == "kdive-agent" {
+			blockEncap[r.Node] = r.Encap
+		}
+		if r.Kind == "foreign" {
+			t.Errorf("preset %s: foreign route on node-1: %+v", preset, r)
+		}
+	}
+	wantSame := "none"
+	if preset == "B" {
+		wantSame = "ipip"
+	}
+	if blockEncap["node-2"] != wantSame || blockEncap["node-3"] != "ipip" {
+		t.Errorf("preset %s: node-1 reaches node-2's block with %q (want %q), node-3's with %q (want ipip)\n%+v",
+			preset, blockEncap["node-2"], wantSame, blockEncap["node-3"], routes.Routes)
+	}
+	links, err := diag.Links(ctx, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]bool{}
+	for _, l := range links.Links {
+		roles[l.Role] = true
+		if l.Role == diag.LinkForeign {
+			t.Errorf("preset %s: foreign link on node-1: %+v", preset, l)
+		}
+	}
+	if !roles[diag.LinkTunnel] || !roles[diag.LinkUplink] || (preset == "A") != roles[diag.LinkIPVS] || (preset == "C") != roles[diag.LinkBridge] {
+		t.Errorf("preset %s: link roles %v", preset, roles)
+	}
+	blocks, err := diag.Blocks(ctx, diag.Target{Lab: labName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	perNode := map[string]int{}
+	for _, p := range st.Pods {
+		perNode[p.Node]++
+	}
+	for _, b := range blocks.Blocks {
+		if b.InUse == nil || *b.InUse != perNode[b.Node] {
+			t.Errorf("preset %s: block %s of %s in use %v, want %d pods", preset, b.Block, b.Node, b.InUse, perNode[b.Node])
+		}
+	}
+	var lb strings.Builder
+	if err := diag.ShowLB(ctx, target, diag.Output{Format: diag.FormatJSON, W: &lb}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"name": "default/ingress:http"`, `"pod": "` + remotePod + `"`, `"kind": "NodePort"`, `"probability": 0.333`} {
+		if !strings.Contains(lb.String(), want) {
+			t.Errorf("preset %s: show lb lacks %s:\n%s", preset, want, lb.String())
+		}
 	}
 }
