@@ -18,7 +18,7 @@ VM_RUN := IPIP|IPVS
 VM_PKGS := ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/ ./internal/diag/ ./internal/verify/
 VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 
-.PHONY: all deps build apiserver demo test test-native test-vm vet clean
+.PHONY: all deps build apiserver demo test test-native bench-smoke test-vm vet clean
 
 all: build
 
@@ -46,7 +46,7 @@ apiserver:
 demo: deps build
 	hack/demo.sh
 
-test: deps build apiserver vet test-native test-vm
+test: deps build apiserver vet test-native bench-smoke test-vm
 
 vet:
 	go vet ./...
@@ -55,6 +55,11 @@ vet:
 # VM runner's own tests (boot, exit status, timeout, no qemu left behind).
 test-native:
 	KDIVE_TEST_BINDIR=$(CURDIR)/bin go test -count=1 -timeout 20m ./...
+
+# The Go benchmarks of the render and diff hot paths, once each, so they
+# cannot rot (kdive bench and docs/benchmarks.md report the numbers).
+bench-smoke:
+	go test -count=1 -run '^$$' -bench 'Render|Plan' -benchtime 1x ./internal/proxy/...
 
 # Feature tests inside the VM with Debian's kernel.
 test-vm:
