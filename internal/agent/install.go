@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"k8s.io/client-go/informers"
 
 	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/source"
 )
@@ -97,31 +96,13 @@ func InstallCNI(ctx context.Context, cfg *Configuration, o InstallOptions) error
 }
 
 // installBinary copies src to dst atomically with mode 0755.
-func installBinary(src, dst string) (err error) {
-	in, err := os.Open(src)
+func installBinary(src, dst string) error {
+	b, err := os.ReadFile(src)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	defer in.Close()
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("install %s: %w", dst, err)
-	}
-	defer func() {
-		if err != nil {
-			os.Remove(f.Name())
-		}
-	}()
-	_, err = io.Copy(f, in)
-	err = errors.Join(err, f.Chmod(0o755), f.Sync(), f.Close())
-	if err == nil {
-		err = os.Rename(f.Name(), dst)
-	}
-	if err != nil {
-		return fmt.Errorf("install %s: %w", dst, err)
-	}
-	return nil
+	return fileutil.WriteAtomic(dst, b, 0o755)
 }

@@ -49,9 +49,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kdive/kdive/internal/cni/ipam"
+	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
 )
 
@@ -598,57 +597,20 @@ func readState(path string) (*hostPortState, error) {
 	return &st, nil
 }
 
-// writeFileAtomic writes v as JSON to path, mode 0600, through a temporary
-// file (a dot file, which stateNames skips) and a rename.
+// writeFileAtomic writes v as JSON to path, mode 0600, atomically (a dot
+// file, which stateNames skips, then a rename).
 func writeFileAtomic(path string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return fileutil.WriteAtomic(path, append(data, '\n'), 0o600)
 }
 
 // locked runs fn holding the state directory's lock, which serialises the
-// hostPort work of concurrent plugin processes. flock(2) locks belong to an
-// open file description, so goroutines exclude each other as processes do.
+// hostPort work of concurrent plugin processes.
 func (h *hostPorts) locked(fn func() error) error {
-	if err := os.MkdirAll(h.dir, 0o700); err != nil {
-		return fmt.Errorf("create hostPort state directory: %w", err)
-	}
-	path := filepath.Join(h.dir, "lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("open lock: %w", err)
-	}
-	defer f.Close()
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", path, err)
-	}
-	return fn()
+	return fileutil.WithLock(h.dir, "lock", 0o700, fn)
 }
 
 // hostPortContext bounds a command's hostPort work.

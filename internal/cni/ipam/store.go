@@ -9,7 +9,7 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/kdive/kdive/internal/fileutil"
 )
 
 const (
@@ -211,30 +211,9 @@ func (s *Store) InUse() (int, error) {
 	return n, nil
 }
 
-// locked runs fn holding the store's exclusive lock. flock(2) locks belong
-// to an open file description, so each call opens the lock file anew and
-// goroutines of one process exclude each other as processes do.
+// locked runs fn holding the store's exclusive lock.
 func (s *Store) locked(fn func() error) error {
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
-	}
-	path := filepath.Join(s.dir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("open lock: %w", err)
-	}
-	defer f.Close()
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", path, err)
-	}
-	// Closing the file releases the lock.
-	return fn()
+	return fileutil.WithLock(s.dir, lockFile, 0o755, fn)
 }
 
 // read loads every allocation file. Call it with the lock held.
@@ -263,29 +242,9 @@ func (s *Store) read() ([]Allocation, error) {
 	return out, nil
 }
 
-// writeFile replaces name in the store atomically (temporary file, fsync,
-// rename).
+// writeFile replaces name in the store atomically.
 func (s *Store) writeFile(name, content string) error {
-	tmp := filepath.Join(s.dir, tmpPre+name)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	_, err = f.WriteString(content)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(s.dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return nil
+	return fileutil.WriteAtomic(filepath.Join(s.dir, name), []byte(content), 0o644)
 }
 
 func (s *Store) remove(a netip.Addr) error {
