@@ -1,0 +1,204 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/proxy/iptables"
+	"github.com/kdive/kdive/internal/proxy/ipvs"
+	"github.com/kdive/kdive/internal/proxy/nftables"
+)
+
+// SyncSpec is one measurement: a mode (and iptables flavour) at a size,
+// programmed into the namespace NetNS, which the caller created empty and
+// deletes afterwards. It is what the parent sends a worker on stdin.
+type SyncSpec struct {
+	Mode      string `json:"mode"`
+	Flavour   string `json:"flavour,omitempty"`
+	Services  int    `json:"services"`
+	Endpoints int    `json:"endpoints"`
+	NetNS     string `json:"netns"`
+}
+
+// Repetitions of the small changes; the reported time is the median.
+const (
+	endpointChanges = 5
+	serviceAdds     = 3
+)
+
+// ServeSyncWorker is the worker half of RunSync: it reads a SyncSpec as
+// JSON from in, measures it in this process (MeasureSyncSpec) and writes
+// the SyncRun as JSON to out. `kdive bench sync --worker` runs it, so each
+// measurement's peak RSS is a process of its own.
+func ServeSyncWorker(ctx context.Context, in io.Reader, out io.Writer) error {
+	var spec SyncSpec
+	if err := json.NewDecoder(in).Decode(&spec); err != nil {
+		return fmt.Errorf("bench sync worker: read spec: %w", err)
+	}
+	run, err := MeasureSyncSpec(ctx, spec)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(out).Encode(run)
+}
+
+// MeasureSyncSpec runs the agent's proxy backend for spec.Mode in this
+// process: a first Sync of GenerateDesired(services, endpoints) into the
+// empty namespace, one endpoint of one service replaced (median of 5), one
+// service added (median of 3), a Sync told nothing changed and a full
+// resync (Changed nil) that finds nothing to do. It counts what the first
+// Sync programmed from the rendered state. The floor and the peak RSS are
+// the parent's to measure; ProcessRSSBytes is this process's own peak.
+func MeasureSyncSpec(ctx context.Context, spec SyncSpec) (SyncRun, error) {
+	run := SyncRun{Mode: spec.Mode, Flavour: spec.Flavour, Services: spec.Services, Endpoints: spec.Endpoints}
+	what := spec.label()
+	if spec.Services < 1 || spec.Endpoints < 1 {
+		return run, fmt.Errorf("bench sync %s: need at least 1 service and 1 endpoint", what)
+	}
+	ns, err := kernel.OpenNetNS(spec.NetNS)
+	if err != nil {
+		return run, fmt.Errorf("bench sync %s: %w", what, err)
+	}
+	defer ns.Close()
+	b, err := newSyncBackend(spec, ns)
+	if err != nil {
+		return run, fmt.Errorf("bench sync %s: %w", what, err)
+	}
+	defer b.close()
+
+	d := nftables.GenerateDesired(spec.Services, spec.Endpoints)
+	b.count(d, &run)
+	timed := func(step string, d *proxy.Desired) (float64, error) {
+		start := time.Now()
+		if err := b.Sync(ctx, d); err != nil {
+			return 0, fmt.Errorf("bench sync %s: %s: %w", what, step, err)
+		}
+		return time.Since(start).Seconds(), nil
+	}
+	if run.FirstSyncSeconds, err = timed("first sync", d); err != nil {
+		return run, err
+	}
+	// One endpoint of the middle service replaced by a new pod.
+	i := spec.Services / 2
+	sp := nftables.GeneratedPort(i, spec.Endpoints)
+	var times []float64
+	for n := range endpointChanges {
+		sp.Endpoints[0].IP = netip.AddrFrom4([4]byte{10, 15, 255, byte(n + 1)})
+		t, err := timed("one-endpoint change", withPort(d, i, sp))
+		if err != nil {
+			return run, err
+		}
+		times = append(times, t)
+	}
+	run.EndpointChangeSeconds = median(times)
+	times = times[:0]
+	for n := range serviceAdds {
+		sp := nftables.GeneratedPort(spec.Services+n, spec.Endpoints)
+		d.Services = append(d.Services, proxy.Resolve(sp, d.Node))
+		d.Changed = map[model.ServicePortName]bool{sp.Name: true}
+		t, err := timed("one-service add", d)
+		if err != nil {
+			return run, err
+		}
+		times = append(times, t)
+	}
+	run.ServiceAddSeconds = median(times)
+	d.Changed = map[model.ServicePortName]bool{}
+	if run.NoopSyncSeconds, err = timed("no-op sync", d); err != nil {
+		return run, err
+	}
+	d.Changed = nil
+	if run.FullResyncSeconds, err = timed("full resync", d); err != nil {
+		return run, err
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		run.ProcessRSSBytes = ru.Maxrss * 1024 // KiB on Linux
+	}
+	return run, nil
+}
+
+// syncBackend is a mode's proxy.Backend with what the bench needs besides
+// Sync: counting what a state programs, and releasing the backend.
+type syncBackend struct {
+	proxy.Backend
+	count func(d *proxy.Desired, run *SyncRun)
+	close func()
+}
+
+func newSyncBackend(spec SyncSpec, ns *kernel.NetNS) (*syncBackend, error) {
+	switch spec.Mode {
+	case ModeNftables:
+		p := nftables.New(nftables.Options{NetNS: ns})
+		return &syncBackend{Backend: p, count: countNftables, close: func() { p.Close() }}, nil
+	case ModeIPTables:
+		if spec.Flavour != string(iptables.FlavourNFT) && spec.Flavour != string(iptables.FlavourLegacy) {
+			return nil, fmt.Errorf("iptables flavour %q: want nft or legacy", spec.Flavour)
+		}
+		p := iptables.New(iptables.Options{NetNS: ns, Flavour: iptables.Flavour(spec.Flavour)})
+		return &syncBackend{Backend: p, count: countIPTables, close: func() {}}, nil
+	case ModeIPVS:
+		p := ipvs.New(ipvs.Options{NetNS: ns, Flavour: spec.Flavour})
+		return &syncBackend{Backend: p, count: countIPVS, close: func() {}}, nil
+	}
+	return nil, fmt.Errorf("unknown proxy mode %q: want %s, %s or %s", spec.Mode, ModeNftables, ModeIPTables, ModeIPVS)
+}
+
+// countNftables: rules in every chain; elements in every set and map.
+func countNftables(d *proxy.Desired, run *SyncRun) {
+	rs := nftables.Render(d)
+	for _, c := range rs.Chains {
+		run.Rules += len(c.Rules)
+	}
+	for _, s := range rs.Sets {
+		run.Elements += s.Len()
+	}
+}
+
+// countIPTables: rules in kdive's chains and the jumps into them.
+func countIPTables(d *proxy.Desired, run *SyncRun) {
+	rs := iptables.Render(d)
+	for _, c := range append(rs.Chains(), rs.Hooks...) {
+		run.Rules += len(c.Rules)
+	}
+}
+
+// countIPVS: iptables rules and jumps, ipset entries, virtual and real
+// servers.
+func countIPVS(d *proxy.Desired, run *SyncRun) {
+	rs := ipvs.Render(d, ipvs.Config{})
+	run.Rules = len(rs.Jumps)
+	for _, c := range rs.Chains {
+		run.Rules += len(c.Rules)
+	}
+	for _, s := range rs.Sets {
+		run.Elements += len(s.Entries)
+	}
+	run.VirtualServers = len(rs.VirtualServers)
+	for _, vs := range rs.VirtualServers {
+		run.RealServers += len(vs.RealServers)
+	}
+}
+
+// withPort sets d's service i to sp (resolved), marking it changed.
+func withPort(d *proxy.Desired, i int, sp model.ServicePort) *proxy.Desired {
+	sp.Endpoints = slices.Clone(sp.Endpoints)
+	d.Services[i] = proxy.Resolve(sp, d.Node)
+	d.Changed = map[model.ServicePortName]bool{sp.Name: true}
+	return d
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
