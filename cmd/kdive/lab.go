@@ -27,6 +27,7 @@ network. State lives under /run/kdive/labs/NAME/.`,
 	}
 	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(),
 		newLabApplyCmd(), newLabDeleteCmd())
+	cmd.AddCommand(newLabRestartCmd())
 	return cmd
 }
 

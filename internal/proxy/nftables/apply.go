@@ -38,6 +38,11 @@ type Proxier struct {
 	noSession bool
 	// nft applies a script; tests wrap it.
 	nft func(ctx context.Context, script string) error
+	// adopted is the table an earlier proxier left in the kernel (an
+	// agent before a restart), read by the first Sync; adoptTried says it
+	// was looked for.
+	adopted    *Ruleset
+	adoptTried bool
 }
 
 // maxSessionScript: bigger transactions (and every table replace) go
@@ -98,8 +103,9 @@ func (p *Proxier) Close() error {
 	return p.session.Close()
 }
 
-// Sync makes the table implement d. The first Sync (and the first after a
-// failure) replaces the table in one transaction; later ones send only
+// Sync makes the table implement d. The first Sync adopts the table an
+// earlier proxier left (sending only the difference); without one, and
+// after a failure, it replaces the table in one transaction; later ones send only
 // what changed, for the ports d.Changed names (when nil, for the ports
 // that differ from the last Sync's). A Sync that changes nothing sends
 // nothing. When nft fails, the kernel
@@ -107,6 +113,10 @@ func (p *Proxier) Close() error {
 func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.cur == nil && !p.adoptTried {
+		p.adoptTried = true
+		p.adopted = p.adopt(ctx)
+	}
 	t, next := p.plan(d)
 	if t.Empty() {
 		p.cur = next
@@ -124,12 +134,45 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	return nil
 }
 
+// adopt reads the table an earlier proxier left (an agent restarting), so
+// that the first Sync sends only what differs instead of replacing the
+// table: a restart then changes nothing in the kernel, and session
+// affinity survives it. The affinity sets' elements (clients the kernel
+// added itself) are left out of what was read, so the difference never
+// removes them. Anything unreadable (no table, a shape kdive never writes)
+// means no adoption: the first Sync replaces the table as before.
+func (p *Proxier) adopt(ctx context.Context) *Ruleset {
+	if p.opts.NetNS == nil {
+		return nil
+	}
+	out, err := p.opts.NetNS.Run(ctx, "", "nft", "-j", "list", "table", Family, Table)
+	if err != nil {
+		return nil
+	}
+	l, err := parseListing([]byte(out))
+	if err != nil {
+		return nil
+	}
+	for _, set := range l.rs.Sets {
+		if set.Kind == Clients {
+			set.elems = map[mkey]*slot{}
+		}
+	}
+	return l.rs
+}
+
 // plan computes the transaction from what is programmed to d, and the
 // ruleset the kernel holds once it is applied. It may update p.cur in
 // place (which Sync forgets if the transaction fails).
 func (p *Proxier) plan(d *proxy.Desired) (*Transaction, *Ruleset) {
 	if p.cur == nil {
 		rs := Render(d)
+		if k := p.adopted; k != nil {
+			p.adopted = nil
+			if t, ok := diff(k, rs, nil); ok {
+				return t, rs
+			}
+		}
 		return &Transaction{Replace: rs}, rs
 	}
 	if !globalsOf(d).equal(p.cur.glob) {

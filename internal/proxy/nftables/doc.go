@@ -117,9 +117,12 @@
 // # What is atomic, and incremental updates
 //
 // Every Sync sends at most one transaction, which the kernel applies whole
-// or not at all. The first Sync (and the first after a failure or Cleanup)
-// replaces the table: `add table; delete table; table ip kdive-proxy {...}`
-// in one transaction, so packets never see it missing. Later Syncs apply
+// or not at all. The first Sync reads the table an earlier proxier left
+// (an agent restart; Inspect's parser) and sends only the difference, so
+// a restart changes nothing and affinity clients survive; without a
+// readable table, and after a failure or Cleanup, it replaces the table:
+// `add table; delete table; table ip kdive-proxy {...}` in one
+// transaction, so packets never see it missing. Later Syncs apply
 // only the difference, computed per service port: each port's elements,
 // uses of shared chains and maps (reference-counted; the last user deletes
 // them), and own chains are recorded when rendered, so a changed port is
