@@ -15,7 +15,7 @@ LDFLAGS := -X github.com/kdive/kdive/internal/version.Version=$(VERSION) \
 # instead of skipping: the whole kernel package, and elsewhere the tests
 # whose names say IPIP or IPVS. VM tests use the binaries of `make build`.
 VM_RUN := IPIP|IPVS
-VM_PKGS := ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/ ./internal/diag/ ./internal/verify/ ./internal/bench/
+VM_PKGS := ./internal/agent/ ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/ ./internal/diag/ ./internal/verify/ ./internal/bench/
 VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 
 .PHONY: all deps build apiserver demo test test-native bench-smoke test-vm vet clean

@@ -167,7 +167,12 @@ func (a *Agent) loop(ctx context.Context) error {
 		case <-resync.C:
 			full = true
 		case <-retry:
-			full = true
+			full, retry = true, nil
+		}
+		if retry != nil {
+			// Backing off after a failure: the pending retry, a full sync,
+			// takes this change (or resync) along.
+			continue
 		}
 		start := time.Now()
 		err := a.syncOnce(ctx, full)
@@ -182,7 +187,8 @@ func (a *Agent) loop(ctx context.Context) error {
 			a.log.Info("waiting", "reason", err)
 			retry = nil // the node's update triggers the next sync
 		default:
-			backoff = min(max(2*backoff, 200*time.Millisecond), 30*time.Second)
+			// Doubling from 200 ms, up to a sync period (30 s at most).
+			backoff = min(max(2*backoff, 200*time.Millisecond), 30*time.Second, a.cfg.SyncPeriod.Duration)
 			retry = time.After(backoff)
 			a.log.Error("sync failed; retrying", "err", err, "in", backoff)
 		}

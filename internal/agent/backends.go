@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/iptables"
@@ -15,21 +16,27 @@ import (
 	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
-// backends is the one place proxy modes are registered.
-var backends = map[string]func(ns *kernel.NetNS, cfg ProxyConfig) proxy.Backend{
-	"nftables": func(ns *kernel.NetNS, _ ProxyConfig) proxy.Backend { return nftables.New(nftables.Options{NetNS: ns}) },
-	"iptables": func(ns *kernel.NetNS, _ ProxyConfig) proxy.Backend { return iptables.New(iptables.Options{NetNS: ns}) },
-	"ipvs": func(ns *kernel.NetNS, cfg ProxyConfig) proxy.Backend {
-		return ipvs.New(ipvs.Options{NetNS: ns, Scheduler: cfg.IPVS.Scheduler})
+// backends is the one place proxy modes are registered. onRepair, when
+// not nil, is told what a backend's full sync found changed by someone
+// else and put back.
+var backends = map[string]func(ns *kernel.NetNS, cfg ProxyConfig, onRepair func([]string)) proxy.Backend{
+	"nftables": func(ns *kernel.NetNS, _ ProxyConfig, onRepair func([]string)) proxy.Backend {
+		return nftables.New(nftables.Options{NetNS: ns, OnRepair: onRepair})
+	},
+	"iptables": func(ns *kernel.NetNS, _ ProxyConfig, onRepair func([]string)) proxy.Backend {
+		return iptables.New(iptables.Options{NetNS: ns, OnRepair: onRepair})
+	},
+	"ipvs": func(ns *kernel.NetNS, cfg ProxyConfig, onRepair func([]string)) proxy.Backend {
+		return ipvs.New(ipvs.Options{NetNS: ns, Scheduler: cfg.IPVS.Scheduler, OnRepair: onRepair})
 	},
 }
 
-func newBackend(cfg ProxyConfig, ns *kernel.NetNS) (proxy.Backend, error) {
+func newBackend(cfg ProxyConfig, ns *kernel.NetNS, onRepair func([]string)) (proxy.Backend, error) {
 	mk, ok := backends[cfg.Mode]
 	if !ok {
 		return nil, fmt.Errorf("proxy.mode %q is not built into this kdive", cfg.Mode)
 	}
-	return mk(ns, cfg), nil
+	return mk(ns, cfg, onRepair), nil
 }
 
 // switchedModes tells whether this node's proxy mode differs from the
@@ -41,7 +48,7 @@ func switchedModes(stateDir, mode string) bool {
 	b, err := os.ReadFile(file)
 	switched := err != nil || strings.TrimSpace(string(b)) != mode
 	if err := os.MkdirAll(stateDir, 0o755); err == nil {
-		_ = os.WriteFile(file, []byte(mode+"\n"), 0o644)
+		_ = fileutil.WriteAtomic(file, []byte(mode+"\n"), 0o644)
 	}
 	return switched
 }
@@ -54,7 +61,7 @@ func cleanupOtherModes(ctx context.Context, mode string, ns *kernel.NetNS) error
 		if m == mode {
 			continue
 		}
-		if err := mk(ns, ProxyConfig{Mode: m}).Cleanup(ctx); err != nil {
+		if err := mk(ns, ProxyConfig{Mode: m}, nil).Cleanup(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("clean up %s proxy: %w", m, err))
 		}
 	}

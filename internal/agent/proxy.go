@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,7 +41,7 @@ func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
 	if a.cfg.Proxy.Mode == "none" {
 		return nil
 	}
-	backend, err := newBackend(a.cfg.Proxy, a.opts.NetNS)
+	backend, err := newBackend(a.cfg.Proxy, a.opts.NetNS, a.proxyRepaired)
 	if err != nil {
 		return err
 	}
@@ -169,6 +170,14 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 	pr.prev = d
 	a.log.Debug("proxy synced", "mode", pr.backend.Mode(), "services", len(d.Services), "full", d.Changed == nil, "changed", len(d.Changed))
 	return errors.Join(errs...)
+}
+
+// proxyRepaired counts what the backend's full sync found changed by
+// someone else in its rules and put back.
+func (a *Agent) proxyRepaired(objects []string) {
+	a.metrics.driftRepairs.WithLabelValues("proxy").Add(float64(len(objects)))
+	shown := objects[:min(len(objects), 5)]
+	a.log.Info("repaired proxy drift", "mode", a.cfg.Proxy.Mode, "objects", len(objects), "first", strings.Join(shown, "; "))
 }
 
 // reportInvalid logs each invalid service once, while it stays invalid.

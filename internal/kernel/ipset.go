@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -301,7 +302,7 @@ func parseIPSets(msgs [][]byte) ([]IPSet, error) {
 		if len(m) < nl.SizeofNfgenmsg {
 			continue
 		}
-		attrs, err := nl.ParseRouteAttr(m[nl.SizeofNfgenmsg:])
+		attrs, err := parseAttrs(m[nl.SizeofNfgenmsg:])
 		if err != nil {
 			return nil, fmt.Errorf("parse ipset message: %w", err)
 		}
@@ -310,9 +311,9 @@ func parseIPSets(msgs [][]byte) ([]IPSet, error) {
 		for _, a := range attrs {
 			switch attrType(a) {
 			case nl.IPSET_ATTR_SETNAME:
-				set.Name = nl.BytesToString(a.Value)
+				set.Name = attrString(a.Value)
 			case nl.IPSET_ATTR_TYPENAME:
-				set.Type = nl.BytesToString(a.Value)
+				set.Type = attrString(a.Value)
 			case nl.IPSET_ATTR_DATA:
 				set.SkbInfo = headerHasSkbInfo(a.Value)
 			case nl.IPSET_ATTR_ADT:
@@ -342,7 +343,7 @@ func parseIPSets(msgs [][]byte) ([]IPSet, error) {
 }
 
 func headerHasSkbInfo(b []byte) bool {
-	attrs, err := nl.ParseRouteAttr(b)
+	attrs, err := parseAttrs(b)
 	if err != nil {
 		return false
 	}
@@ -355,7 +356,7 @@ func headerHasSkbInfo(b []byte) bool {
 }
 
 func parseIPSetADT(b []byte) ([]IPSetEntry, error) {
-	attrs, err := nl.ParseRouteAttr(b)
+	attrs, err := parseAttrs(b)
 	if err != nil {
 		return nil, fmt.Errorf("parse ipset elements: %w", err)
 	}
@@ -374,7 +375,7 @@ func parseIPSetADT(b []byte) ([]IPSetEntry, error) {
 }
 
 func parseIPSetEntry(b []byte) (IPSetEntry, error) {
-	attrs, err := nl.ParseRouteAttr(b)
+	attrs, err := parseAttrs(b)
 	if err != nil {
 		return IPSetEntry{}, fmt.Errorf("parse ipset element: %w", err)
 	}
@@ -416,7 +417,7 @@ func parseIPSetEntry(b []byte) (IPSetEntry, error) {
 }
 
 func nestedAddr(b []byte) netip.Addr {
-	attrs, err := nl.ParseRouteAttr(b)
+	attrs, err := parseAttrs(b)
 	if err != nil {
 		return netip.Addr{}
 	}
@@ -459,3 +460,22 @@ func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 func attrType(a syscall.NetlinkRouteAttr) int { return int(a.Attr.Type & nl.NLA_TYPE_MASK) }
+
+// parseAttrs is nl.ParseRouteAttr without its panic on a last attribute
+// whose length is not a multiple of 4 (the kernel pads; a broken message
+// must be an error, not a crash).
+func parseAttrs(b []byte) ([]syscall.NetlinkRouteAttr, error) {
+	if r := len(b) % 4; r != 0 {
+		b = append(b[:len(b):len(b)], make([]byte, 4-r)...)
+	}
+	return nl.ParseRouteAttr(b)
+}
+
+// attrString is a NUL-terminated string attribute (nl.BytesToString
+// panics without the NUL).
+func attrString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}

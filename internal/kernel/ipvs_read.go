@@ -130,7 +130,7 @@ func parseCommented(msgs [][]byte) ([]CommentedEntry, error) {
 		if len(m) < nl.SizeofNfgenmsg {
 			continue
 		}
-		attrs, err := nl.ParseRouteAttr(m[nl.SizeofNfgenmsg:])
+		attrs, err := parseAttrs(m[nl.SizeofNfgenmsg:])
 		if err != nil {
 			return nil, fmt.Errorf("parse ipset message: %w", err)
 		}
@@ -138,7 +138,7 @@ func parseCommented(msgs [][]byte) ([]CommentedEntry, error) {
 			if attrType(a) != nl.IPSET_ATTR_ADT {
 				continue
 			}
-			elems, err := nl.ParseRouteAttr(a.Value)
+			elems, err := parseAttrs(a.Value)
 			if err != nil {
 				return nil, fmt.Errorf("parse ipset elements: %w", err)
 			}
@@ -158,13 +158,13 @@ func parseCommented(msgs [][]byte) ([]CommentedEntry, error) {
 }
 
 func elementComment(b []byte) string {
-	attrs, err := nl.ParseRouteAttr(b)
+	attrs, err := parseAttrs(b)
 	if err != nil {
 		return ""
 	}
 	for _, a := range attrs {
 		if attrType(a) == nl.IPSET_ATTR_COMMENT {
-			return nl.BytesToString(a.Value)
+			return attrString(a.Value)
 		}
 	}
 	return ""

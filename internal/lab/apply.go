@@ -94,6 +94,9 @@ func Apply(ctx context.Context, name string, data []byte, bins Binaries) ([]stri
 	if err != nil {
 		return nil, err
 	}
+	if errs := objs.validate(p, snap.Services, fp); len(errs) > 0 {
+		return nil, &InvalidError{Lab: name, Errs: errs}
+	}
 	// Services keep what the API server allocated before.
 	for i := range objs.Services {
 		svc := &objs.Services[i]

@@ -34,8 +34,14 @@ type typeMeta struct {
 }
 
 func planObjects(raw []json.RawMessage, p *Plan, fp *field.Path) (Objects, field.ErrorList) {
+	if errs := p.validatePlan(); len(errs) > 0 { // the plan's checks that need every range
+		return Objects{}, errs
+	}
 	objs, errs := decodeObjects(raw, fp)
 	if len(errs) > 0 {
+		return objs, errs
+	}
+	if errs := objs.validate(p, nil, fp); len(errs) > 0 {
 		return objs, errs
 	}
 	errs = append(errs, objs.expandDeployments(fp)...)

@@ -36,7 +36,7 @@ spec:
     spec:
       type: NodePort
       selector: {app: web}
-      ports: [{port: 80}, {port: 443, nodePort: 30000}]
+      ports: [{name: http, port: 80}, {name: https, port: 443, nodePort: 30000}]
   - apiVersion: apps/v1
     kind: Deployment
     metadata: {name: web}

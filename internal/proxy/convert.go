@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -80,6 +81,7 @@ func ServicePorts(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]m
 			ranges = append(ranges, p.Masked())
 		}
 	}
+	ranges = outermost(ranges)
 	affinity := 0
 	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
 		affinity = defaultAffinityTimeout
@@ -89,6 +91,9 @@ func ServicePorts(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]m
 		if affinity < 1 || affinity > 86400 {
 			return nil, fmt.Errorf("service %s: spec.sessionAffinityConfig.clientIP.timeoutSeconds: %d is outside 1-86400", name, affinity)
 		}
+	}
+	if hc := svc.Spec.HealthCheckNodePort; hc < 0 || hc > 65535 {
+		return nil, fmt.Errorf("service %s: spec.healthCheckNodePort: %d is outside 0-65535", name, hc)
 	}
 	external := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer || len(externalIPs) > 0
 	seen := map[string]bool{}
@@ -134,6 +139,21 @@ func ServicePorts(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]m
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// outermost keeps the ranges not inside another one, once each, sorted:
+// the same union, in the form a backend whose sets merge overlapping
+// intervals (nftables) reads back as it was given.
+func outermost(in []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range in {
+		inside := slices.ContainsFunc(in, func(q netip.Prefix) bool { return q.Bits() < p.Bits() && q.Contains(p.Addr()) })
+		if !inside && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
 }
 
 func parseAddrs(ss []string, svc, field string) ([]netip.Addr, error) {

@@ -23,6 +23,11 @@ type Options struct {
 	// Flavour forces iptables-nft or iptables-legacy; empty detects the
 	// one the node already uses (at the first Sync).
 	Flavour Flavour
+	// OnRepair, when set, is told what a full Sync found changed by
+	// someone else and put back: chains whose rules differed from what
+	// this proxier last wrote, and jumps from the built-in chains that
+	// were gone (the agent counts them).
+	OnRepair func(objects []string)
 }
 
 // Proxier is the iptables proxy backend. It remembers what it programmed
@@ -68,8 +73,11 @@ type Stats struct {
 	// CanaryResyncs are full syncs forced by a missing canary: someone
 	// flushed or deleted kdive's rules.
 	CanaryResyncs int
-	Failures      int
-	Last          SyncInfo
+	// Repairs are chains and jumps found changed by someone else and
+	// written again (Options.OnRepair).
+	Repairs  int
+	Failures int
+	Last     SyncInfo
 }
 
 // SyncInfo describes the last successful Sync.
@@ -186,6 +194,9 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 		return info, err
 	}
 	full := d.Changed == nil || p.applied == nil
+	// What the kernel should hold, when known: a full Sync that finds it
+	// otherwise repairs drift.
+	applied := p.applied
 	if !full {
 		ok, err := p.canaryOK(ctx)
 		if err != nil {
@@ -252,7 +263,39 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 	}
 	p.prev = rs
 	p.remember()
+	if full && applied != nil {
+		p.repaired(pl, applied)
+	}
 	return info, nil
+}
+
+// repaired reports what a full plan wrote although this proxier had
+// written it already: the chains someone else changed (their text is the
+// one last applied) and the jumps from built-in chains someone deleted.
+func (p *Proxier) repaired(pl *plan, applied map[chainKey]uint64) {
+	var objs []string
+	check := func(c *Chain) {
+		if h, ok := applied[chainKey{c.Table, c.Name}]; ok && h == p.hashOf(c) {
+			objs = append(objs, "chain "+string(c.Table)+"/"+c.Name)
+		}
+	}
+	for _, t := range tables {
+		for _, c := range pl.top[t] {
+			check(c)
+		}
+		for _, l := range pl.extra[t] {
+			objs = append(objs, "rule "+string(t)+" "+l)
+		}
+	}
+	for _, g := range pl.svc {
+		for _, c := range g {
+			check(c)
+		}
+	}
+	p.stats.Repairs += len(objs)
+	if len(objs) > 0 && p.opts.OnRepair != nil {
+		p.opts.OnRepair(objs)
+	}
 }
 
 // leaveOtherFlavour removes kdive's rules from the flavour not in use: a

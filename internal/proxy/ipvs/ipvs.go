@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -47,6 +48,10 @@ type Options struct {
 	// Flavour forces iptables "nft" or "legacy"; empty detects which one
 	// the node already uses, as kube-proxy's iptables wrapper does.
 	Flavour string
+	// OnRepair, when set, is told what a full Sync of the same plan as
+	// the last successful one changed: someone else had changed it (the
+	// agent counts these as drift repairs).
+	OnRepair func(objects []string)
 }
 
 // Proxier is the IPVS proxy backend. It is safe for concurrent use; Sync
@@ -63,6 +68,8 @@ type Proxier struct {
 	stats    SyncStats
 	// lastFailed makes the next Sync read everything back.
 	lastFailed bool
+	// last is the plan the last successful Sync applied.
+	last *Ruleset
 }
 
 var _ proxy.Backend = (*Proxier)(nil)
@@ -130,7 +137,39 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	r := Render(d, p.config())
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.apply(ctx, r, d.Changed)
+	again := d.Changed == nil && !p.lastFailed && p.last != nil && reflect.DeepEqual(p.last, r)
+	p.last = nil
+	if err := p.apply(ctx, r, d.Changed); err != nil {
+		return err
+	}
+	p.last = r
+	if again && p.stats.Changed() && p.opts.OnRepair != nil {
+		p.opts.OnRepair(p.stats.repairs())
+	}
+	return nil
+}
+
+// repairs names what a Sync changed, for Options.OnRepair.
+func (s SyncStats) repairs() []string {
+	var out []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{
+		{s.VirtualServersAdded, "virtual server added"}, {s.VirtualServersUpdated, "virtual server updated"},
+		{s.VirtualServersDeleted, "virtual server deleted"}, {s.RealServersAdded, "real server added"},
+		{s.RealServersUpdated, "real server updated"}, {s.RealServersDeleted, "real server deleted"},
+		{s.AddressesAdded, "address added to " + dummyDevice}, {s.AddressesDeleted, "address deleted from " + dummyDevice},
+		{s.SetEntriesAdded, "ipset entry added"}, {s.SetEntriesDeleted, "ipset entry deleted"},
+	} {
+		for range c.n {
+			out = append(out, c.what)
+		}
+	}
+	if s.IptablesRestored {
+		out = append(out, "iptables rules restored")
+	}
+	return out
 }
 
 // Cleanup removes everything the IPVS mode programs: its virtual servers,

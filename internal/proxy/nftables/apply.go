@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"slices"
 	"sort"
 	"strconv"
@@ -20,6 +22,10 @@ type Options struct {
 	// NetNS is the network namespace whose nftables the proxier programs
 	// (the node's).
 	NetNS *kernel.NetNS
+	// OnRepair, when set, is told what a full Sync (Desired.Changed nil)
+	// found changed in the kernel's table by someone else and put back:
+	// one entry per chain, set or element (the agent counts them).
+	OnRepair func(objects []string)
 }
 
 // Proxier is the nftables proxy backend. It remembers what it programmed
@@ -43,6 +49,11 @@ type Proxier struct {
 	// was looked for.
 	adopted    *Ruleset
 	adoptTried bool
+	// gen is the namespace's nftables generation at which the kernel's
+	// table was last known to be cur (genOK): while it stays the same, a
+	// full Sync need not read the table back to look for drift.
+	gen   uint32
+	genOK bool
 }
 
 // maxSessionScript: bigger transactions (and every table replace) go
@@ -85,11 +96,16 @@ func (p *Proxier) runNft(ctx context.Context, script string) error {
 		return err
 	}
 	// The session broke, or this nft has no interactive mode: from now on
-	// use nft -f. Retrying is safe: the transaction either was applied
-	// whole, and then fails again (forcing a replace), or not at all.
+	// use nft -f, once that works (when nft itself is missing or broken,
+	// the session is tried again later). Retrying is safe: the transaction
+	// either was applied whole, and then fails again (forcing a replace),
+	// or not at all.
 	p.session.Close()
+	if err := p.opts.NetNS.Nft(ctx, script); err != nil {
+		return err
+	}
 	p.noSession = true
-	return p.opts.NetNS.Nft(ctx, script)
+	return nil
 }
 
 // Close stops the helper process the proxier keeps for incremental
@@ -117,21 +133,117 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 		p.adoptTried = true
 		p.adopted = p.adopt(ctx)
 	}
+	var drift []string
+	if p.cur != nil && d.Changed == nil {
+		var err error
+		if drift, err = p.checkKernel(ctx); err != nil {
+			return err
+		}
+	}
 	t, next := p.plan(d)
 	if t.Empty() {
 		p.cur = next
 		return nil
 	}
 	w := t.script()
+	g0, err0 := p.generation()
 	if err := p.nft(ctx, w.String()); err != nil {
-		p.cur = nil
+		p.cur, p.genOK = nil, false
 		if owners := w.owners(errLines(err)); len(owners) > 0 {
 			return fmt.Errorf("sync service %s: %w", strings.Join(owners, ", "), err)
 		}
 		return fmt.Errorf("sync table %s %s: %w", Family, Table, err)
 	}
 	p.cur = next
+	// The table is known to be next when this transaction was the only
+	// one since it was last known (or replaced it whole).
+	g1, err1 := p.generation()
+	p.genOK = err0 == nil && err1 == nil && g1 == g0+1 && (t.Replace != nil || p.genOK && g0 == p.gen)
+	p.gen = g1
+	if len(drift) > 0 && p.opts.OnRepair != nil {
+		p.opts.OnRepair(drift)
+	}
 	return nil
+}
+
+// checkKernel is a full Sync's check for drift. When no nftables
+// transaction happened since the table was last known to be cur (the
+// namespace's generation), there is none. Otherwise it reads the table
+// back and compares it with what this proxier programmed (the affinity
+// sets' elements aside); when someone else changed it, it forgets what it
+// programmed, so that plan sends the difference from the table as read
+// (or replaces the table), and returns what differed. Reading costs about
+// what adopting a table on restart does.
+func (p *Proxier) checkKernel(ctx context.Context) ([]string, error) {
+	if p.opts.NetNS == nil {
+		return nil, nil
+	}
+	g, gerr := p.generation()
+	if gerr == nil && p.genOK && g == p.gen {
+		return nil, nil
+	}
+	p.genOK = false
+	tbl := "table " + Family + " " + Table
+	k, err := p.read(ctx)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		p.cur = nil
+		return []string{tbl}, nil
+	case errors.As(err, new(*exec.Error)) || errors.As(err, new(*exec.ExitError)) || ctx.Err() != nil:
+		return nil, fmt.Errorf("check %s: %w", tbl, err)
+	case err != nil: // a shape kdive never writes
+		p.cur = nil
+		return []string{tbl + " (" + err.Error() + ")"}, nil
+	}
+	t, ok := diff(k, p.cur, nil)
+	if ok && t.Empty() {
+		p.gen, p.genOK = g, gerr == nil
+		return nil, nil
+	}
+	p.cur = nil
+	if !ok {
+		return []string{tbl + " (a set declaration or base chain changed)"}, nil
+	}
+	// Elements are put back by the difference (which keeps affinity
+	// clients); chains, rules and sets by replacing the table: nft 1.0.6
+	// refuses to add a rule looking up an existing map by `th dport .
+	// numgen` ("conflicting protocols specified: ip vs. th").
+	if len(t.AddChains)+len(t.AddSets)+len(t.FlushChains)+len(t.SetRules)+len(t.DelSets)+len(t.DelChains) == 0 {
+		p.adopted = k
+		p.gen, p.genOK = g, gerr == nil // the difference starts from the table as read
+	}
+	return t.objects(), nil
+}
+
+// generation is the namespace's nftables generation.
+func (p *Proxier) generation() (uint32, error) {
+	if p.opts.NetNS == nil {
+		return 0, errNoNetNS
+	}
+	return p.opts.NetNS.NftGeneration()
+}
+
+// read reads the table from the kernel, without the affinity sets'
+// elements (clients the kernel added itself). A missing table is
+// os.ErrNotExist.
+func (p *Proxier) read(ctx context.Context) (*Ruleset, error) {
+	out, err := p.opts.NetNS.Run(ctx, "", "nft", "-j", "list", "table", Family, Table)
+	if err != nil {
+		if strings.Contains(err.Error(), "No such file or directory") {
+			return nil, fmt.Errorf("%w: %w", os.ErrNotExist, err)
+		}
+		return nil, err
+	}
+	l, err := parseListing([]byte(out))
+	if err != nil {
+		return nil, err
+	}
+	for _, set := range l.rs.Sets {
+		if set.Kind == Clients {
+			set.elems = map[mkey]*slot{}
+		}
+	}
+	return l.rs, nil
 }
 
 // adopt reads the table an earlier proxier left (an agent restarting), so
@@ -145,20 +257,11 @@ func (p *Proxier) adopt(ctx context.Context) *Ruleset {
 	if p.opts.NetNS == nil {
 		return nil
 	}
-	out, err := p.opts.NetNS.Run(ctx, "", "nft", "-j", "list", "table", Family, Table)
+	rs, err := p.read(ctx)
 	if err != nil {
 		return nil
 	}
-	l, err := parseListing([]byte(out))
-	if err != nil {
-		return nil
-	}
-	for _, set := range l.rs.Sets {
-		if set.Kind == Clients {
-			set.elems = map[mkey]*slot{}
-		}
-	}
-	return l.rs
+	return rs
 }
 
 // plan computes the transaction from what is programmed to d, and the
@@ -234,4 +337,46 @@ func findPort(d *proxy.Desired, name model.ServicePortName) *proxy.Port {
 		}
 	}
 	return nil
+}
+
+// objects names what a transaction from the kernel's table to the
+// programmed one touches, once each: chains and sets that were missing or
+// extra, chains whose rules differed, elements missing, extra or changed.
+func (t *Transaction) objects() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, c := range t.AddChains {
+		add("chain " + c.Name)
+	}
+	for _, s := range t.AddSets {
+		add(s.keyword() + " " + s.Name)
+	}
+	for _, ses := range [][]SetElems{t.DelElems, t.AddElems} {
+		for _, se := range ses {
+			if seen[se.Set.keyword()+" "+se.Set.Name] {
+				continue // the set was missing: it counts once
+			}
+			for _, e := range se.Elems {
+				add("element " + se.Set.Name + " { " + e.keyString(se.Set.Kind) + " }")
+			}
+		}
+	}
+	for _, c := range t.SetRules {
+		if !seen["chain "+c.Name] {
+			add("rules of chain " + c.Name)
+		}
+	}
+	for _, s := range t.DelSets {
+		add(s.keyword() + " " + s.Name)
+	}
+	for _, c := range t.DelChains {
+		add("chain " + c)
+	}
+	return out
 }

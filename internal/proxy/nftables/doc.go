@@ -137,8 +137,15 @@
 // Sync returns the error naming the service ports at the lines nft
 // refused, and forgets what it knew, so the next Sync replaces the table.
 //
-// The kernel's copy is trusted between Syncs: someone else editing the
-// table is noticed only when a transaction then fails.
+// Drift: a full Sync (Changed nil, the agent's periodic resync) checks the
+// kernel's copy. While the namespace's nftables generation (one netlink
+// round trip) is the one at which the table was last known, nobody
+// changed it; otherwise the table is read back (as on adoption) and
+// compared with what was programmed. Elements someone changed are put
+// back by the difference; changed chains, rules or sets, and a missing
+// table, by a replace (nft 1.0.6 refuses to re-add the endpoints-N rules
+// to an existing map). Options.OnRepair hears what was repaired. Partial
+// Syncs trust the kernel's copy.
 //
 // Left to others: UDP conntrack entries of removed endpoints (the core or
 // agent should delete them), the healthCheckNodePort server, route_localnet.

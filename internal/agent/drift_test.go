@@ -1,0 +1,364 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/podnet"
+)
+
+// Drift: what the agent programmed and someone else changed or removed is
+// put back by the next periodic sync, at most one sync period later, and
+// counted in kdive_drift_repairs_total{part}. Each test runs an agent
+// in-process (atomicity_test.go's bed) with a 1 s sync period, tampers
+// with the kernel from outside, and waits for the kernel's state to be
+// what it was.
+
+const driftPeriod = time.Second
+
+// driftCase is one tampering: do changes the kernel; the state read by
+// the test must then come back to what it was.
+type driftCase struct {
+	name string
+	do   func(t *testing.T)
+}
+
+// checkDrift runs each case: the state must differ right after it, and be
+// back within a sync period (plus the sync's own time), with the part's
+// repairs counted.
+func (b *agentBed) checkDrift(part string, state func() string, cases []driftCase) {
+	t := b.t
+	t.Helper()
+	period := b.cfg.SyncPeriod.Duration
+	slack := 500 * time.Millisecond
+	if ktest.InVM() {
+		slack = 5 * time.Second // an emulated CPU
+	}
+	series := `kdive_drift_repairs_total{part="` + part + `"}`
+	// Nobody tampering: periodic syncs repair nothing.
+	since := time.Now()
+	bedWait(t, "two periodic syncs", 2*period+slack, func() bool { return len(b.logs.since(since, "synced")) >= 2 })
+	if n := b.metric(series); n != 0 {
+		t.Fatalf("%s = %v before any tampering:\n%s", series, n, b.logs.dump())
+	}
+	want := state()
+	var figures []string
+	for _, c := range cases {
+		// Tamper just after a periodic sync (the one that repaired the
+		// case before, if any), so that the change is seen before the
+		// next one can repair it.
+		since := time.Now().Add(-200 * time.Millisecond)
+		bedWait(t, "a periodic sync", 2*period+slack, func() bool { return len(b.logs.since(since, "synced")) > 0 })
+		time.Sleep(20 * time.Millisecond)
+		repairs0 := b.metric(series)
+		c.do(t)
+		at := time.Now()
+		if state() == want {
+			t.Errorf("%s: changed nothing the test can see", c.name)
+		}
+		var got string
+		took := bedWait(t, c.name+" repaired", period+slack+5*time.Second, func() bool {
+			got = state()
+			return got == want
+		})
+		if took > period+slack {
+			t.Errorf("%s: repaired after %s, more than one sync period (%s)", c.name, took.Round(time.Millisecond), period)
+		}
+		var repairs float64
+		bedWait(t, c.name+" counted", 2*time.Second+slack, func() bool { repairs = b.metric(series); return repairs > repairs0 })
+		var syncTook string
+		if rs := b.logs.since(at, "synced"); len(rs) > 0 {
+			syncTook = rs[0].Attrs["took"]
+		}
+		logged := false
+		for _, r := range b.logs.since(at, "") {
+			if strings.HasPrefix(r.Msg, "repaired ") && strings.Contains(r.Msg, "drift") {
+				logged = true
+			}
+		}
+		if !logged {
+			t.Errorf("%s: no repair logged", c.name)
+		}
+		figures = append(figures, fmt.Sprintf("%s: %s (repairing sync %s, +%v repairs)", c.name, took.Round(time.Millisecond), syncTook, repairs-repairs0))
+	}
+	bedResult(t, "%s", strings.Join(figures, "; "))
+}
+
+var (
+	nftElements = regexp.MustCompile(`(?s)elements = \{[^}]*\}`)
+	nftExpires  = regexp.MustCompile(` expires [0-9hmsd.]+`)
+)
+
+// normNft makes two listings of equal tables equal: elements sorted in
+// each set, and the table's blocks sorted (the kernel lists objects in the
+// order they were added).
+func normNft(out string) string {
+	out = nftExpires.ReplaceAllString(out, "")
+	out = nftElements.ReplaceAllStringFunc(out, func(block string) string {
+		inner := strings.TrimSuffix(strings.TrimPrefix(block, "elements = {"), "}")
+		var items []string
+		for _, it := range strings.Split(inner, ",") {
+			items = append(items, strings.Join(strings.Fields(it), " "))
+		}
+		slices.Sort(items)
+		return "elements = { " + strings.Join(items, ", ") + " }"
+	})
+	var blocks, cur []string
+	for _, l := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(l, "\t") && !strings.HasPrefix(l, "\t\t") && strings.HasSuffix(l, "{"):
+			cur = []string{l}
+		case l == "\t}":
+			blocks = append(blocks, strings.Join(append(cur, l), "\n"))
+			cur = nil
+		case cur != nil:
+			cur = append(cur, l)
+		}
+	}
+	slices.Sort(blocks)
+	return strings.Join(blocks, "\n")
+}
+
+// driftBed is a bed with n1, n2, n3 and two services, in proxy mode mode,
+// synced and healthy.
+func driftBed(t *testing.T, mode string) *agentBed {
+	t.Helper()
+	bed := newAgentBed(t, mode, driftPeriod)
+	bed.nodes = []corev1.Node{
+		testNode("n1", "192.0.2.10", "10.244.1.0/24"),
+		testNode("n2", "192.0.2.11", "10.244.2.0/24"),
+		testNode("n3", "198.51.100.10", "10.244.3.0/24"),
+	}
+	if mode != "none" {
+		bed.addService("web", "10.96.0.10", "10.244.2.5", "10.244.2.6")
+		bed.addService("api", "10.96.0.20", "10.244.2.7")
+	}
+	bed.run()
+	return bed
+}
+
+// TestDriftNFTables: the nftables proxy's table flushed, deleted, one
+// element deleted, one element changed.
+func TestDriftNFTables(t *testing.T) {
+	bed := driftBed(t, "nftables")
+	bedWait(t, "the services' rules", 10*time.Second, func() bool {
+		tbl := bed.nftTable()
+		return strings.Contains(tbl, "10.96.0.10 . tcp . 80") && strings.Contains(tbl, "10.96.0.20 . tcp . 80")
+	})
+	bed.checkHealthy()
+	state := func() string { return normNft(bed.nftTable()) }
+	bed.checkDrift("proxy", state, []driftCase{
+		{"nft flush table", func(t *testing.T) { bed.sh("nft", "flush", "table", "ip", "kdive-proxy") }},
+		{"nft delete element (web's cluster IP)", func(t *testing.T) {
+			bed.sh("nft", "delete", "element", "ip", "kdive-proxy", "service-ips", "{ 10.96.0.10 . tcp . 80 }")
+		}},
+		{"api's element changed to drop", func(t *testing.T) {
+			if err := bed.node.Nft(t.Context(), "delete element ip kdive-proxy service-ips { 10.96.0.20 . tcp . 80 }\n"+
+				"add element ip kdive-proxy service-ips { 10.96.0.20 . tcp . 80 : drop }\n"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"nft delete table", func(t *testing.T) { bed.sh("nft", "delete", "table", "ip", "kdive-proxy") }},
+	})
+}
+
+var svcChainRule = regexp.MustCompile(`(?m)^-A (KUBE-SVC-[A-Z0-9]+) .*$`)
+
+// TestDriftIPTables: a KUBE-SVC rule deleted, KUBE-SERVICES flushed, the
+// jump from PREROUTING deleted.
+func TestDriftIPTables(t *testing.T) {
+	bed := driftBed(t, "iptables")
+	bedWait(t, "the services' rules", 15*time.Second, func() bool {
+		nat := bed.natTable()
+		return strings.Contains(nat, "default/web:http") && strings.Contains(nat, "default/api:http")
+	})
+	bed.checkHealthy()
+	bed.checkDrift("proxy", bed.natTable, []driftCase{
+		{"a KUBE-SVC rule deleted", func(t *testing.T) {
+			m := svcChainRule.FindStringSubmatch(bed.natTable())
+			if m == nil {
+				t.Fatalf("no KUBE-SVC rule:\n%s", bed.natTable())
+			}
+			bed.sh("iptables", "-t", "nat", "-D", m[1], "1")
+		}},
+		{"KUBE-SERVICES flushed", func(t *testing.T) { bed.sh("iptables", "-t", "nat", "-F", "KUBE-SERVICES") }},
+		{"the jump from PREROUTING deleted", func(t *testing.T) {
+			for _, l := range strings.Split(bed.natTable(), "\n") {
+				if strings.HasPrefix(l, "-A PREROUTING ") && strings.HasSuffix(l, "-j KUBE-SERVICES") {
+					args := append([]string{"-t", "nat", "-D", "PREROUTING"}, splitRule(strings.TrimPrefix(l, "-A PREROUTING "))...)
+					bed.sh("iptables", args...)
+					return
+				}
+			}
+			t.Fatalf("no jump to KUBE-SERVICES in PREROUTING:\n%s", bed.natTable())
+		}},
+	})
+}
+
+// splitRule splits an iptables-save rule into arguments, keeping quoted
+// comments whole.
+func splitRule(s string) []string {
+	var out []string
+	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
+		if s[0] == '"' {
+			end := strings.IndexByte(s[1:], '"') + 1
+			out = append(out, s[1:end])
+			s = s[end+1:]
+			continue
+		}
+		f, rest, _ := strings.Cut(s, " ")
+		out = append(out, f)
+		s = rest
+	}
+	return out
+}
+
+// TestDriftPodNet: the VXLAN device deleted, its address deleted, n3's FDB
+// entry pointed elsewhere, n3's neighbour entry deleted, the blackhole
+// deleted. (A deleted peer route: TestAgentReconcilesNodes.)
+func TestDriftPodNet(t *testing.T) {
+	bed := driftBed(t, "none")
+	n3VTEP := podnet.VTEPMAC(netip.MustParseAddr("198.51.100.10"))
+	state := func() string {
+		var out []string
+		out = append(out, routesText(t, bed.node))
+		fdb, _ := bed.node.FDB(podnet.VXLANDevice)
+		for _, e := range fdb {
+			out = append(out, "fdb "+e.String())
+		}
+		nbs, _ := bed.node.Neighbors(podnet.VXLANDevice)
+		for _, nb := range nbs {
+			if nb.Permanent {
+				out = append(out, "neigh "+nb.IP.String()+" "+nb.MAC.String())
+			}
+		}
+		if l, err := bed.node.LinkByName(podnet.VXLANDevice); err == nil {
+			for _, a := range l.Addrs {
+				out = append(out, "addr "+a.String())
+			}
+			out = append(out, "mtu "+strconv.Itoa(l.MTU))
+		} else {
+			out = append(out, "no "+podnet.VXLANDevice)
+		}
+		slices.Sort(out)
+		return strings.Join(out, "\n")
+	}
+	bedWait(t, "n3 over VXLAN", 10*time.Second, func() bool {
+		s := state()
+		return strings.Contains(s, "10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink") &&
+			strings.Contains(s, "fdb "+n3VTEP.String()) && strings.Contains(s, "neigh 10.244.3.0 "+n3VTEP.String())
+	})
+	bed.checkHealthy()
+	bed.checkDrift("podnet", state, []driftCase{
+		{"vxlan.kdive deleted", func(t *testing.T) {
+			if err := bed.node.DeleteLink(podnet.VXLANDevice); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"vxlan.kdive's address deleted", func(t *testing.T) {
+			if err := bed.node.DelAddr(podnet.VXLANDevice, netip.MustParsePrefix("10.244.1.0/32")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"n3's FDB entry pointed elsewhere", func(t *testing.T) {
+			if err := bed.node.ReplaceFDB(kernel.FDBEntry{Dev: podnet.VXLANDevice, MAC: n3VTEP, Dst: netip.MustParseAddr("198.51.100.99")}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"n3's neighbour entry deleted", func(t *testing.T) {
+			bed.sh("ip", "neigh", "del", "10.244.3.0", "dev", podnet.VXLANDevice)
+		}},
+		{"the blackhole deleted", func(t *testing.T) {
+			if err := bed.node.DeleteRoute(kernel.Route{Dst: netip.MustParsePrefix("10.244.1.0/24"), Blackhole: true}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	})
+}
+
+// TestDriftIPIP (test VM): with IPIP across subnets, tunl0 set down (the
+// kernel drops the routes through it), its address deleted, n3's route
+// deleted.
+func TestDriftIPIP(t *testing.T) {
+	ktest.RequireFeature(t, kernel.FeatureIPIP)
+	bed := newAgentBed(t, "none", driftPeriod)
+	bed.cfg.PodNetwork = model.PodNetwork{Interface: model.InterfaceRouted, Encap: model.EncapIPIP, EncapPolicy: model.EncapCrossSubnet}
+	bed.nodes = []corev1.Node{
+		testNode("n1", "192.0.2.10", "10.244.1.0/24"),
+		testNode("n2", "192.0.2.11", "10.244.2.0/24"),
+		testNode("n3", "198.51.100.10", "10.244.3.0/24"),
+	}
+	bed.run()
+	state := func() string {
+		out := []string{routesText(t, bed.node)}
+		if l, err := bed.node.LinkByName("tunl0"); err == nil {
+			out = append(out, fmt.Sprintf("tunl0 up %v mtu %d", l.Up, l.MTU))
+			for _, a := range l.Addrs {
+				out = append(out, "addr "+a.String())
+			}
+		}
+		return strings.Join(out, "\n")
+	}
+	bedWait(t, "n3 over IPIP", 20*time.Second, func() bool {
+		return strings.Contains(routesText(t, bed.node), "10.244.3.0/24 via 198.51.100.10 dev tunl0")
+	})
+	bed.checkHealthy()
+	bed.checkDrift("podnet", state, []driftCase{
+		{"tunl0 set down", func(t *testing.T) { bed.sh("ip", "link", "set", "tunl0", "down") }},
+		{"tunl0's address deleted", func(t *testing.T) {
+			if err := bed.node.DelAddr("tunl0", netip.MustParsePrefix("10.244.1.0/32")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"n3's route deleted", func(t *testing.T) { bed.sh("ip", "route", "del", "10.244.3.0/24") }},
+	})
+}
+
+// TestDriftIPVS (test VM): in IPVS mode, a virtual server deleted, a real
+// server deleted, a service address deleted from kube-ipvs0, an ipset
+// flushed.
+func TestDriftIPVS(t *testing.T) {
+	ktest.RequireFeature(t, kernel.FeatureIPVS)
+	bed := driftBed(t, "ipvs")
+	sorted := func(s string) string {
+		ls := strings.Split(strings.TrimSpace(s), "\n")
+		slices.Sort(ls)
+		return strings.Join(ls, "\n")
+	}
+	state := func() string {
+		out := []string{sorted(bed.sh("ipvsadm", "-Sn"))}
+		if l, err := bed.node.LinkByName("kube-ipvs0"); err == nil {
+			for _, a := range l.Addrs {
+				out = append(out, "addr "+a.String())
+			}
+		}
+		out = append(out, sorted(bed.sh("ipset", "save")))
+		return strings.Join(out, "\n")
+	}
+	bedWait(t, "the services' virtual servers", 30*time.Second, func() bool {
+		s := state()
+		return strings.Contains(s, "10.96.0.10:80") && strings.Contains(s, "10.96.0.20:80") && strings.Contains(s, "addr 10.96.0.20/32")
+	})
+	bed.checkHealthy()
+	bed.checkDrift("proxy", state, []driftCase{
+		{"a virtual server deleted", func(t *testing.T) { bed.sh("ipvsadm", "-D", "-t", "10.96.0.10:80") }},
+		{"a real server deleted", func(t *testing.T) { bed.sh("ipvsadm", "-d", "-t", "10.96.0.10:80", "-r", "10.244.2.5:8080") }},
+		{"a service address deleted", func(t *testing.T) {
+			if err := bed.node.DelAddr("kube-ipvs0", netip.MustParsePrefix("10.96.0.20/32")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"KUBE-CLUSTER-IP flushed", func(t *testing.T) { bed.sh("ipset", "flush", "KUBE-CLUSTER-IP") }},
+	})
+}
