@@ -204,7 +204,10 @@ func (at *attach) addVeth() error {
 
 // plugRouted wires the Calico way: pod address /32, a link-scope route to
 // 169.254.1.1 and the default route through it; on the host proxy ARP
-// answers for 169.254.1.1 and a /32 route leads back to the pod.
+// answers for 169.254.1.1 and a /32 route leads back to the pod. Strict
+// reverse path filtering on the host end drops whatever the pod sends from
+// an address other than its own (the kernel applies the larger of
+// conf.all and the device's value, so a node with all=2 gets loose mode).
 func (at *attach) plugRouted() error {
 	if err := at.addVeth(); err != nil {
 		return err
@@ -214,6 +217,7 @@ func (at *attach) plugRouted() error {
 		{"net.ipv4.conf." + hv + ".proxy_arp", "1"},
 		{"net.ipv4.neigh." + hv + ".proxy_delay", "0"},
 		{"net.ipv4.conf." + hv + ".forwarding", "1"},
+		{"net.ipv4.conf." + hv + ".rp_filter", "1"},
 	} {
 		if err := at.host.Sysctl(s[0], s[1]); err != nil {
 			return err

@@ -153,6 +153,11 @@ func checkIsNetNS(fd int) error {
 	if st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC {
 		return errNotNetNS
 	}
+	// Any namespace file (or a /proc file) passes the first check; the
+	// kernel says which kind it is.
+	if typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE); err != nil || typ != unix.CLONE_NEWNET {
+		return errNotNetNS
+	}
 	return nil
 }
 

@@ -1,0 +1,467 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/model"
+)
+
+// What the agent exposes, and to whom, in nftables and iptables modes:
+// NodePorts only on nodePortAddresses and on localhost only when
+// localhostNodePorts says so (CVE-2020-8558: a neighbour on the node's L2
+// must never reach a service bound to 127.0.0.1), loadBalancerSourceRanges
+// on LoadBalancer IPs, and the health and metrics servers where the
+// configuration binds them.
+//
+// Address plan (all inside the test's namespaces):
+//
+//	lan    192.0.2.20/24  --- eth0 192.0.2.10/24    node n1 (InternalIP; nodePortAddresses 192.0.2.0/24)
+//	other  198.51.100.20/24 - eth1 198.51.100.10/24 node (a second address, outside nodePortAddresses)
+//	pod    10.99.0.5/24   --- pod0 10.99.0.1/24     node (the endpoint, answering its client's address on :8080)
+//
+// Service web: LoadBalancer, cluster IP 10.96.0.10, NodePort 30080,
+// LoadBalancer IP 203.0.113.10 (both clients route it to the node),
+// loadBalancerSourceRanges [192.0.2.0/24]: lan is inside, other outside.
+type exposureBed struct {
+	node, lan, other, pod *kernel.NetNS
+	client                kubernetes.Interface
+	dir                   string
+}
+
+func newExposureBed(t *testing.T) *exposureBed {
+	t.Helper()
+	b := &exposureBed{node: ktest.NewNetNS(t), lan: ktest.NewNetNS(t), other: ktest.NewNetNS(t), pod: ktest.NewNetNS(t), dir: t.TempDir()}
+	link := func(peer *kernel.NetNS, dev, nodeAddr, peerAddr string) {
+		mustNoErr(t, b.node.AddVeth(dev, kernel.LinkAttrs{MTU: 1500}, peer, "eth0", kernel.LinkAttrs{}))
+		mustNoErr(t, b.node.AddAddr(dev, netip.MustParsePrefix(nodeAddr)))
+		mustNoErr(t, peer.AddAddr("eth0", netip.MustParsePrefix(peerAddr)))
+		mustNoErr(t, b.node.LinkUp(dev))
+		mustNoErr(t, peer.LinkUp("eth0"))
+		mustNoErr(t, peer.ReplaceRoute(kernel.Route{Gateway: netip.MustParsePrefix(nodeAddr).Addr(), Dev: "eth0"}))
+	}
+	link(b.lan, "eth0", "192.0.2.10/24", "192.0.2.20/24")
+	link(b.other, "eth1", "198.51.100.10/24", "198.51.100.20/24")
+	link(b.pod, "pod0", "10.99.0.1/24", "10.99.0.5/24")
+	mustNoErr(t, b.node.Sysctl("net.ipv4.ip_forward", "1"))
+	mustNoErr(t, b.node.ReplaceRoute(kernel.Route{Gateway: netip.MustParseAddr("192.0.2.20"), Dev: "eth0"}))
+	serveClientAddr(t, b.pod, ":8080")
+
+	ready := true
+	n1 := testNode("n1", "192.0.2.10", "10.244.1.0/24")
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+		Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.10",
+			Ports:                    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: 30080, Protocol: corev1.ProtocolTCP}},
+			LoadBalancerSourceRanges: []string{"192.0.2.0/24"},
+		},
+		Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: "203.0.113.10"}}}},
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.99.0.5"}, NodeName: ptr("n2"),
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+	}
+	b.client = fake.NewSimpleClientset(&n1, svc, slice)
+	return b
+}
+
+// serveClientAddr answers every TCP connection with the client's address.
+func serveClientAddr(t *testing.T, ns *kernel.NetNS, addr string) {
+	var ln net.Listener
+	mustNoErr(t, ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }))
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			fmt.Fprintln(c, host)
+			c.Close()
+		}
+	}()
+}
+
+// config is the agent's configuration on this bed; edit adjusts it.
+func (b *exposureBed) config(t *testing.T, mode string, edit func(*Configuration)) *Configuration {
+	cfg := &Configuration{
+		NodeName:   "n1",
+		PodNetwork: model.PodNetwork{Interface: model.InterfaceRouted, Encap: model.EncapNone, EncapPolicy: model.EncapAlways},
+		CNI:        CNIConfig{ConfDir: filepath.Join(b.dir, "net.d"), DataDir: filepath.Join(b.dir, "ipam")},
+		Proxy:      ProxyConfig{Mode: mode, ClusterCIDR: "10.244.0.0/16", NodePortAddresses: []string{"192.0.2.0/24"}},
+		SyncPeriod: metav1.Duration{Duration: 30 * time.Second}, MinSyncPeriod: metav1.Duration{Duration: 10 * time.Millisecond},
+	}
+	if edit != nil {
+		edit(cfg)
+	}
+	cfg.Default()
+	mustNoErr(t, cfg.Validate())
+	return cfg
+}
+
+// runAgent runs an agent in the node until the returned stop is called
+// (or the test ends), once its first sync is done.
+func (b *exposureBed) runAgent(t *testing.T, cfg *Configuration) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- New(Options{Config: cfg, NetNS: b.node, Client: b.client}).Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	// /healthz answers 200 once this agent's first sync succeeded (the
+	// rules of an earlier agent answer NodePorts before that).
+	healthz := "http://" + strings.Replace(cfg.HealthzBindAddress, "0.0.0.0", "127.0.0.1", 1) + "/healthz"
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if code, _ := exposureGet(b.node, healthz); code == http.StatusOK {
+			return stop
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not answer 200 15 s after the agent started", healthz)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// tcpAsk connects from ns to addr and returns the first line the server
+// sends.
+func exposureAsk(ns *kernel.NetNS, addr string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := ns.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// httpStatus GETs url from inside ns.
+func exposureGet(ns *kernel.NetNS, url string) (int, error) {
+	c := http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: ns.DialContext}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// localnetAttacker makes lan send packets for 127.0.0.0/8 to the node, as
+// an attacker on the node's L2 can (CVE-2020-8558): lan's own loopback
+// routes go, and 127.0.0.0/8 is routed to the node. The node's replies
+// (from 127.0.0.1) do not make it back into lan's sockets, so the test
+// counts what arrives at a UDP socket the node binds to 127.0.0.1:10999,
+// a stand-in for any service bound to localhost (the metrics server,
+// a kubelet's): a datagram that arrives is a SYN that would.
+func (b *exposureBed) localnetAttacker(t *testing.T) *udpSink {
+	t.Helper()
+	ctx := context.Background()
+	for _, argv := range [][]string{
+		{"sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"},
+		{"sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"},
+		{"ip", "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local"},
+		{"ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local"},
+		{"ip", "route", "add", "127.0.0.0/8", "via", "192.0.2.10", "dev", "eth0"},
+	} {
+		if out, err := b.lan.Run(ctx, "", argv[0], argv[1:]...); err != nil {
+			t.Fatalf("%v: %v %s", argv, err, out)
+		}
+	}
+	if r, err := b.lan.RouteTo(netip.MustParseAddr("127.0.0.1")); err != nil || r.Gateway != netip.MustParseAddr("192.0.2.10") {
+		t.Fatalf("lan routes 127.0.0.1 as %+v, %v; want via the node", r, err)
+	}
+	return newUDPSink(t, b.node, "127.0.0.1:10999")
+}
+
+// udpSink counts the datagrams arriving at a UDP socket.
+type udpSink struct {
+	mu sync.Mutex
+	n  int
+}
+
+func newUDPSink(t *testing.T, ns *kernel.NetNS, addr string) *udpSink {
+	t.Helper()
+	pc, err := ns.ListenPacket("udp", addr)
+	mustNoErr(t, err)
+	t.Cleanup(func() { pc.Close() })
+	s := &udpSink{}
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.n++
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+// arrivals sends three datagrams from lan to 127.0.0.1:10999 and returns
+// how many the node's socket got.
+func (s *udpSink) arrivals(t *testing.T, from *kernel.NetNS) int {
+	t.Helper()
+	s.mu.Lock()
+	before := s.n
+	s.mu.Unlock()
+	mustNoErr(t, from.Do(func() error {
+		c, err := net.Dial("udp", "127.0.0.1:10999")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			if _, err := c.Write([]byte("localnet")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	time.Sleep(300 * time.Millisecond)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n - before
+}
+
+// withLocalnet runs fn with the node's route_localnet forced on, then
+// restores it: the positive control that shows the attacker's packets
+// do reach 127.0.0.1 where nothing stops them.
+func (b *exposureBed) withLocalnet(t *testing.T, fn func()) {
+	t.Helper()
+	old, err := b.node.ReadSysctl("net.ipv4.conf.all.route_localnet")
+	mustNoErr(t, err)
+	mustNoErr(t, b.node.Sysctl("net.ipv4.conf.all.route_localnet", "1"))
+	defer func() { mustNoErr(t, b.node.Sysctl("net.ipv4.conf.all.route_localnet", old)) }()
+	fn()
+}
+
+func TestExposure(t *testing.T) {
+	ktest.RequireFeature(t, kernel.FeatureNFTables)
+	ktest.RequireFeature(t, kernel.FeatureVeth)
+	for _, mode := range []string{"nftables", "iptables"} {
+		t.Run(mode, func(t *testing.T) {
+			if _, err := exec.LookPath("iptables-restore"); mode == "iptables" && err != nil {
+				t.Skipf("iptables-restore is not installed: %v", err)
+			}
+			checkExposure(t, mode)
+		})
+	}
+}
+
+func checkExposure(t *testing.T, mode string) {
+	b := newExposureBed(t)
+	stop := b.runAgent(t, b.config(t, mode, nil))
+	b.checkDefaults(t)
+	sink := b.localnetAttacker(t)
+	t.Run("a neighbour cannot reach 127.0.0.1 (CVE-2020-8558)", func(t *testing.T) {
+		if n := sink.arrivals(t, b.lan); n > 0 {
+			t.Errorf("%d datagrams from a neighbour reached a socket bound to 127.0.0.1", n)
+		}
+		wantNoAnswer(t, b.lan, "127.0.0.1:10249")
+		// Control: with route_localnet on and no guard, they arrive (the
+		// kernel's martian check is what keeps them out here).
+		b.withLocalnet(t, func() {
+			if n := sink.arrivals(t, b.lan); n == 0 {
+				t.Errorf("control: with route_localnet=1 and no guard the neighbour's datagrams do not arrive either; the attack is not reproduced")
+			}
+		})
+	})
+	stop()
+
+	// localhostNodePorts on; health on 127.0.0.1 only, metrics on the
+	// node's address: each server answers where it is bound and nowhere
+	// else, and the neighbour still reaches nothing on 127.0.0.1.
+	stop = b.runAgent(t, b.config(t, mode, func(c *Configuration) {
+		c.Proxy.LocalhostNodePorts = true
+		c.HealthzBindAddress, c.MetricsBindAddress = "127.0.0.1:10256", "192.0.2.10:10249"
+	}))
+	b.checkLocalhost(t, mode, sink)
+	stop()
+	if mode == "iptables" {
+		// Control: the agent gone and its guard flushed, the same
+		// datagrams arrive (route_localnet is still on).
+		for _, tool := range []string{"iptables-nft", "iptables-legacy"} {
+			_, _ = b.node.Run(context.Background(), "", tool, "-w", "-F", "KUBE-PROXY-FIREWALL")
+		}
+		if n := sink.arrivals(t, b.lan); n == 0 {
+			t.Errorf("control: without the guard the neighbour's datagrams do not arrive; the guard's test proves nothing")
+		}
+	}
+}
+
+func wantNoAnswer(t *testing.T, from *kernel.NetNS, addr string) {
+	t.Helper()
+	if got, err := exposureAsk(from, addr, 700*time.Millisecond); err == nil {
+		t.Errorf("%s answered (endpoint saw %s); want no answer", addr, got)
+	}
+}
+
+func wantAnswer(t *testing.T, from *kernel.NetNS, addr string) {
+	t.Helper()
+	if _, err := exposureAsk(from, addr, 2*time.Second); err != nil {
+		t.Errorf("%s: %v; want an answer", addr, err)
+	}
+}
+
+// checkDefaults checks NodePorts, source ranges and the servers under the
+// default configuration (nodePortAddresses 192.0.2.0/24).
+func (b *exposureBed) checkDefaults(t *testing.T) {
+	t.Run("NodePorts only on nodePortAddresses", func(t *testing.T) {
+		wantAnswer(t, b.node, "192.0.2.10:30080")
+		wantAnswer(t, b.lan, "192.0.2.10:30080")
+		wantNoAnswer(t, b.node, "198.51.100.10:30080")
+		wantNoAnswer(t, b.other, "198.51.100.10:30080")
+	})
+	t.Run("no NodePort on localhost by default", func(t *testing.T) {
+		wantNoAnswer(t, b.node, "127.0.0.1:30080")
+		if v, _ := b.node.ReadSysctl("net.ipv4.conf.all.route_localnet"); v != "0" {
+			t.Errorf("route_localnet is %s without localhostNodePorts; want 0", v)
+		}
+	})
+	t.Run("loadBalancerSourceRanges on the LoadBalancer IP", func(t *testing.T) {
+		wantAnswer(t, b.lan, "203.0.113.10:80")
+		if got, err := exposureAsk(b.other, "203.0.113.10:80", 700*time.Millisecond); !isTimeout(err) {
+			t.Errorf("a client outside the source ranges to the LoadBalancer IP: %q, %v; want its packets dropped (a timeout)", got, err)
+		}
+	})
+	t.Run("source ranges do not cover the NodePort (documented, as kube-proxy)", func(t *testing.T) {
+		// kube-proxy filters only traffic to the LoadBalancer IPs; the
+		// service's NodePort stays open to anyone who reaches a
+		// nodePortAddress. kdive does the same (docs/reliability.md).
+		if got, err := exposureAsk(b.other, "192.0.2.10:30080", 2*time.Second); err != nil {
+			t.Errorf("a client outside the source ranges to the NodePort: %v; kdive documents that NodePorts are not filtered (if this changed, update the doc)", err)
+		} else {
+			t.Logf("NodePort 192.0.2.10:30080 answers a client outside loadBalancerSourceRanges (endpoint saw %s), as documented", got)
+		}
+	})
+	t.Run("metrics on 127.0.0.1, health on every address by default", func(t *testing.T) {
+		if code, err := exposureGet(b.node, "http://127.0.0.1:10249/metrics"); code != 200 {
+			t.Errorf("metrics on 127.0.0.1 from the node: %d %v", code, err)
+		}
+		if code, err := exposureGet(b.lan, "http://192.0.2.10:10249/metrics"); err == nil {
+			t.Errorf("metrics answered on the node's address: %d; want them on 127.0.0.1 only", code)
+		}
+		if code, err := exposureGet(b.lan, "http://192.0.2.10:10256/healthz"); code != 200 {
+			t.Errorf("healthz on the node's address: %d %v", code, err)
+		}
+	})
+}
+
+// checkLocalhost checks localhostNodePorts and servers bound elsewhere
+// than by default.
+func (b *exposureBed) checkLocalhost(t *testing.T, mode string, sink *udpSink) {
+	t.Run("localhostNodePorts", func(t *testing.T) {
+		got, err := exposureAsk(b.node, "127.0.0.1:30080", 2*time.Second)
+		switch {
+		case err == nil:
+			t.Logf("127.0.0.1:30080 answers from the node (endpoint saw %s)", got)
+		case mode == "nftables":
+			// The table has the 127.0.0.1 elements, but nothing sets
+			// route_localnet, so the DNATed packet is dropped as a martian.
+			// Closed, not open: see docs/reliability.md.
+			t.Logf("KNOWN GAP: nftables mode does not serve NodePorts on 127.0.0.1 with localhostNodePorts (%v)", err)
+			if v, _ := b.node.ReadSysctl("net.ipv4.conf.all.route_localnet"); v != "0" {
+				t.Errorf("route_localnet is %s in nftables mode, which has no guard against CVE-2020-8558", v)
+			}
+		default:
+			save, _ := b.node.Run(context.Background(), "", "iptables-save")
+			t.Errorf("127.0.0.1:30080 from the node with localhostNodePorts: %v\n%s", err, save)
+		}
+		// The neighbour still reaches nothing bound to 127.0.0.1: in
+		// iptables mode route_localnet is on and KUBE-PROXY-FIREWALL's
+		// "block incoming localnet connections" rule (upstream's fix)
+		// drops them; in nftables mode route_localnet stays off.
+		if n := sink.arrivals(t, b.lan); n > 0 {
+			t.Errorf("%d datagrams from a neighbour reached a socket bound to 127.0.0.1 with localhostNodePorts", n)
+		}
+		wantNoAnswer(t, b.lan, "127.0.0.1:10256")
+	})
+	t.Run("servers bound where the config says", func(t *testing.T) {
+		if code, err := exposureGet(b.node, "http://127.0.0.1:10256/healthz"); code != 200 {
+			t.Errorf("healthz on 127.0.0.1: %d %v", code, err)
+		}
+		if code, err := exposureGet(b.lan, "http://192.0.2.10:10256/healthz"); err == nil {
+			t.Errorf("healthz bound to 127.0.0.1 answered on the node's address: %d", code)
+		}
+		if code, err := exposureGet(b.lan, "http://192.0.2.10:10249/metrics"); code != 200 {
+			t.Errorf("metrics on the node's address: %d %v", code, err)
+		}
+		if code, err := exposureGet(b.node, "http://127.0.0.1:10249/metrics"); err == nil {
+			t.Errorf("metrics bound to 192.0.2.10 answered on 127.0.0.1: %d", code)
+		}
+	})
+}
+
+// The agent's record of its proxy mode (DATADIR/proxy-mode) is replaced
+// atomically like every other state file: never half-written, mode 0644,
+// and a symlink planted in its place is replaced, not followed.
+func TestProxyModeFileSafe(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(t.TempDir(), "victim")
+	mustNoErr(t, os.WriteFile(victim, []byte("keep"), 0o600))
+	mustNoErr(t, os.Symlink(victim, filepath.Join(dir, "proxy-mode")))
+	if !switchedModes(dir, "iptables") {
+		t.Error("a symlink where the mode is recorded counted as the same mode")
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Errorf("the mode was written through the planted symlink: victim now %q", b)
+	}
+	info, err := os.Lstat(filepath.Join(dir, "proxy-mode"))
+	if err != nil || !info.Mode().IsRegular() || info.Mode().Perm() != 0o644 {
+		t.Errorf("proxy-mode: %v, %v; want a regular file, mode 0644", info.Mode(), err)
+	}
+	if switchedModes(dir, "iptables") {
+		t.Error("the same mode again counted as a switch")
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("state dir holds %v; want only proxy-mode", entries)
+	}
+}

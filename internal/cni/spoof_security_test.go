@@ -1,0 +1,141 @@
+package cni_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/model"
+)
+
+// A pod cannot send packets with a source address that is not its own.
+// Pod A, attached by the plugin, gives its eth0 a second address (what a
+// compromised pod can always do: it owns its namespace) and sends UDP
+// datagrams from it to pod B and to the node; listeners in B and in the
+// node record the source of everything that arrives. Addresses of the
+// harness's plan (harness_test.go); the spoofed sources are an address of
+// the block no pod holds and one outside the cluster (TEST-NET-2).
+
+// udpRecorder records the source address of every datagram to port 9999.
+type udpRecorder struct {
+	mu   sync.Mutex
+	srcs map[netip.Addr]int
+	pc   net.PacketConn
+}
+
+func recordUDP(t *testing.T, ns *kernel.NetNS, addr netip.Addr) *udpRecorder {
+	t.Helper()
+	pc, err := ns.ListenPacket("udp", netip.AddrPortFrom(addr, 9999).String())
+	if err != nil {
+		t.Fatalf("listen in %s: %v", ns, err)
+	}
+	r := &udpRecorder{srcs: map[netip.Addr]int{}, pc: pc}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			ap, _ := netip.ParseAddrPort(from.String())
+			r.mu.Lock()
+			r.srcs[ap.Addr().Unmap()]++
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
+func (r *udpRecorder) got(src netip.Addr) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.srcs[src]
+}
+
+// sendFrom sends three datagrams from ns, bound to src, to dst:9999.
+func sendFrom(t *testing.T, ns *kernel.NetNS, src, dst netip.Addr) {
+	t.Helper()
+	err := ns.Do(func() error {
+		c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 9999)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			if _, err := c.Write([]byte("spoof")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("send from %s to %s: %v", src, dst, err)
+	}
+}
+
+func checkAntiSpoof(t *testing.T, mode model.Interface) (leaked []string) {
+	h := newHarness(t, mode)
+	a, b := h.newPod("spoof-a"), h.newPod("spoof-b")
+	h.mustAdd(a)
+	h.mustAdd(b)
+	aIP, bIP := a.ip(t), b.ip(t)
+	atB := recordUDP(t, b.ns, netip.IPv4Unspecified())
+	atNode := recordUDP(t, h.node, nodeAddr)
+
+	// Its own address goes through: the paths work.
+	sendFrom(t, a.ns, aIP, bIP)
+	sendFrom(t, a.ns, aIP, nodeAddr)
+	deadline := time.Now().Add(3 * time.Second)
+	for atB.got(aIP) == 0 || atNode.got(aIP) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s mode: pod A's own datagrams did not arrive (at B %d, at the node %d)", mode, atB.got(aIP), atNode.got(aIP))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	spoofed := []netip.Addr{netip.MustParseAddr("10.0.1.200"), netip.MustParseAddr("198.51.100.7")}
+	for _, src := range spoofed {
+		if err := a.ns.AddAddr("eth0", netip.PrefixFrom(src, 32)); err != nil {
+			t.Fatal(err)
+		}
+		sendFrom(t, a.ns, src, bIP)
+		sendFrom(t, a.ns, src, nodeAddr)
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, src := range spoofed {
+		for what, r := range map[string]*udpRecorder{"pod B": atB, "the node": atNode} {
+			if n := r.got(src); n > 0 {
+				leaked = append(leaked, what+" got "+src.String())
+			}
+		}
+	}
+	return leaked
+}
+
+// Routed mode: the pod's /32 route points at its host-side veth, where
+// ADD sets rp_filter=1 (strict): the kernel drops what arrives there from
+// any other source, before forwarding or local delivery.
+func TestRoutedPodCannotSpoof(t *testing.T) {
+	if leaked := checkAntiSpoof(t, model.InterfaceRouted); len(leaked) > 0 {
+		v, _ := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
+		t.Errorf("a routed pod sent with a source that is not its own: %v (this host's conf.all.rp_filter, which new namespaces inherit: %s; 2 makes every interface loose)",
+			leaked, strings.TrimSpace(string(v)))
+	}
+}
+
+// Bridge mode: pods share kube-bridge's L2, where no reverse path check
+// applies (pod to pod is switched, and the node's route back to any block
+// address is the bridge itself). Until the plugin filters each bridge port
+// by source (docs/reliability.md, Security), the leak is reported as a
+// known gap: the test skips, saying so; it passes once the leak is closed.
+func TestBridgePodCannotSpoof(t *testing.T) {
+	if leaked := checkAntiSpoof(t, model.InterfaceBridge); len(leaked) > 0 {
+		t.Skipf("KNOWN GAP: a bridge-mode pod sends with a source that is not its own: %v (see docs/reliability.md, Security)", leaked)
+	}
+}
