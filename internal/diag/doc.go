@@ -35,6 +35,19 @@
 // mode's per-peer IPIP tunnel; the uplink: direct) and the subnet relation
 // from the peer's IP and this node's subnet.
 //
+// # kdive show lb and kdive trace
+//
+// lb.go asks the proxy mode's Inspect (InspectProxy, inspect.go) for the
+// node's load-balancing table as the kernel holds it and names each
+// endpoint's pod and node from the Topology. trace*.go walks a lab: each
+// namespace (pods, nodes, router, external client) with the addresses it
+// holds, so every next hop the kernel's route lookup picks leads to the
+// namespace owning it; the node that first sees the packet load-balances
+// it with the same Inspection, and each endpoint's branch follows routes,
+// tunnels (VXLAN via its neighbour and FDB entries), the router's VPC
+// check, decapsulation and delivery, then the reply. TraceReport prints as
+// detailed text, --minimal (stable, for tests) or JSON.
+//
 // # JSON (-o json), stable field names
 //
 // Every report is one object with "lab" (absent on a real node), "node"

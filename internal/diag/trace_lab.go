@@ -24,7 +24,6 @@ type tracePlace struct {
 	Subnet, Block netip.Prefix
 	nsName        string
 	ns            *kernel.NetNS
-	addrs         []netip.Addr
 }
 
 func (p *tracePlace) String() string {
@@ -92,7 +91,6 @@ func openTraceLab(ctx context.Context, name string) (*traceLab, error) {
 				if a.Addr().IsLoopback() || a.Addr().IsLinkLocalUnicast() {
 					continue
 				}
-				p.addrs = append(p.addrs, a.Addr())
 				tl.byAddr[a.Addr()] = p
 				if p.Kind == "node" && a.Addr() == p.IP {
 					p.Subnet = a.Masked() // the uplink's subnet

@@ -12,4 +12,13 @@
 // PreferClose), and REJECT versus DROP when a packet has no endpoint
 // (Port.HasEndpoints). The subpackage proxytest holds the packet-flow case
 // table every backend must pass.
+//
+// The other direction, kernel to meaning, is lbview.go: each backend's
+// Inspect reads what the kernel holds back into one mode-independent
+// LBTable (service ports, their addresses, endpoints with their share of
+// new connections, affinity, policies, counters) and an Inspection whose
+// Trace runs the backend's tracer over the kernel's state. ExpectedLB is
+// what a Desired must read back as and CompareLB lists the differences:
+// `kdive show lb`, `kdive trace` and `kdive verify`'s consistency check
+// stand on them.
 package proxy
