@@ -561,7 +561,15 @@ func TestProcStringsKeepsEmptyArguments(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	got := procStrings(cmd.Process.Pid, "cmdline")
+	// Start returns once exec closed the child's close-on-exec pipe, which
+	// the kernel does before it sets the new arguments up: until then
+	// cmdline reads empty.
+	var got []string
+	for deadline := time.Now().Add(5 * time.Second); got == nil && time.Now().Before(deadline); {
+		if got = procStrings(cmd.Process.Pid, "cmdline"); got == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	if want := []string{"sh", "-c", "sleep 30; :", "x", ""}; !slices.Equal(got, want) {
 		t.Errorf("cmdline = %q, want %q", got, want)
 	}
