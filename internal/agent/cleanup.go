@@ -15,7 +15,7 @@ import (
 // Cleanup removes everything kdive ever programmed on this node, for
 // uninstall (`kdive agent --cleanup`): every proxy mode's rules, the pod
 // network's routes, tunnels and FDB entries, the CNI plugin's hostPort
-// table, and the CNI network config.
+// and anti-spoofing tables, and the CNI network config.
 // It needs no API server. Pods keep their interfaces until they go.
 func Cleanup(ctx context.Context, cfg *Configuration, ns *kernel.NetNS) error {
 	if ns == nil {
@@ -33,6 +33,9 @@ func Cleanup(ctx context.Context, cfg *Configuration, ns *kernel.NetNS) error {
 		errs = append(errs, fmt.Errorf("clean up pod network: %w", err))
 	}
 	if err := cni.CleanupHostPorts(ctx, ns); err != nil {
+		errs = append(errs, err)
+	}
+	if err := cni.CleanupAntiSpoof(ns); err != nil {
 		errs = append(errs, err)
 	}
 	conf := filepath.Join(cfg.CNI.ConfDir, cni.ConfListFile)

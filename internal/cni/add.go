@@ -89,6 +89,11 @@ func (p *plugin) add(args *skel.CmdArgs) (*NetConf, *types100.Result, error) {
 	res, err := at.build()
 	if err != nil {
 		_ = deleteOwnVeth(host, at.hostVeth, a)
+		if conf.Mode == model.InterfaceBridge {
+			if gerr := antiSpoof(host).Forget(at.hostVeth); gerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: %w", gerr))
+			}
+		}
 		// The address stays allocated while hostPorts may lead to it.
 		if herr := at.hp.remove(ctx, a, at.ip); herr != nil {
 			return nil, nil, errors.Join(err, fmt.Errorf("undo: %w", herr))
@@ -153,6 +158,11 @@ func (at *attach) build() (*types100.Result, error) {
 		&types100.Interface{Name: hl.Name, Mac: hl.MAC.String(), Mtu: hl.MTU},
 		&types100.Interface{Name: pl.Name, Mac: pl.MAC.String(), Mtu: pl.MTU, Sandbox: at.netnsPath})
 	podIdx := len(ifaces) - 1
+	if at.conf.Mode == model.InterfaceBridge {
+		if err := at.guardPort(pl); err != nil {
+			return nil, err
+		}
+	}
 	if err := at.hp.add(at.ctx, at.a, at.ip, at.ports); err != nil {
 		return nil, err
 	}
@@ -186,6 +196,11 @@ func (at *attach) clearLeftovers() error {
 	}
 	if err := at.hp.remove(at.ctx, at.a, at.ip); err != nil {
 		return fmt.Errorf("remove the hostPorts an earlier ADD left: %w", err)
+	}
+	if at.conf.Mode == model.InterfaceBridge {
+		if err := antiSpoof(at.host).Forget(at.hostVeth); err != nil {
+			return fmt.Errorf("remove the port guard an earlier ADD left: %w", err)
+		}
 	}
 	if _, err := at.pod.LinkInfo(at.a.IfName); err == nil {
 		return fmt.Errorf("netns %s already has an interface %s (not created by kdive-cni); refusing to replace it", at.netnsPath, at.a.IfName)

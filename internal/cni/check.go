@@ -26,7 +26,7 @@ func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
 // check verifies that what ADD built (as its prevResult describes) is still
 // there: the address in IPAM, the pod's interface (up, MTU, MAC, address)
 // and routes, the host-side veth and, per mode, the /32 route and proxy ARP
-// or the bridge port, and the pod's hostPorts (runtimeConfig.portMappings:
+// or the bridge port and its source guard, and the pod's hostPorts (runtimeConfig.portMappings:
 // their map entries, the hairpin entry, the table's chains, the state file
 // DEL needs). The error lists everything missing.
 func (p *plugin) check(args *skel.CmdArgs) error {
@@ -185,6 +185,7 @@ func (c *checker) hostSide(ip netip.Addr, want *types100.Interface) {
 	c.reach(ip, name)
 	if c.conf.Mode == model.InterfaceBridge {
 		c.bridgePort(l)
+		c.guard(ip, name)
 		return
 	}
 	if v, err := c.host.ReadSysctl("net.ipv4.conf." + name + ".proxy_arp"); err != nil || v != "1" {

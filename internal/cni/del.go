@@ -11,6 +11,7 @@ import (
 
 	"github.com/kdive/kdive/internal/cni/ipam"
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/model"
 )
 
 func (p *plugin) cmdDel(args *skel.CmdArgs) error {
@@ -60,6 +61,14 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	}
 	for _, name := range hostVeths(conf, prev, hostVethName(conf, a)) {
 		if err := deleteOwnVeth(host, name, a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if conf.Mode == model.InterfaceBridge && len(errs) == 0 {
+		// After the veth is gone: the port is never unguarded while it
+		// exists. Only our own name: ADD guards no other, and a name
+		// from prevResult could be another pod's port.
+		if err := antiSpoof(host).Forget(hostVethName(conf, a)); err != nil {
 			errs = append(errs, err)
 		}
 	}

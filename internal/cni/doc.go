@@ -59,7 +59,8 @@
 // agent (internal/podnet) also installs "169.254.1.1/32 dev lo" so nodes
 // without a default route (lab nodes) work. ADD and STATUS fail with a
 // message saying so when there is none, rather than attach a pod that
-// cannot reach anything.
+// cannot reach anything. The host end has rp_filter=1 (strict), so the
+// kernel drops whatever the pod sends from an address other than its own.
 //
 // # Bridge mode (kube-router style)
 //
@@ -70,6 +71,16 @@
 // block's prefix length and the default route via the bridge's address. The
 // bridge is shared and stays when pods go. IP forwarding and other node
 // sysctls are the agent's.
+//
+// On a bridge no reverse path check applies, so each pod's port is guarded
+// by the bridge table "bridge kdive-antispoof" (kernel.PortGuard, spoken
+// over netlink: no nft binary needed): a frame from the port passes only
+// as IPv4 or ARP from the pod's own MAC and address; another source
+// address, another MAC (which would teach the bridge a neighbour's MAC),
+// IPv6 and VLAN-tagged frames are dropped. ADD adds the port's element,
+// DEL removes it after the veth, GC forgets ports that are gone or not
+// live, CHECK requires it, and CleanupAntiSpoof (kdive agent --cleanup)
+// deletes the table (antispoof.go).
 //
 // # hostPorts
 //

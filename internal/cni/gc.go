@@ -8,6 +8,7 @@ import (
 
 	"github.com/kdive/kdive/internal/cni/ipam"
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/model"
 )
 
 func (p *plugin) cmdGC(args *skel.CmdArgs) error {
@@ -20,7 +21,8 @@ func (p *plugin) cmdGC(args *skel.CmdArgs) error {
 // gc frees everything whose attachment the runtime does not list in
 // cni.dev/valid-attachments: IPAM entries, and host-side veths of ours (a
 // veth whose alias names its attachment, or, without an alias, named after
-// a freed IPAM entry), and hostPorts (of attachments with a state file, and
+// a freed IPAM entry), the source guard of ports no longer live (bridge
+// mode), and hostPorts (of attachments with a state file, and
 // any leading to an address no longer allocated). Deleting a host-side veth
 // removes its pod end and /32 route too. An attachment whose hostPorts
 // cannot be deleted keeps its address until a later GC or DEL. Nothing that
@@ -94,6 +96,15 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 		}
 		if _, err := host.DeleteVeth(l.Name); err != nil && !errors.Is(err, kernel.ErrNotVeth) {
 			errs = append(errs, fmt.Errorf("remove stale veth %s of %s: %w", l.Name, a, err))
+		}
+	}
+	if conf.Mode == model.InterfaceBridge {
+		live := func(l kernel.Link) bool {
+			a, ours := aliasAttachment(l.Alias)
+			return l.Type == "veth" && ours && valid[a]
+		}
+		if err := sweepGuard(host, live); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

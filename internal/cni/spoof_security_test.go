@@ -1,6 +1,7 @@
 package cni_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"os"
@@ -131,11 +132,50 @@ func TestRoutedPodCannotSpoof(t *testing.T) {
 
 // Bridge mode: pods share kube-bridge's L2, where no reverse path check
 // applies (pod to pod is switched, and the node's route back to any block
-// address is the bridge itself). Until the plugin filters each bridge port
-// by source (docs/reliability.md, Security), the leak is reported as a
-// known gap: the test skips, saying so; it passes once the leak is closed.
+// address is the bridge itself); the plugin guards each bridge port with
+// the bridge table kdive-antispoof (antispoof.go).
 func TestBridgePodCannotSpoof(t *testing.T) {
 	if leaked := checkAntiSpoof(t, model.InterfaceBridge); len(leaked) > 0 {
-		t.Skipf("KNOWN GAP: a bridge-mode pod sends with a source that is not its own: %v (see docs/reliability.md, Security)", leaked)
+		t.Errorf("a bridge-mode pod sent with a source that is not its own: %v", leaked)
+	}
+}
+
+// A bridge-mode pod that takes a neighbour's MAC neither gets its frames
+// through nor teaches the bridge to send the neighbour's traffic to it.
+func TestBridgePodCannotSpoofMAC(t *testing.T) {
+	h := newHarness(t, model.InterfaceBridge)
+	a, b := h.newPod("mac-a"), h.newPod("mac-b")
+	h.mustAdd(a)
+	h.mustAdd(b)
+	aIP, bIP := a.ip(t), b.ip(t)
+	bl, err := b.ns.LinkInfo("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	atNode := recordUDP(t, h.node, nodeAddr)
+	atB := recordUDP(t, b.ns, netip.IPv4Unspecified())
+
+	if _, err := a.ns.Run(context.Background(), "", "ip", "link", "set", "eth0", "address", bl.MAC.String()); err != nil {
+		t.Fatalf("give pod A pod B's MAC: %v", err)
+	}
+	for range 3 {
+		sendFrom(t, a.ns, aIP, nodeAddr)
+		sendFrom(t, a.ns, aIP, bIP)
+	}
+	sendFrom(t, h.node, nodeAddr, bIP)
+	deadline := time.Now().Add(3 * time.Second)
+	for atB.got(nodeAddr) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		sendFrom(t, h.node, nodeAddr, bIP)
+	}
+	if n := atB.got(nodeAddr); n == 0 {
+		fdb, _ := h.node.Run(context.Background(), "", "bridge", "fdb", "show", "br", "kube-bridge")
+		t.Errorf("after pod A took pod B's MAC %s, the node's datagrams no longer reach B (the bridge learned B's MAC on A's port?):\n%s", bl.MAC, fdb)
+	}
+	if n := atNode.got(aIP); n > 0 {
+		t.Errorf("pod A with pod B's MAC got %d datagrams through to the node", n)
+	}
+	if n := atB.got(aIP); n > 0 {
+		t.Errorf("pod A with pod B's MAC got %d datagrams through to pod B", n)
 	}
 }

@@ -2,7 +2,8 @@
 // namespaces, links, addresses, routes, tunnels (IPIP, VXLAN) with their
 // FDB and neighbour entries, dummy devices, sysctls and modules, the
 // netfilter tools (nft, also as a long-lived `nft -i` session; iptables
-// table info), IPVS, ipsets and conntrack. Every other package asks this
+// table info), a bridge port source guard (PortGuard: an nftables table of
+// the bridge family spoken over netlink), IPVS, ipsets and conntrack. Every other package asks this
 // one; none of them calls netlink, setns or execs `nft` itself (see
 // STYLE.md, "One narrow door to the OS"). The proxy backends build the
 // iptables-restore input themselves but run the tools through NetNS.Run.
