@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
 
@@ -49,6 +50,7 @@ func checkConsistency(ctx context.Context, e *env) Result {
 			continue
 		}
 		services += len(w.Services)
+		resolveNames(ins, w)
 		diffs := compareTables(ins.LB(), w)
 		if len(diffs) == 0 {
 			continue
@@ -72,6 +74,21 @@ func checkConsistency(ctx context.Context, e *env) Result {
 	res := pass(fmt.Sprintf("%d nodes' %s tables equal the API objects (%d service ports)", len(e.plan.Nodes), e.plan.Proxy.Mode, services))
 	res.Measurements = map[string]float64{"nodes": float64(len(e.plan.Nodes)), "servicePorts": float64(services)}
 	return res
+}
+
+// resolveNames gives a reader that may hold shortened service port names
+// (nftables' element comments are at most 128 bytes) the wanted ones, so
+// that it names those ports in full.
+func resolveNames(ins proxy.Inspection, want *proxy.LBTable) {
+	r, ok := ins.(interface{ ResolveNames([]model.ServicePortName) })
+	if !ok || want == nil {
+		return
+	}
+	names := make([]model.ServicePortName, len(want.Services))
+	for i, s := range want.Services {
+		names[i] = s.Name
+	}
+	r.ResolveNames(names)
 }
 
 // compareTables lists how a node's table differs from the wanted one; a

@@ -131,12 +131,12 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	defer p.mu.Unlock()
 	if p.cur == nil && !p.adoptTried {
 		p.adoptTried = true
-		p.adopted = p.adopt(ctx)
+		p.adopted = p.adopt(ctx, d)
 	}
 	var drift []string
 	if p.cur != nil && d.Changed == nil {
 		var err error
-		if drift, err = p.checkKernel(ctx); err != nil {
+		if drift, err = p.checkKernel(ctx, d); err != nil {
 			return err
 		}
 	}
@@ -174,7 +174,7 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 // programmed, so that plan sends the difference from the table as read
 // (or replaces the table), and returns what differed. Reading costs about
 // what adopting a table on restart does.
-func (p *Proxier) checkKernel(ctx context.Context) ([]string, error) {
+func (p *Proxier) checkKernel(ctx context.Context, d *proxy.Desired) ([]string, error) {
 	if p.opts.NetNS == nil {
 		return nil, nil
 	}
@@ -184,7 +184,7 @@ func (p *Proxier) checkKernel(ctx context.Context) ([]string, error) {
 	}
 	p.genOK = false
 	tbl := "table " + Family + " " + Table
-	k, err := p.read(ctx)
+	k, err := p.read(ctx, p.portNames(d))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		p.cur = nil
@@ -224,9 +224,9 @@ func (p *Proxier) generation() (uint32, error) {
 }
 
 // read reads the table from the kernel, without the affinity sets'
-// elements (clients the kernel added itself). A missing table is
-// os.ErrNotExist.
-func (p *Proxier) read(ctx context.Context) (*Ruleset, error) {
+// elements (clients the kernel added itself), naming the ports of
+// shortened comments as known says. A missing table is os.ErrNotExist.
+func (p *Proxier) read(ctx context.Context, known portNames) (*Ruleset, error) {
 	out, err := p.opts.NetNS.Run(ctx, "", "nft", "-j", "list", "table", Family, Table)
 	if err != nil {
 		if strings.Contains(err.Error(), "No such file or directory") {
@@ -238,6 +238,7 @@ func (p *Proxier) read(ctx context.Context) (*Ruleset, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.resolve(known)
 	for _, set := range l.rs.Sets {
 		if set.Kind == Clients {
 			set.elems = map[mkey]*slot{}
@@ -253,15 +254,32 @@ func (p *Proxier) read(ctx context.Context) (*Ruleset, error) {
 // added itself) are left out of what was read, so the difference never
 // removes them. Anything unreadable (no table, a shape kdive never writes)
 // means no adoption: the first Sync replaces the table as before.
-func (p *Proxier) adopt(ctx context.Context) *Ruleset {
+// Shortened comments are resolved with d's names.
+func (p *Proxier) adopt(ctx context.Context, d *proxy.Desired) *Ruleset {
 	if p.opts.NetNS == nil {
 		return nil
 	}
-	rs, err := p.read(ctx)
+	rs, err := p.read(ctx, p.portNames(d))
 	if err != nil {
 		return nil
 	}
 	return rs
+}
+
+// portNames are the names a table read back may hold in shortened
+// comments: the ports of d and those programmed last (which the kernel
+// still holds when d drops them).
+func (p *Proxier) portNames(d *proxy.Desired) portNames {
+	pn := portNames{}
+	for _, sp := range d.Services {
+		pn.add(sp.Name)
+	}
+	if p.cur != nil {
+		for n := range p.cur.ports {
+			pn.add(n)
+		}
+	}
+	return pn
 }
 
 // plan computes the transaction from what is programmed to d, and the

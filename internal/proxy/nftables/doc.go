@@ -49,8 +49,8 @@
 // `ip saddr . ip daddr` in the set hairpin, which holds E . E for this
 // node's endpoints E). Each of a port's N buckets is one endpoint, so
 // numgen spreads connections evenly. NodePorts are keyed by each address
-// of Desired.NodePortIPs (no 127.0.0.1 unless LocalhostNodePorts, which
-// also needs net.ipv4.conf.*.route_localnet=1: the agent's job).
+// of Desired.NodePortIPs (127.0.0.1 only with LocalhostNodePorts, which the
+// agent never sets in this mode: upstream's nftables mode lacks it too).
 // Nothing here depends on the number of services: 10,000 ports of 10
 // endpoints are 10,000 + 100,000 elements (plus ~1,000 hairpin pairs),
 // 2 shared chains and 16 rules in all.
@@ -78,6 +78,26 @@
 //
 // Unknown ports of a cluster IP are left alone (ACCEPT), as the case table
 // wants (upstream's nftables mode rejects them).
+//
+// The comment of a service-ips or firewall-ips element names its service
+// port, "namespace/name:port"; it is how the table is read back (Inspect,
+// adoption, the drift check). nft takes comments of at most 128 bytes and
+// refuses the whole transaction otherwise, while Kubernetes names reach
+// 63+1+63+1+15 = 143: a longer name is shortened (comment.go), its
+// namespace, name and port cut, the longest first, and "~" and a 64-bit
+// hash of the full name (13 base32 characters) appended, e.g.
+//
+//	team-payments-xxx…x/checkout-api-xxx…x:metrics-exporte~torifhoq4dozc
+//
+// (48, 49 and 15 characters kept of a 63-character namespace and name
+// and a 15-character port).
+//
+// Names that fit are written as they are. Reading back, a shortened
+// comment is resolved to the full name among the names known: the
+// proxier's (the Desired being synced and the ports it programmed), or
+// those given to the inspection's ResolveNames (`kdive verify` gives the
+// API objects'); an unknown one is shown as it reads, the cut name with
+// the port ending in ~hash.
 //
 // # Why this shape (measured here, kernel 6.18, nft 1.0.6, 2 cores)
 //

@@ -22,7 +22,9 @@ import (
 // with the node's addresses (for `fib saddr type local`) from ns's links.
 // A table with a rule or set kdive never writes is an error wrapping
 // ErrUnknownShape (an *UnknownRuleError for a rule, naming its chain and
-// handle); no table is an error wrapping kernel.ErrNotFound.
+// handle); no table is an error wrapping kernel.ErrNotFound. Service
+// ports whose names were too long for a comment read as the shortened
+// comment until ResolveNames is given their full names.
 func Inspect(ctx context.Context, ns *kernel.NetNS) (proxy.Inspection, error) {
 	if ns == nil {
 		return nil, errNoNetNS
@@ -75,6 +77,20 @@ func ruleText(ctx context.Context, ns *kernel.NetNS, chain string, handle int) s
 type inspection struct{ *listing }
 
 var _ proxy.Inspection = (*inspection)(nil)
+
+// ResolveNames names the service ports whose comments the kernel holds
+// shortened (names longer than nft's 128-byte comments) by their full
+// names, those of known that they were made from (the API objects',
+// say): LB, Trace and Explain then name them in full. Without it such a
+// port is named as its comment reads: namespace, name and port cut, the
+// port ending with "~" and a hash of the full name.
+func (in *inspection) ResolveNames(known []model.ServicePortName) {
+	pn := portNames{}
+	for _, n := range known {
+		pn.add(n)
+	}
+	in.resolve(pn)
+}
 
 // Ruleset is the kernel's table as this package's values.
 func (in *inspection) Ruleset() *Ruleset { return in.rs }

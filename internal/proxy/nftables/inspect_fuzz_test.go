@@ -31,6 +31,11 @@ func FuzzParseListing(f *testing.F) {
 		`{"map": {"family": "ip", "table": "kdive-proxy", "name": "service-ips", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict", "stmt": [{"counter": null}], "elem": [
 			[{"elem": {"val": {"concat": ["10.1.0.3", "tcp", 80]}, "comment": "default/empty", "counter": {"packets": 3, "bytes": 180}}}, {"goto": {"target": "reject-chain"}}]]}}`,
 		`{"map": {"family": "ip", "table": "kdive-proxy", "name": "service-ips", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict", "elem": [[{"concat": ["10.1.0.2", "tcp", 80]}, {"drop": null}]]}}`,
+		// A shortened comment (a 143-byte name), and a comment too long
+		// for nft, which the printer shortens.
+		`{"map": {"family": "ip", "table": "kdive-proxy", "name": "service-ips", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict", "elem": [
+			[{"elem": {"val": {"concat": ["10.1.0.3", "tcp", 80]}, "comment": "` + elemComment(longName("", "", "metrics-exporte")) + `"}}, {"goto": {"target": "reject-chain"}}],
+			[{"elem": {"val": {"concat": ["10.1.0.4", "tcp", 80]}, "comment": "` + longName("", "", "metrics-exporte").String() + `"}}, {"goto": {"target": "reject-chain"}}]]}}`,
 		`{"chain": {"family": "ip", "table": "kdive-proxy", "name": "in", "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}`,
 		`{"rule": {"family": "ip", "table": "kdive-proxy", "chain": "services", "handle": 3, "expr": [{"vmap": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@service-ips"}}]}}`,
 	} {

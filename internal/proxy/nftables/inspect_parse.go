@@ -313,7 +313,9 @@ func parseElem(kind SetKind, raw any) (Element, *proxy.Counters, error) {
 	return e, nil, err
 }
 
-// parsePortName reads an element's comment, "namespace/name:port".
+// parsePortName reads an element's comment, "namespace/name:port". A
+// shortened one (elemComment) reads as the port "port~hash" of the cut
+// namespace and name; portNames resolves it.
 func parsePortName(s string, proto model.Protocol) (model.ServicePortName, error) {
 	ns, rest, ok := strings.Cut(s, "/")
 	if !ok || ns == "" || rest == "" {

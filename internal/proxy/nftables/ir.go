@@ -253,7 +253,7 @@ type Element struct {
 func (e Element) keyString(kind SetKind) string { return string(e.appendKey(nil, kind)) }
 
 // text renders the element with its value (and, in verdict maps, a
-// comment naming the service port).
+// comment naming the service port: elemComment).
 func (e Element) text(kind SetKind) string { return string(e.appendText(nil, kind)) }
 
 func (e Element) appendKey(b []byte, kind SetKind) []byte {
@@ -285,7 +285,7 @@ func (e Element) appendText(b []byte, kind SetKind) []byte {
 	switch kind {
 	case ServiceVerdicts:
 		b = append(b, " comment "...)
-		b = strconv.AppendQuote(b, e.Service.String())
+		b = strconv.AppendQuote(b, elemComment(e.Service))
 		b = append(b, " : "...)
 		b = append(b, e.Verdict.String()...)
 	case EndpointBuckets:

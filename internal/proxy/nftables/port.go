@@ -1,9 +1,7 @@
 package nftables
 
 import (
-	"encoding/base32"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -329,9 +327,7 @@ func portID(sp model.ServicePort) string {
 	if len(id) <= maxID && validName(id) {
 		return id
 	}
-	h := fnv.New64a()
-	h.Write([]byte(id))
-	sum := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil)))
+	sum := shortHash(id)
 	clean := strings.Map(func(r rune) rune {
 		if validNameRune(r) {
 			return r
