@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -45,10 +46,14 @@ import (
 // Service web: LoadBalancer, cluster IP 10.96.0.10, NodePort 30080,
 // LoadBalancer IP 203.0.113.10 (both clients route it to the node),
 // loadBalancerSourceRanges [192.0.2.0/24]: lan is inside, other outside.
+// Service local: LoadBalancer with externalTrafficPolicy Local, cluster
+// IP 10.96.0.11, NodePort 30081, health check node port 32000, the same
+// endpoint (on n1, so the health check answers 200).
 type exposureBed struct {
 	node, lan, other, pod *kernel.NetNS
 	client                kubernetes.Interface
 	dir                   string
+	logs                  *logBuffer // the latest agent's log
 }
 
 func newExposureBed(t *testing.T) *exposureBed {
@@ -87,7 +92,18 @@ func newExposureBed(t *testing.T) *exposureBed {
 		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.99.0.5"}, NodeName: ptr("n2"),
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 	}
-	b.client = fake.NewSimpleClientset(&n1, svc, slice)
+	local := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: "default"},
+		Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.11",
+			Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: 30081, Protocol: corev1.ProtocolTCP}},
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal, HealthCheckNodePort: 32000,
+		},
+	}
+	localSlice := slice.DeepCopy()
+	localSlice.Name, localSlice.Labels[discoveryv1.LabelServiceName] = "local-1", "local"
+	localSlice.Endpoints[0].NodeName = ptr("n1")
+	b.client = fake.NewSimpleClientset(&n1, svc, slice, local, localSlice)
 	return b
 }
 
@@ -132,7 +148,9 @@ func (b *exposureBed) runAgent(t *testing.T, cfg *Configuration) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- New(Options{Config: cfg, NetNS: b.node, Client: b.client}).Run(ctx) }()
+	b.logs = &logBuffer{}
+	log := slog.New(logHandler{b: b.logs})
+	go func() { done <- New(Options{Config: cfg, NetNS: b.node, Client: b.client, Logger: log}).Run(ctx) }()
 	stopped := false
 	stop = func() {
 		if !stopped {
@@ -317,13 +335,36 @@ func checkExposure(t *testing.T, mode string) {
 
 	// localhostNodePorts on; health on 127.0.0.1 only, metrics on the
 	// node's address: each server answers where it is bound and nowhere
-	// else, and the neighbour still reaches nothing on 127.0.0.1.
+	// else, and the neighbour still reaches nothing on 127.0.0.1. Without
+	// nodePortAddresses (NodePorts on the primary IP, 192.0.2.10, as
+	// before) the health check node port answers on every address.
 	stop = b.runAgent(t, b.config(t, mode, func(c *Configuration) {
-		c.Proxy.LocalhostNodePorts = true
+		c.Proxy.LocalhostNodePorts, c.Proxy.NodePortAddresses = true, nil
 		c.HealthzBindAddress, c.MetricsBindAddress = "127.0.0.1:10256", "192.0.2.10:10249"
 	}))
 	b.checkLocalhost(t, mode, sink)
+	t.Run("health check node port on every address without nodePortAddresses", func(t *testing.T) {
+		b.wantHealthCheck(t, b.lan, "192.0.2.10", true)
+		b.wantHealthCheck(t, b.other, "198.51.100.10", true)
+		b.wantHealthCheck(t, b.node, "127.0.0.1", true)
+	})
 	stop()
+
+	// A health check port another process holds on the node's address:
+	// reported and retried, but the Services are programmed and /healthz
+	// turns 200 (runAgent waits for it), as upstream.
+	t.Run("a health check port that cannot be bound does not fail the sync", func(t *testing.T) {
+		var held net.Listener
+		mustNoErr(t, b.node.Do(func() (err error) { held, err = net.Listen("tcp", "192.0.2.10:32000"); return err }))
+		defer held.Close()
+		start := time.Now()
+		stop := b.runAgent(t, b.config(t, mode, nil))
+		defer stop()
+		wantAnswer(t, b.lan, "192.0.2.10:30080")
+		if recs := b.logs.since(start, "health check node ports"); len(recs) == 0 {
+			t.Errorf("no log says the health check port could not be bound:\n%s", b.logs.dump())
+		}
+	})
 	if mode == "iptables" {
 		// Control: the agent gone and its guard flushed, the same
 		// datagrams arrive (route_localnet is still on).
@@ -347,6 +388,20 @@ func wantAnswer(t *testing.T, from *kernel.NetNS, addr string) {
 	t.Helper()
 	if _, err := exposureAsk(from, addr, 2*time.Second); err != nil {
 		t.Errorf("%s: %v; want an answer", addr, err)
+	}
+}
+
+// wantHealthCheck checks whether the health check node port of service
+// local answers (200, naming the service) on ip from ns.
+func (b *exposureBed) wantHealthCheck(t *testing.T, from *kernel.NetNS, ip string, answers bool) {
+	t.Helper()
+	url := "http://" + net.JoinHostPort(ip, "32000") + "/"
+	code, err := exposureGet(from, url)
+	switch {
+	case answers && code != http.StatusOK:
+		t.Errorf("health check node port %s: %d %v; want 200", url, code, err)
+	case !answers && err == nil:
+		t.Errorf("health check node port %s answered %d; want no answer (not a nodePortAddress)", url, code)
 	}
 }
 
@@ -392,27 +447,47 @@ func (b *exposureBed) checkDefaults(t *testing.T) {
 			t.Errorf("healthz on the node's address: %d %v", code, err)
 		}
 	})
+	t.Run("health check node port only on nodePortAddresses", func(t *testing.T) {
+		// As kube-proxy: bound to the node IPs within nodePortAddresses,
+		// not to another node address nor to 127.0.0.1.
+		b.wantHealthCheck(t, b.lan, "192.0.2.10", true)
+		b.wantHealthCheck(t, b.node, "192.0.2.10", true)
+		b.wantHealthCheck(t, b.other, "198.51.100.10", false)
+		b.wantHealthCheck(t, b.node, "198.51.100.10", false)
+		b.wantHealthCheck(t, b.node, "127.0.0.1", false)
+	})
 }
 
 // checkLocalhost checks localhostNodePorts and servers bound elsewhere
 // than by default.
 func (b *exposureBed) checkLocalhost(t *testing.T, mode string, sink *udpSink) {
 	t.Run("localhostNodePorts", func(t *testing.T) {
-		got, err := exposureAsk(b.node, "127.0.0.1:30080", 2*time.Second)
-		switch {
-		case err == nil:
-			t.Logf("127.0.0.1:30080 answers from the node (endpoint saw %s)", got)
-		case mode == "nftables":
-			// The table has the 127.0.0.1 elements, but nothing sets
-			// route_localnet, so the DNATed packet is dropped as a martian.
-			// Closed, not open: see docs/reliability.md.
-			t.Logf("KNOWN GAP: nftables mode does not serve NodePorts on 127.0.0.1 with localhostNodePorts (%v)", err)
+		const warning = "proxy.localhostNodePorts is supported in iptables mode only; ignored in nftables mode"
+		if mode == "nftables" {
+			// As upstream's nftables mode: not supported. The agent says
+			// so once and programs no 127.0.0.1 NodePort (the table has
+			// no guard against CVE-2020-8558, so route_localnet stays off).
+			if n := len(b.logs.since(time.Time{}, warning)); n != 1 {
+				t.Errorf("the agent logged %q %d times; want once\n%s", warning, n, b.logs.dump())
+			}
+			table, err := b.node.Run(context.Background(), "", "nft", "list", "table", "ip", "kdive-proxy")
+			if err != nil || strings.Contains(table, "127.0.0.1") {
+				t.Errorf("nftables mode with localhostNodePorts: the table has 127.0.0.1 NodePort elements (%v):\n%s", err, table)
+			}
 			if v, _ := b.node.ReadSysctl("net.ipv4.conf.all.route_localnet"); v != "0" {
 				t.Errorf("route_localnet is %s in nftables mode, which has no guard against CVE-2020-8558", v)
 			}
-		default:
-			save, _ := b.node.Run(context.Background(), "", "iptables-save")
-			t.Errorf("127.0.0.1:30080 from the node with localhostNodePorts: %v\n%s", err, save)
+			wantNoAnswer(t, b.node, "127.0.0.1:30080")
+		} else {
+			if strings.Contains(b.logs.dump(), "localhostNodePorts is supported") {
+				t.Errorf("iptables mode warned about localhostNodePorts, which it supports:\n%s", b.logs.dump())
+			}
+			if got, err := exposureAsk(b.node, "127.0.0.1:30080", 2*time.Second); err != nil {
+				save, _ := b.node.Run(context.Background(), "", "iptables-save")
+				t.Errorf("127.0.0.1:30080 from the node with localhostNodePorts: %v\n%s", err, save)
+			} else {
+				t.Logf("127.0.0.1:30080 answers from the node (endpoint saw %s)", got)
+			}
 		}
 		// The neighbour still reaches nothing bound to 127.0.0.1: in
 		// iptables mode route_localnet is on and KUBE-PROXY-FIREWALL's

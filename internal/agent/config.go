@@ -83,10 +83,14 @@ type ProxyConfig struct {
 	// outside it is masqueraded. Default: this node's pod CIDR
 	// (kube-proxy's NodeCIDR local-traffic detector).
 	ClusterCIDR string `json:"clusterCIDR,omitempty"`
-	// NodePortAddresses restricts NodePorts to node addresses within these
-	// CIDRs; empty means the node's primary IP.
+	// NodePortAddresses restricts NodePorts, and the health check node
+	// ports of externalTrafficPolicy: Local services, to node addresses
+	// within these CIDRs; empty means NodePorts on the node's primary IP
+	// and health check ports on every address (kube-proxy's default).
 	NodePortAddresses []string `json:"nodePortAddresses,omitempty"`
-	// LocalhostNodePorts also serves NodePorts on 127.0.0.1.
+	// LocalhostNodePorts also serves NodePorts on 127.0.0.1 (sets
+	// route_localnet, with upstream's CVE-2020-8558 guard). iptables mode
+	// only, as upstream: nftables and ipvs modes ignore it with a warning.
 	LocalhostNodePorts bool `json:"localhostNodePorts,omitempty"`
 	// MasqueradeAll masquerades all traffic to cluster IPs.
 	MasqueradeAll bool `json:"masqueradeAll,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
@@ -45,11 +47,14 @@ func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
 	if err != nil {
 		return err
 	}
+	if a.cfg.Proxy.LocalhostNodePorts && !localhostNodePorts(a.cfg.Proxy) {
+		a.log.Warn("proxy.localhostNodePorts is supported in iptables mode only; ignored in " + a.cfg.Proxy.Mode + " mode")
+	}
 	svcInf := factory.Core().V1().Services()
 	sliceInf := factory.Discovery().V1().EndpointSlices()
 	pr := &proxyRunner{
 		backend: backend, tracker: proxy.NewTracker(svcInf.Lister(), sliceInf.Lister()),
-		health: &proxy.HealthServer{}, needFull: true, reported: map[string]bool{},
+		health: &proxy.HealthServer{Listen: listenIn(a.opts.NetNS)}, needFull: true, reported: map[string]bool{},
 	}
 	svcHandler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { pr.serviceEvent(o); a.Trigger() },
@@ -69,6 +74,31 @@ func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
 	}
 	a.proxy = pr
 	return nil
+}
+
+// localhostNodePorts tells whether the proxy serves NodePorts on
+// 127.0.0.1: only iptables mode does, as upstream, where route_localnet
+// comes with KUBE-PROXY-FIREWALL's guard against CVE-2020-8558. Upstream's
+// nftables mode does not support it and its ipvs mode ignores it; kdive's
+// nftables table has no such guard, so there it would be a hole, and
+// without route_localnet the rules would do nothing. The agent warns once
+// and leaves 127.0.0.1 out, rather than refusing a configuration a
+// fleet-wide mode switch may well carry.
+func localhostNodePorts(c ProxyConfig) bool {
+	return c.LocalhostNodePorts && c.Mode == "iptables"
+}
+
+// listenIn listens in ns: the health check ports belong to the node the
+// agent manages, which is not the agent's own namespace in a test or lab.
+func listenIn(ns *kernel.NetNS) func(network, addr string) (net.Listener, error) {
+	return func(network, addr string) (net.Listener, error) {
+		var ln net.Listener
+		err := ns.Do(func() (err error) {
+			ln, err = net.Listen(network, addr)
+			return err
+		})
+		return ln, err
+	}
 }
 
 func (pr *proxyRunner) serviceEvent(o any) {
@@ -114,7 +144,7 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 	if pr == nil {
 		return nil
 	}
-	cfg := proxy.Config{LocalhostNodePorts: a.cfg.Proxy.LocalhostNodePorts, MasqueradeAll: a.cfg.Proxy.MasqueradeAll}
+	cfg := proxy.Config{LocalhostNodePorts: localhostNodePorts(a.cfg.Proxy), MasqueradeAll: a.cfg.Proxy.MasqueradeAll}
 	if c, err := netip.ParsePrefix(a.cfg.Proxy.ClusterCIDR); err == nil {
 		cfg.ClusterCIDRs = []netip.Prefix{c}
 	} else {
@@ -157,8 +187,12 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 	a.metrics.endpointsProgrammed.Set(float64(eps))
 	a.metrics.invalidServices.Set(float64(len(invalid)))
 	var errs []error
+	// A health check port that cannot be bound (another process holds
+	// it) is reported and retried at the next sync, as upstream does; it
+	// is no reason to retry the datapath with backoff or to turn /healthz
+	// unhealthy, since the Services themselves are programmed.
 	if err := pr.health.Sync(d); err != nil {
-		errs = append(errs, err)
+		a.log.Warn("health check node ports", "err", err)
 	}
 	if stale := proxy.StaleConntrack(pr.prev, d); len(stale) > 0 {
 		n, err := a.opts.NetNS.DeleteConntrack(stale...)

@@ -177,22 +177,50 @@ func filter(eps []model.Endpoint, keep func(model.Endpoint) bool) []model.Endpoi
 
 // NodePortIPs resolves where NodePorts answer on a node.
 func NodePortIPs(cfg Config, node Node) []netip.Addr {
+	out := nodePortNodeIPs(cfg, node)
+	if cfg.LocalhostNodePorts {
+		out = append(out, netip.MustParseAddr("127.0.0.1"))
+	}
+	return out
+}
+
+// nodePortNodeIPs are the node's addresses NodePorts answer on:
+// Config.NodePortAddresses matched against the node's IPs, or its
+// primary IP without them.
+func nodePortNodeIPs(cfg Config, node Node) []netip.Addr {
 	var out []netip.Addr
 	if len(cfg.NodePortAddresses) == 0 {
 		if len(node.IPs) > 0 {
 			out = append(out, node.IPs[0])
 		}
-	} else {
-		for _, ip := range node.IPs {
-			for _, p := range cfg.NodePortAddresses {
-				if p.Contains(ip) && !slices.Contains(out, ip) {
-					out = append(out, ip)
-				}
+		return out
+	}
+	for _, ip := range node.IPs {
+		for _, p := range cfg.NodePortAddresses {
+			if p.Contains(ip) && !slices.Contains(out, ip) {
+				out = append(out, ip)
 			}
 		}
 	}
-	if cfg.LocalhostNodePorts {
-		out = append(out, netip.MustParseAddr("127.0.0.1"))
-	}
 	return out
+}
+
+// HealthCheckIPs are the addresses the health check node ports of
+// externalTrafficPolicy: Local services listen on, as kube-proxy binds
+// them: with Config.NodePortAddresses, the node IPs within them (none if
+// none match, as NodePorts); without them, or when one of them matches
+// every address (0.0.0.0/0, ::/0), the unspecified address, i.e. every
+// address of the node (load balancers probe whichever node address they
+// know). LocalhostNodePorts does not add 127.0.0.1: a health check comes
+// from a load balancer, never from the node itself.
+//
+// Upstream's nftables mode differs in one case: it defaults
+// nodePortAddresses to the primary IP and so binds health check ports
+// there; its iptables and ipvs modes, like kdive in every mode, listen on
+// every address when nodePortAddresses is unset.
+func HealthCheckIPs(cfg Config, node Node) []netip.Addr {
+	if len(cfg.NodePortAddresses) == 0 || slices.ContainsFunc(cfg.NodePortAddresses, func(p netip.Prefix) bool { return p.Bits() == 0 }) {
+		return []netip.Addr{netip.IPv4Unspecified()}
+	}
+	return nodePortNodeIPs(cfg, node)
 }

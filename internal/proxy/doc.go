@@ -9,8 +9,10 @@
 // cluster-IP traffic (internalTrafficPolicy), which serve NodePort, external
 // and LoadBalancer traffic (externalTrafficPolicy), the fallback to
 // serving-terminating endpoints, topology hints (trafficDistribution
-// PreferClose), and REJECT versus DROP when a packet has no endpoint
-// (Port.HasEndpoints). The subpackage proxytest holds the packet-flow case
+// PreferClose), REJECT versus DROP when a packet has no endpoint
+// (Port.HasEndpoints), and the addresses NodePorts and health check node
+// ports answer on (NodePortIPs, HealthCheckIPs; HealthServer serves the
+// latter). The subpackage proxytest holds the packet-flow case
 // table every backend must pass.
 //
 // The other direction, kernel to meaning, is lbview.go: each backend's

@@ -6,12 +6,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/proxytest"
@@ -35,7 +37,7 @@ func TestHealthServer(t *testing.T) {
 	}
 	get := func() (int, map[string]any) {
 		c := http.Client{Timeout: 2 * time.Second}
-		resp, err := c.Get("http://" + addrs[":32000"] + "/healthz")
+		resp, err := c.Get("http://" + addrs["0.0.0.0:32000"] + "/healthz")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,9 +69,116 @@ func TestHealthServer(t *testing.T) {
 	if err := hs.Sync(d); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := net.DialTimeout("tcp", addrs[":32000"], time.Second); err == nil {
+	if _, err := net.DialTimeout("tcp", addrs["0.0.0.0:32000"], time.Second); err == nil {
 		t.Error("the health check port is still open after its service went")
 	}
+}
+
+// TestHealthServerAddresses runs real listeners in a namespace whose
+// loopback holds the node's addresses: 192.0.2.10-12 (inside
+// nodePortAddresses 192.0.2.0/24; .12 only once added) and 198.51.100.10
+// (outside).
+func TestHealthServerAddresses(t *testing.T) {
+	ns := ktest.NewNetNS(t)
+	for _, a := range []string{"192.0.2.10/32", "192.0.2.11/32", "198.51.100.10/32"} {
+		if err := ns.AddAddr("lo", netip.MustParsePrefix(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opened := map[string]int{} // listeners opened, by address
+	hs := &proxy.HealthServer{Listen: func(network, addr string) (net.Listener, error) {
+		var ln net.Listener
+		err := ns.Do(func() (err error) { ln, err = net.Listen(network, addr); return err })
+		if err == nil {
+			opened[addr]++
+		}
+		return ln, err
+	}}
+	defer hs.Close()
+	d := proxytest.Fixture() // default/local: eTP Local, health check port 32000
+	d.Config.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	sync := func(ips ...string) error {
+		d.Node.IPs = nil
+		for _, ip := range ips {
+			d.Node.IPs = append(d.Node.IPs, netip.MustParseAddr(ip))
+		}
+		return hs.Sync(d)
+	}
+	answers := func(ip string) bool {
+		c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext}}
+		resp, err := c.Get("http://" + ip + ":32000/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}
+	want := func(step string, yes, no []string) {
+		t.Helper()
+		for _, ip := range yes {
+			if !answers(ip) {
+				t.Errorf("%s: the health check port does not answer on %s", step, ip)
+			}
+		}
+		for _, ip := range no {
+			if answers(ip) {
+				t.Errorf("%s: the health check port answers on %s", step, ip)
+			}
+		}
+	}
+
+	if err := sync("192.0.2.10"); err != nil {
+		t.Fatal(err)
+	}
+	want("nodePortAddresses", []string{"192.0.2.10"}, []string{"192.0.2.11", "198.51.100.10", "127.0.0.1"})
+
+	if err := sync("192.0.2.10", "192.0.2.11", "198.51.100.10"); err != nil {
+		t.Fatal(err)
+	}
+	want("a node IP appears", []string{"192.0.2.10", "192.0.2.11"}, []string{"198.51.100.10", "127.0.0.1"})
+	if n := opened["192.0.2.10:32000"]; n != 1 {
+		t.Errorf("the listener on 192.0.2.10 was opened %d times; want once (kept across syncs)", n)
+	}
+
+	if err := sync("192.0.2.11"); err != nil {
+		t.Fatal(err)
+	}
+	want("a node IP goes", []string{"192.0.2.11"}, []string{"192.0.2.10"})
+
+	// 192.0.2.12 is not on the node yet: its listener fails, the
+	// other keeps serving, and the next sync retries.
+	err := sync("192.0.2.11", "192.0.2.12")
+	if err == nil || !strings.Contains(err.Error(), "192.0.2.12:32000") || !strings.Contains(err.Error(), "default/local") {
+		t.Errorf("sync with an address the node lacks: %v; want an error naming 192.0.2.12:32000 and the service", err)
+	}
+	want("one address fails", []string{"192.0.2.11"}, nil)
+	if err := ns.AddAddr("lo", netip.MustParsePrefix("192.0.2.12/32")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sync("192.0.2.11", "192.0.2.12"); err != nil {
+		t.Errorf("retry once the address exists: %v", err)
+	}
+	want("retried", []string{"192.0.2.11", "192.0.2.12"}, nil)
+
+	// Without nodePortAddresses: every address, as kube-proxy.
+	d.Config.NodePortAddresses = nil
+	if err := sync("192.0.2.10"); err != nil {
+		t.Fatal(err)
+	}
+	want("no nodePortAddresses", []string{"192.0.2.10", "192.0.2.11", "198.51.100.10", "127.0.0.1"}, nil)
+
+	// And back: the wildcard listener closes before the node IP's opens.
+	d.Config.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	if err := sync("192.0.2.10"); err != nil {
+		t.Fatal(err)
+	}
+	want("nodePortAddresses again", []string{"192.0.2.10"}, []string{"192.0.2.11", "198.51.100.10", "127.0.0.1"})
+
+	d.Services = nil
+	if err := hs.Sync(d); err != nil {
+		t.Fatal(err)
+	}
+	want("service gone", nil, []string{"192.0.2.10"})
 }
 
 func TestStaleConntrack(t *testing.T) {

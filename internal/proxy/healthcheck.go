@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -19,9 +22,14 @@ import (
 // kube-proxy: 200 while the node has local endpoints, 503 otherwise, with
 // a JSON body naming the service and the count. A load balancer then sends
 // traffic only to nodes that can serve it without a second hop.
+//
+// Each port listens on every address of HealthCheckIPs (the node IPs
+// within nodePortAddresses, or every address without them), one listener
+// per address, following the node's IPs and the configuration from one
+// Sync to the next.
 type HealthServer struct {
-	// Listen opens a listener (net.Listen in the node's namespace by
-	// default); tests may replace it.
+	// Listen opens a listener: net.Listen by default, in the caller's
+	// namespace; the agent listens in the node's, tests where they like.
 	Listen func(network, addr string) (net.Listener, error)
 
 	mu      sync.Mutex
@@ -29,10 +37,12 @@ type HealthServer struct {
 }
 
 type healthPort struct {
-	srv *http.Server
-	mu  sync.Mutex
-	svc model.ServicePortName
-	n   int
+	// listeners are the port's servers by address (only Sync and Close
+	// touch them, under HealthServer.mu).
+	listeners map[netip.Addr]*http.Server
+	mu        sync.Mutex
+	svc       model.ServicePortName
+	n         int
 }
 
 // healthResponse is kube-proxy's body.
@@ -61,10 +71,12 @@ func (h *healthPort) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-// Sync opens a health check port for every service that needs one, closes
-// the ones no longer needed and updates the local endpoint counts. A port
-// that cannot be opened is reported and retried on the next Sync; the
-// others keep serving.
+// Sync opens a health check port for every service that needs one, on
+// every address of HealthCheckIPs, closes the listeners no longer needed
+// (a port whose service went, an address that went) and updates the
+// local endpoint counts. A listener that stays is not reopened. One that
+// cannot be opened is reported and retried on the next Sync; the others
+// keep serving.
 func (s *HealthServer) Sync(d *Desired) error {
 	want := map[int]*Port{}
 	for _, p := range d.Services {
@@ -72,6 +84,7 @@ func (s *HealthServer) Sync(d *Desired) error {
 			want[p.HealthCheckNodePort] = p
 		}
 	}
+	addrs := HealthCheckIPs(d.Config, d.Node)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.servers == nil {
@@ -79,35 +92,64 @@ func (s *HealthServer) Sync(d *Desired) error {
 	}
 	for port, hp := range s.servers {
 		if _, ok := want[port]; !ok {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_ = hp.srv.Shutdown(ctx)
-			cancel()
+			hp.stop(nil)
 			delete(s.servers, port)
 		}
 	}
 	var errs []error
-	for port, p := range want {
+	for _, port := range slices.Sorted(maps.Keys(want)) {
+		p := want[port]
 		hp, ok := s.servers[port]
 		if !ok {
-			listen := s.Listen
-			if listen == nil {
-				listen = net.Listen
-			}
-			ln, err := listen("tcp", ":"+strconv.Itoa(port))
-			if err != nil {
-				errs = append(errs, fmt.Errorf("health check port %d of %s: %w", port, p.Name, err))
-				continue
-			}
-			hp = &healthPort{}
-			hp.srv = &http.Server{Handler: hp, ReadHeaderTimeout: 5 * time.Second}
-			go func() { _ = hp.srv.Serve(ln) }()
+			hp = &healthPort{listeners: map[netip.Addr]*http.Server{}}
 			s.servers[port] = hp
 		}
 		hp.mu.Lock()
 		hp.svc, hp.n = p.Name, len(p.Local)
 		hp.mu.Unlock()
+		// Close before opening: a listener on 0.0.0.0 holds the port on
+		// the addresses that replace it.
+		hp.stop(addrs)
+		for _, addr := range addrs {
+			if _, ok := hp.listeners[addr]; ok {
+				continue
+			}
+			if err := s.listen(hp, netip.AddrPortFrom(addr, uint16(port))); err != nil {
+				errs = append(errs, fmt.Errorf("health check port %d of %s: %w", port, p.Name, err))
+			}
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// listen opens hp's listener on ap.
+func (s *HealthServer) listen(hp *healthPort, ap netip.AddrPort) error {
+	listen := s.Listen
+	if listen == nil {
+		listen = net.Listen
+	}
+	ln, err := listen("tcp", ap.String())
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: hp, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	hp.listeners[ap.Addr()] = srv
+	return nil
+}
+
+// stop closes hp's listeners on addresses other than keep (all of them
+// without keep), letting requests in flight finish for up to a second.
+func (hp *healthPort) stop(keep []netip.Addr) {
+	for addr, srv := range hp.listeners {
+		if slices.Contains(keep, addr) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = srv.Shutdown(ctx)
+		cancel()
+		delete(hp.listeners, addr)
+	}
 }
 
 // Close stops every health check port.
@@ -115,7 +157,9 @@ func (s *HealthServer) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for port, hp := range s.servers {
-		_ = hp.srv.Close()
+		for _, srv := range hp.listeners {
+			_ = srv.Close()
+		}
 		delete(s.servers, port)
 	}
 }
