@@ -171,52 +171,44 @@ func guardRules(sources, ports *nftables.Set) [][]expr.Any {
 
 // Sources lists the table's elements; no table: none.
 func (g *PortGuard) Sources() ([]PortSource, error) {
-	c, err := g.conn()
-	if err != nil {
-		return nil, g.errorf("list sources", err)
-	}
-	set, err := c.GetSetByName(g.tableRef(), guardSources)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, g.errorf("list sources", err)
-	}
-	elems, err := c.GetSetElements(set)
-	if err != nil {
-		return nil, g.errorf("list sources", err)
-	}
+	elems, err := g.elements(guardSources)
 	var out []PortSource
 	for _, e := range elems {
 		if s, ok := parseSourceKey(e.Key); ok {
 			out = append(out, s)
 		}
 	}
-	return out, nil
+	return out, err
 }
 
 // Ports lists the guarded ports; no table: none.
 func (g *PortGuard) Ports() ([]string, error) {
-	c, err := g.conn()
-	if err != nil {
-		return nil, g.errorf("list ports", err)
-	}
-	set, err := c.GetSetByName(g.tableRef(), guardPorts)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, g.errorf("list ports", err)
-	}
-	elems, err := c.GetSetElements(set)
-	if err != nil {
-		return nil, g.errorf("list ports", err)
-	}
+	elems, err := g.elements(guardPorts)
 	var out []string
 	for _, e := range elems {
 		out = append(out, ifnameOf(e.Key))
 	}
-	return out, nil
+	return out, err
+}
+
+// elements lists the elements of the set named; no table: none.
+func (g *PortGuard) elements(name string) ([]nftables.SetElement, error) {
+	c, err := g.conn()
+	if err != nil {
+		return nil, g.errorf("list "+name, err)
+	}
+	set, err := c.GetSetByName(g.tableRef(), name)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, g.errorf("list "+name, err)
+	}
+	elems, err := c.GetSetElements(set)
+	if err != nil {
+		return nil, g.errorf("list "+name, err)
+	}
+	return elems, nil
 }
 
 // Forget deletes every element of the ports named, in one transaction: they
