@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/lab"
 )
 
@@ -22,33 +23,42 @@ func (e *env) echoPods() []string {
 	return out
 }
 
-func checkPodToClusterIP(ctx context.Context, e *env) Result {
-	addr := e.w.svc[svcEcho].addr("http")
-	echoes := e.w.echoNames()
+// clientProbes probe addr from one client pod per node (nodes without
+// one are left out), running ask in the pod's namespace.
+func (e *env) clientProbes(to string, addr netip.AddrPort, ask func(ctx context.Context, ns *kernel.NetNS, src podRef) error) []probe {
 	var probes []probe
 	for _, n := range e.plan.Nodes {
 		src, ok := e.w.client(n.Name)
 		if !ok {
 			continue
 		}
-		probes = append(probes, probe{from: podName(src), to: "ClusterIP " + Namespace + "/" + svcEcho, addr: addr.String(), run: func(ctx context.Context) error {
+		probes = append(probes, probe{from: podName(src), to: to, addr: addr.String(), run: func(ctx context.Context) error {
 			ns, err := e.netns(src.NetNS)
 			if err != nil {
 				return err
 			}
-			r, err := e.askHTTP(ctx, ns, addr, nil)
-			switch {
-			case err != nil:
-				return fmt.Errorf("%s", e.describe(err))
-			case r.Namespace != Namespace || !echoes[r.Pod]:
-				return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
-			case r.Pod != src.Name && clientIP(r) != src.IP:
-				// Only a pod reaching itself (hairpin) is masqueraded.
-				return fmt.Errorf("endpoint %s saw the source %s, not the pod's %s", r.Pod, r.Client, src.IP)
-			}
-			return nil
+			return ask(ctx, ns, src)
 		}})
 	}
+	return probes
+}
+
+func checkPodToClusterIP(ctx context.Context, e *env) Result {
+	addr := e.w.svc[svcEcho].addr("http")
+	echoes := e.w.echoNames()
+	probes := e.clientProbes("ClusterIP "+Namespace+"/"+svcEcho, addr, func(ctx context.Context, ns *kernel.NetNS, src podRef) error {
+		r, err := e.askHTTP(ctx, ns, addr, nil)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s", e.describe(err))
+		case r.Namespace != Namespace || !echoes[r.Pod]:
+			return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
+		case r.Pod != src.Name && clientIP(r) != src.IP:
+			// Only a pod reaching itself (hairpin) is masqueraded.
+			return fmt.Errorf("endpoint %s saw the source %s, not the pod's %s", r.Pod, r.Client, src.IP)
+		}
+		return nil
+	})
 	return runProbes(ctx, probes, "pods answered through the ClusterIP by an endpoint, source kept")
 }
 
@@ -137,34 +147,23 @@ const affinityRequests = 10
 func checkAffinity(ctx context.Context, e *env) Result {
 	addr := e.w.svc[svcAffinity].addr("http")
 	echoes := e.w.echoNames()
-	var probes []probe
-	for _, n := range e.plan.Nodes {
-		src, ok := e.w.client(n.Name)
-		if !ok {
-			continue
-		}
-		probes = append(probes, probe{from: podName(src), to: "ClusterIP " + Namespace + "/" + svcAffinity, addr: addr.String(), run: func(ctx context.Context) error {
-			ns, err := e.netns(src.NetNS)
+	probes := e.clientProbes("ClusterIP "+Namespace+"/"+svcAffinity, addr, func(ctx context.Context, ns *kernel.NetNS, _ podRef) error {
+		got := map[string]int{}
+		for range affinityRequests {
+			r, err := e.askHTTP(ctx, ns, addr, nil)
 			if err != nil {
-				return err
+				return fmt.Errorf("%s", e.describe(err))
 			}
-			got := map[string]int{}
-			for range affinityRequests {
-				r, err := e.askHTTP(ctx, ns, addr, nil)
-				if err != nil {
-					return fmt.Errorf("%s", e.describe(err))
-				}
-				if !echoes[r.Pod] {
-					return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
-				}
-				got[r.Pod]++
+			if !echoes[r.Pod] {
+				return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
 			}
-			if len(got) != 1 {
-				return fmt.Errorf("%d connections landed on %d pods: %v", affinityRequests, len(got), got)
-			}
-			return nil
-		}})
-	}
+			got[r.Pod]++
+		}
+		if len(got) != 1 {
+			return fmt.Errorf("%d connections landed on %d pods: %v", affinityRequests, len(got), got)
+		}
+		return nil
+	})
 	return runProbes(ctx, probes, fmt.Sprintf("clients whose %d connections all landed on one pod", affinityRequests))
 }
 
@@ -255,26 +254,15 @@ func checkHairpin(ctx context.Context, e *env) Result {
 func checkUDP(ctx context.Context, e *env) Result {
 	addr := e.w.svc[svcEcho].addr("udp")
 	echoes := e.w.echoNames()
-	var probes []probe
-	for _, n := range e.plan.Nodes {
-		src, ok := e.w.client(n.Name)
-		if !ok {
-			continue
+	probes := e.clientProbes("UDP ClusterIP "+Namespace+"/"+svcEcho, addr, func(ctx context.Context, ns *kernel.NetNS, _ podRef) error {
+		r, err := e.askUDP(ctx, ns, addr)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s", e.describe(err))
+		case !echoes[r.Pod]:
+			return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
 		}
-		probes = append(probes, probe{from: podName(src), to: "UDP ClusterIP " + Namespace + "/" + svcEcho, addr: addr.String(), run: func(ctx context.Context) error {
-			ns, err := e.netns(src.NetNS)
-			if err != nil {
-				return err
-			}
-			r, err := e.askUDP(ctx, ns, addr)
-			switch {
-			case err != nil:
-				return fmt.Errorf("%s", e.describe(err))
-			case !echoes[r.Pod]:
-				return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
-			}
-			return nil
-		}})
-	}
+		return nil
+	})
 	return runProbes(ctx, probes, "datagrams answered through the ClusterIP")
 }
