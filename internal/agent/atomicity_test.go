@@ -366,6 +366,66 @@ func (w failureWindow) gaps() []time.Duration {
 	return out
 }
 
+// atFailure is the agent's state, and what /healthz said, at one "sync
+// failed; retrying" log call.
+type atFailure struct {
+	state  string
+	code   int
+	health string
+}
+
+// failureRecorder records the state at every failed sync, from inside the
+// log call, before the agent can go on.
+type failureRecorder struct {
+	mu    sync.Mutex
+	seen  []atFailure
+	first chan atFailure
+}
+
+// recordFailures records state() at each failed sync until stop.
+func (b *agentBed) recordFailures(state func() string) *failureRecorder {
+	r := &failureRecorder{first: make(chan atFailure, 1)}
+	b.logs.setHook(func(rec logRecord) {
+		if rec.Msg != "sync failed; retrying" {
+			return
+		}
+		code, body := b.healthz()
+		f := atFailure{state(), code, body}
+		r.mu.Lock()
+		r.seen = append(r.seen, f)
+		r.mu.Unlock()
+		select {
+		case r.first <- f:
+		default:
+		}
+	})
+	b.t.Cleanup(func() { b.logs.setHook(nil) })
+	return r
+}
+
+// waitFirst returns the state at the first failed sync.
+func (r *failureRecorder) waitFirst(t *testing.T, timeout time.Duration) atFailure {
+	t.Helper()
+	select {
+	case f := <-r.first:
+		return f
+	case <-time.After(timeout):
+		t.Fatal("no failed sync logged")
+		return atFailure{}
+	}
+}
+
+// states are the states recorded so far.
+func (r *failureRecorder) states() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, f := range r.seen {
+		out = append(out, f.state)
+	}
+	return out
+}
+
 // checkBackoff requires the retries to back off: the announced intervals
 // double from 200 ms up to the sync period, and each retry comes when
 // announced (no sooner: neither the periodic resync nor a change cuts the
@@ -483,18 +543,8 @@ func TestAtomicityNFTMissing(t *testing.T) {
 	changed := time.Now()
 	bed.addService("api", "10.96.0.20", "10.244.2.7")
 	bed.apply()
-	// Every failed attempt leaves the table exactly as it was: checked
-	// inside the log call, before the agent can go on.
-	var mu sync.Mutex
-	var during []string
-	bed.logs.setHook(func(r logRecord) {
-		if r.Msg == "sync failed; retrying" {
-			tbl := bed.nftTable()
-			mu.Lock()
-			during = append(during, tbl)
-			mu.Unlock()
-		}
-	})
+	// Every failed attempt leaves the table exactly as it was.
+	rec := bed.recordFailures(bed.nftTable)
 	bedWait(t, "three failed retries", 10*time.Second, func() bool { return len(bed.failures(changed).attempts) >= 4 })
 	unhealthyAfter := bed.checkHealth(changed, "nft")
 	bed.logs.setHook(nil)
@@ -507,14 +557,13 @@ func TestAtomicityNFTMissing(t *testing.T) {
 	if got := bed.metric(`kdive_sync_errors_total{part="proxy"}`); got < errs0+float64(len(fw.attempts)) {
 		t.Errorf(`kdive_sync_errors_total{part="proxy"} = %v after %d failed syncs (was %v)`, got, len(fw.attempts), errs0)
 	}
-	mu.Lock()
+	during := rec.states()
 	for i, tbl := range during {
 		if tbl != before {
 			t.Errorf("failed sync %d changed the table:\nbefore:\n%s\nduring:\n%s", i+1, before, tbl)
 		}
 	}
 	checked := len(during)
-	mu.Unlock()
 	if got := bed.nftTable(); got != before {
 		t.Errorf("the table changed while nft was missing:\nbefore:\n%s\nnow:\n%s", before, got)
 	}
@@ -594,30 +643,14 @@ func TestAtomicityNFTKernelRejects(t *testing.T) {
 	before := bed.nftTable()
 	errs0 := bed.metric(`kdive_sync_errors_total{part="proxy"}`)
 
-	type seen struct {
-		table  string
-		code   int
-		health string
-	}
-	seenc := make(chan seen, 10)
-	bed.logs.setHook(func(r logRecord) {
-		if r.Msg == "sync failed; retrying" {
-			code, body := bed.healthz()
-			seenc <- seen{bed.nftTable(), code, body}
-		}
-	})
+	recorder := bed.recordFailures(bed.nftTable)
 	changed := time.Now()
 	bed.addService("api", "10.96.0.30", "10.244.2.7")
 	bed.apply()
-	var s seen
-	select {
-	case s = <-seenc:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no failed sync logged")
-	}
+	s := recorder.waitFirst(t, 10*time.Second)
 	failedAt := bed.failures(changed).attempts[0]
-	if s.table != before {
-		t.Errorf("the refused transaction changed the table:\nbefore:\n%s\nduring:\n%s", before, s.table)
+	if s.state != before {
+		t.Errorf("the refused transaction changed the table:\nbefore:\n%s\nduring:\n%s", before, s.state)
 	}
 	rec := bed.logs.since(changed, "sync failed; retrying")[0]
 	if e := rec.Attrs["err"]; !strings.Contains(e, "sync service default/api") || !strings.Contains(e, "File exists") {
@@ -691,31 +724,14 @@ func TestAtomicityIPTablesChainInUse(t *testing.T) {
 	before := bed.natTable()
 	errs0 := bed.metric(`kdive_sync_errors_total{part="proxy"}`)
 
-	type seen struct {
-		table  string
-		code   int
-		health string
-	}
-	seenc := make(chan seen, 10)
-	bed.logs.setHook(func(r logRecord) {
-		if r.Msg == "sync failed; retrying" {
-			code, body := bed.healthz()
-			seenc <- seen{bed.natTable(), code, body}
-		}
-	})
+	recorder := bed.recordFailures(bed.natTable)
 	changed := time.Now()
 	bed.removeService("api")
 	bed.apply()
-	var s seen
-	select {
-	case s = <-seenc:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no failed sync logged")
-	}
-	bed.logs.setHook(nil)
+	s := recorder.waitFirst(t, 10*time.Second)
 	failedAt := bed.failures(changed).attempts[0]
-	if s.table != before {
-		t.Errorf("the refused restore changed the nat table:\nbefore:\n%s\nduring:\n%s", before, s.table)
+	if s.state != before {
+		t.Errorf("the refused restore changed the nat table:\nbefore:\n%s\nduring:\n%s", before, s.state)
 	}
 	rec := bed.logs.since(changed, "sync failed; retrying")[0]
 	if e := rec.Attrs["err"]; !strings.Contains(e, "iptables proxy") || !strings.Contains(e, svcChain) || !strings.Contains(e, "Device or resource busy") {
@@ -765,16 +781,7 @@ func TestAtomicityPodNetUplinkDown(t *testing.T) {
 	before := routesText(t, bed.node)
 	errs0 := bed.metric(`kdive_sync_errors_total{part="podnet"}`)
 
-	var mu sync.Mutex
-	var during []string
-	bed.logs.setHook(func(r logRecord) {
-		if r.Msg == "sync failed; retrying" {
-			rt := routesText(t, bed.node)
-			mu.Lock()
-			during = append(during, rt)
-			mu.Unlock()
-		}
-	})
+	rec := bed.recordFailures(func() string { return routesText(t, bed.node) })
 	changed := time.Now()
 	bed.nodes = []corev1.Node{n1, n2, n3}
 	bed.apply()
@@ -790,14 +797,13 @@ func TestAtomicityPodNetUplinkDown(t *testing.T) {
 	if got := bed.metric(`kdive_sync_errors_total{part="podnet"}`); got < errs0+float64(len(fw.attempts)) {
 		t.Errorf(`kdive_sync_errors_total{part="podnet"} = %v after %d failed syncs (was %v)`, got, len(fw.attempts), errs0)
 	}
-	mu.Lock()
+	during := rec.states()
 	for i, rt := range during {
 		if rt != before {
 			t.Errorf("failed sync %d changed the routes:\nbefore:\n%s\nduring:\n%s", i+1, before, rt)
 		}
 	}
 	checked := len(during)
-	mu.Unlock()
 
 	back := time.Now()
 	bed.sh("ip", "link", "set", "eth0", "up")
