@@ -130,13 +130,7 @@ func (e *explainer) realServers(vs *VirtualServer) proxy.Result {
 // builtin, like tracer.builtin, runs the jumps from a built-in chain.
 func (e *explainer) builtin(table, chain string, dst netip.Addr, dport int) string {
 	e.dst, e.dport = dst, dport
-	var rules []string
-	for _, j := range e.r.Jumps {
-		if j.Table == table && strings.HasPrefix(j.Rule, "-A "+chain+" ") {
-			rules = append(rules, j.Rule)
-		}
-	}
-	v := e.run(table, chain, rules, 0)
+	v := e.run(table, chain, e.r.jumpsFrom(table, chain), 0)
 	if v == "RETURN" || v == "ACCEPT" {
 		return ""
 	}

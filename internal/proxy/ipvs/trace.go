@@ -100,17 +100,22 @@ func (t *tracer) lookup() *VirtualServer {
 	return nil
 }
 
-// builtin runs the plan's jumps from a built-in chain (its only rules, as
-// far as kdive knows) and returns the verdict, "" to continue.
-func (t *tracer) builtin(table, chain string, dst netip.Addr, dport int) string {
-	t.dst, t.dport = dst, dport
+// jumpsFrom are r's jump rules in a built-in chain of table, in order.
+func (r *Ruleset) jumpsFrom(table, chain string) []string {
 	var rules []string
-	for _, j := range t.r.Jumps {
+	for _, j := range r.Jumps {
 		if j.Table == table && strings.HasPrefix(j.Rule, "-A "+chain+" ") {
 			rules = append(rules, j.Rule)
 		}
 	}
-	v := t.run(table, rules, 0)
+	return rules
+}
+
+// builtin runs the plan's jumps from a built-in chain (its only rules, as
+// far as kdive knows) and returns the verdict, "" to continue.
+func (t *tracer) builtin(table, chain string, dst netip.Addr, dport int) string {
+	t.dst, t.dport = dst, dport
+	v := t.run(table, t.r.jumpsFrom(table, chain), 0)
 	if v == "RETURN" || v == "ACCEPT" {
 		return ""
 	}
