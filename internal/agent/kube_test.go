@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -434,42 +433,12 @@ func (p *process) tail(n int) string {
 // monitors follow the kernel's change feeds in a namespace: `nft monitor`
 // (every rule, set element, chain and table change) and `ip monitor route`.
 type monitors struct {
-	cmds []*exec.Cmd
-	mu   sync.Mutex
-	out  []*bytes.Buffer
-	pre  []string
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
+	nft, route *ktest.Monitor
 }
 
 func startMonitors(t *testing.T, ns *kernel.NetNS) *monitors {
 	t.Helper()
-	m := &monitors{}
-	for _, c := range []struct {
-		prefix string
-		argv   []string
-	}{
-		{"nft:", []string{"nft", "monitor"}},
-		{"route:", []string{"ip", "monitor", "route"}},
-	} {
-		var b bytes.Buffer
-		cmd := exec.Command(c.argv[0], c.argv[1:]...)
-		cmd.Stdout = lockedWriter{&m.mu, &b}
-		if err := ns.Start(cmd); err != nil {
-			t.Fatal(err)
-		}
-		m.cmds, m.out, m.pre = append(m.cmds, cmd), append(m.out, &b), append(m.pre, c.prefix)
-	}
-	t.Cleanup(func() { m.stop() })
+	m := &monitors{nft: ktest.StartMonitor(t, ns, "nft", "monitor"), route: ktest.StartMonitor(t, ns, "ip", "monitor", "route")}
 	// Let them subscribe before anything happens.
 	time.Sleep(300 * time.Millisecond)
 	return m
@@ -479,22 +448,16 @@ func startMonitors(t *testing.T, ns *kernel.NetNS) *monitors {
 // with "nft:" or "route:".
 func (m *monitors) stop() []string {
 	time.Sleep(300 * time.Millisecond)
-	for _, c := range m.cmds {
-		if c.ProcessState == nil {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var lines []string
-	for i, b := range m.out {
-		for _, l := range strings.Split(b.String(), "\n") {
-			if strings.TrimSpace(l) != "" {
-				lines = append(lines, m.pre[i]+" "+l)
+	for _, f := range []struct {
+		pre string
+		m   *ktest.Monitor
+	}{{"nft:", m.nft}, {"route:", m.route}} {
+		for _, e := range f.m.Finish() {
+			if strings.TrimSpace(e.Text) != "" {
+				lines = append(lines, f.pre+" "+e.Text)
 			}
 		}
-		b.Reset()
 	}
 	return lines
 }

@@ -165,73 +165,25 @@ func startStream(name string, period time.Duration, once func() error) *stream {
 
 func (s *stream) finish() { close(s.stop); <-s.done }
 
-// monitor collects the lines a monitoring command (nft monitor, ip
-// monitor) prints in a node, with the time each arrived.
-type monitor struct {
-	cmd   *exec.Cmd
-	mu    sync.Mutex
-	lines []event
-	done  chan struct{}
-}
-
-type event struct {
-	at   time.Time
-	text string
-}
-
-func startMonitor(t *testing.T, ns *kernel.NetNS, argv ...string) *monitor {
-	t.Helper()
-	m := &monitor{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
-	out, err := m.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Start(m.cmd); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(m.done)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			m.mu.Lock()
-			m.lines = append(m.lines, event{time.Now(), sc.Text()})
-			m.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { m.finish() })
-	return m
-}
-
-func (m *monitor) finish() []event {
-	if m.cmd.ProcessState == nil {
-		_ = m.cmd.Process.Kill()
-		<-m.done
-		_ = m.cmd.Wait()
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.lines
-}
-
 // tablesReplacedAtomically checks nft monitor's output: a table deleted
 // in a transaction must be added again in the same one (a replace, which
 // packets never see half done); a table deleted and left gone, however
 // briefly, is a flush.
-func tablesReplacedAtomically(lines []event) []string {
+func tablesReplacedAtomically(lines []ktest.Event) []string {
 	var bad []string
 	var deleted []string
-	for _, l := range append(lines, event{text: "# new generation (end)"}) {
+	for _, l := range append(lines, ktest.Event{Text: "# new generation (end)"}) {
 		switch {
-		case strings.HasPrefix(l.text, "# new generation"):
+		case strings.HasPrefix(l.Text, "# new generation"):
 			for _, d := range deleted {
-				bad = append(bad, d+" without an add in the same transaction ("+l.text+")")
+				bad = append(bad, d+" without an add in the same transaction ("+l.Text+")")
 			}
 			deleted = nil
-		case strings.HasPrefix(l.text, "delete table "):
-			deleted = append(deleted, l.text)
-		case strings.HasPrefix(l.text, "add table "):
+		case strings.HasPrefix(l.Text, "delete table "):
+			deleted = append(deleted, l.Text)
+		case strings.HasPrefix(l.Text, "add table "):
 			deleted = slices.DeleteFunc(deleted, func(d string) bool {
-				return strings.TrimPrefix(d, "delete ") == strings.TrimPrefix(l.text, "add ")
+				return strings.TrimPrefix(d, "delete ") == strings.TrimPrefix(l.Text, "add ")
 			})
 		}
 	}
@@ -410,8 +362,8 @@ func checkRestart(t *testing.T, s *State) {
 		t.Errorf("restart of an unknown node: %v, want ErrNoNode", err)
 	}
 	b := newRestartBed(t, s)
-	nftMon := startMonitor(t, b.n1, "nft", "monitor")
-	ipMon := startMonitor(t, b.n1, "ip", "-o", "monitor", "route", "address")
+	nftMon := ktest.StartMonitor(t, b.n1, "nft", "monitor")
+	ipMon := ktest.StartMonitor(t, b.n1, "ip", "-o", "monitor", "route", "address")
 	time.Sleep(300 * time.Millisecond) // both monitors listen
 	streams := b.traffic()
 	var once sync.Once
@@ -435,11 +387,11 @@ func checkRestart(t *testing.T, s *State) {
 	if r, err := echoGet(b.conn, b.br, true); err != nil || r.Pod != b.first.Pod {
 		t.Errorf("established connection, after: %+v, %v (was answered by %s)", r, err, b.first.Pod)
 	}
-	b.report(t, cases, streams, nftMon.finish(), ipMon.finish())
+	b.report(t, cases, streams, nftMon.Finish(), ipMon.Finish())
 }
 
 // report checks and logs what the traffic and the monitors saw.
-func (b *restartBed) report(t *testing.T, cases []*restartCase, streams []*stream, nftEvents, ipEvents []event) {
+func (b *restartBed) report(t *testing.T, cases []*restartCase, streams []*stream, nftEvents, ipEvents []ktest.Event) {
 	var sent, failed int
 	for _, st := range streams {
 		sent, failed = sent+st.sent, failed+st.failed
@@ -455,8 +407,8 @@ func (b *restartBed) report(t *testing.T, cases []*restartCase, streams []*strea
 		t.Errorf("table ip kdive-proxy is gone from %s", b.node.Name)
 	}
 	for _, e := range ipEvents {
-		if !strings.Contains(e.text, toggleIP) { // IPVS binds the toggle's IP: its address and local route come and go
-			t.Errorf("ip monitor in %s: the restarts changed a route or address: %s", b.node.Name, e.text)
+		if !strings.Contains(e.Text, toggleIP) { // IPVS binds the toggle's IP: its address and local route come and go
+			t.Errorf("ip monitor in %s: the restarts changed a route or address: %s", b.node.Name, e.Text)
 		}
 	}
 	// Natively, a retransmission on the established connection means a
@@ -498,15 +450,15 @@ func waitToggle(t *testing.T, pod *kernel.NetNS, addr string, want bool) {
 // programmedBy counts the mid-sync changes the killed agent programmed
 // before it died and those the new agent programmed: the first kernel
 // event naming the toggle's IP after the change, before or after the kill.
-func programmedBy(cases []*restartCase, events []event) (byOld, byNew int) {
+func programmedBy(cases []*restartCase, events []ktest.Event) (byOld, byNew int) {
 	for _, c := range cases {
 		if c.change == "" {
 			continue
 		}
 		var first time.Time
 		for _, e := range events {
-			if strings.Contains(e.text, toggleIP) && e.at.After(c.changed) && (first.IsZero() || e.at.Before(first)) {
-				first = e.at
+			if strings.Contains(e.Text, toggleIP) && e.At.After(c.changed) && (first.IsZero() || e.At.Before(first)) {
+				first = e.At
 			}
 		}
 		if first.Before(c.killed) {
