@@ -1,7 +1,8 @@
 // Package ktest holds test helpers for code that needs real network
-// namespaces: throwaway namespaces that clean up after themselves, and the
+// namespaces: throwaway namespaces that clean up after themselves, the
 // checks that skip a test (natively) or fail it (in the test VM) when root
-// or a kernel feature is missing.
+// or a kernel feature is missing, and Monitor, which records a namespace's
+// change feed (`nft monitor`, `ip monitor`).
 package ktest
 
 import (
