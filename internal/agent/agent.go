@@ -94,6 +94,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		var err error
 		client, err = source.NewClient(ctx, source.Connection{
 			Kubeconfig: cfg.ClientConnection.Kubeconfig, LabStore: cfg.ClientConnection.LabStore,
+			APIServer: cfg.ClientConnection.APIServer,
 		}, func(err error) { a.log.Warn("source", "err", err) })
 		if err != nil {
 			return err

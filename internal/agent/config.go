@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"time"
@@ -62,6 +63,12 @@ type ClientConnection struct {
 	// LabStore is a lab's store directory: the agent reads the lab's
 	// objects from it through the same informers.
 	LabStore string `json:"labStore,omitempty"`
+	// APIServer is the API server's URL (https://HOST:PORT) for the
+	// in-cluster configuration, instead of the kubernetes Service's
+	// cluster IP from $KUBERNETES_SERVICE_HOST: on a cluster where kdive
+	// is the service proxy, that cluster IP works only once kdive runs.
+	// (Cilium's k8sServiceHost, Calico's KUBERNETES_SERVICE_HOST.)
+	APIServer string `json:"apiServer,omitempty"`
 }
 
 // CNIConfig says where the agent writes the node's CNI network config
@@ -225,6 +232,13 @@ func (c *Configuration) Validate() error {
 	}
 	if c.ClientConnection.Kubeconfig != "" && c.ClientConnection.LabStore != "" {
 		bad("clientConnection", "kubeconfig and labStore are exclusive")
+	}
+	if a := c.ClientConnection.APIServer; a != "" {
+		if u, err := url.Parse(a); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			bad("clientConnection.apiServer", "%q is not https://HOST[:PORT]", a)
+		} else if c.ClientConnection.LabStore != "" {
+			bad("clientConnection.apiServer", "does not apply with labStore")
+		}
 	}
 	if !slices.Contains(ProxyModes, c.Proxy.Mode) {
 		bad("proxy.mode", "unsupported value %q: must be one of %v", c.Proxy.Mode, ProxyModes)

@@ -53,6 +53,7 @@ func InstallCNI(ctx context.Context, cfg *Configuration, o InstallOptions) error
 	defer cancel()
 	client, err := source.NewClient(ctx, source.Connection{
 		Kubeconfig: cfg.ClientConnection.Kubeconfig, LabStore: cfg.ClientConnection.LabStore,
+		APIServer: cfg.ClientConnection.APIServer,
 	}, nil)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -16,6 +17,10 @@ import (
 type Connection struct {
 	Kubeconfig string
 	LabStore   string
+	// APIServer replaces the in-cluster configuration's address (the
+	// kubernetes Service's cluster IP) with this URL; the service
+	// account's token and CA stay.
+	APIServer string
 }
 
 // NewClient returns the kubernetes.Interface for a connection. For a lab
@@ -36,11 +41,29 @@ func NewClient(ctx context.Context, c Connection, onError func(error)) (kubernet
 	if c.Kubeconfig != "" {
 		cfg, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
 	} else {
-		cfg, err = rest.InClusterConfig()
+		cfg, err = inCluster(c.APIServer)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	cfg.UserAgent = "kdive-agent"
 	return kubernetes.NewForConfig(cfg)
+}
+
+// inCluster is the service account's configuration (its token and CA,
+// as rest.InClusterConfig reads them), with the API server at apiServer
+// when it is set instead of $KUBERNETES_SERVICE_HOST.
+func inCluster(apiServer string) (*rest.Config, error) {
+	if apiServer == "" {
+		return rest.InClusterConfig()
+	}
+	const dir = "/var/run/secrets/kubernetes.io/serviceaccount/"
+	if _, err := os.Stat(dir + "token"); err != nil {
+		return nil, fmt.Errorf("in-cluster configuration for %s: %w", apiServer, err)
+	}
+	return &rest.Config{
+		Host:            apiServer,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: dir + "ca.crt"},
+		BearerTokenFile: dir + "token",
+	}, nil
 }
