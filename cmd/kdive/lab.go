@@ -34,7 +34,7 @@ network. State lives under /run/kdive/labs/NAME/.`,
 func newLabUpCmd() *cobra.Command {
 	var (
 		name, preset, file string
-		print              bool
+		print, kubernetes  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up [--name NAME] [--preset A|B|C|D] [-f lab.yaml]",
@@ -47,6 +47,12 @@ reference clusters:
   C  kube-bridge, direct in a subnet, IPIP across, iptables (kube-router-style)
   D  routed veths, VXLAN only across subnets, nftables   (the default)
 
+--kubernetes (or spec.kubernetes in a lab file) makes the lab a real
+Kubernetes cluster on the same underlay: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler on a control-plane host, containerd
+and a kubelet on every node, kdive installed by deploy/kdive.yaml (no
+kube-proxy), CoreDNS as kube-system/kube-dns; needs make kubernetes.
+
 --print prints the lab file instead of building it: start your own from it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -54,6 +60,7 @@ reference clusters:
 			if err != nil {
 				return err
 			}
+			src.Kubernetes = kubernetes
 			if print {
 				if len(src.File) > 0 {
 					_, err = cmd.OutOrStdout().Write(src.File)
@@ -76,7 +83,7 @@ reference clusters:
 			if err != nil {
 				return err
 			}
-			st, err := lab.Up(ctx, plan, lab.UpOptions{LabFile: raw, Binaries: bins})
+			st, err := lab.Up(ctx, plan, lab.UpOptions{LabFile: raw, Binaries: bins, Progress: cmd.ErrOrStderr()})
 			if err != nil {
 				return err
 			}
@@ -88,6 +95,7 @@ reference clusters:
 	cmd.Flags().StringVar(&preset, "preset", "", "preset: A, B, C or D (default D)")
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "lab file (kind: Lab); - reads stdin")
 	cmd.Flags().BoolVar(&print, "print", false, "print the lab file and exit")
+	cmd.Flags().BoolVar(&kubernetes, "kubernetes", false, "a real Kubernetes cluster: kubelet and containerd on every node, kdive by its manifest")
 	return cmd
 }
 
@@ -206,7 +214,10 @@ func newLabExecCmd() *cobra.Command {
 		Short: "Run a command inside a lab node's, pod's, the router's or the external client's network namespace",
 		Long: `Run a command inside a network namespace of a lab, with stdin, stdout, stderr
 and the exit status passed through. The target is a node name, a pod
-(namespace/name, or a bare name that is unique), "router" or "external".`,
+(namespace/name, or a bare name that is unique), "router" or "external".
+In a Kubernetes lab a pod is a real pod (found through the API server), a
+node's commands run in its mount namespace too, so "crictl ps" lists that
+node's containers, and "control-plane" is the control plane's host.`,
 		Args: cobra.MinimumNArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 2 {
@@ -220,7 +231,11 @@ and the exit status passed through. The target is a node name, a pod
 			if err != nil {
 				return err
 			}
-			return kernel.ExecIn(path, args[2:])
+			argv, err := lab.NodeCommand(s, args[1], args[2:])
+			if err != nil {
+				return err
+			}
+			return kernel.ExecIn(path, argv)
 		},
 	}
 }

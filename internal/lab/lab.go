@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -19,6 +20,9 @@ type Source struct {
 	File   []byte
 	// FileName is the file's name, for messages.
 	FileName string
+	// Kubernetes makes the lab a Kubernetes lab, as spec.kubernetes: {}
+	// does (lab up --kubernetes).
+	Kubernetes bool
 }
 
 // Load the lab file the source names.
@@ -28,6 +32,7 @@ func (s Source) load() (*File, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("%s: %w", s.FileName, err)
 		}
+		s.kubernetes(f)
 		return f, "", nil
 	}
 	preset := s.Preset
@@ -42,7 +47,14 @@ func (s Source) load() (*File, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("preset %s: %w", preset, err)
 	}
+	s.kubernetes(f)
 	return f, strings.ToUpper(preset), nil
+}
+
+func (s Source) kubernetes(f *File) {
+	if s.Kubernetes && f.Spec.Kubernetes == nil {
+		f.Spec.Kubernetes = &Kubernetes{}
+	}
 }
 
 // Prepare loads and validates a lab without building anything. An empty
@@ -79,6 +91,8 @@ type UpOptions struct {
 	// AgentTimeout bounds the wait for the agents' first sync; default
 	// 60s (the test VM is slow).
 	AgentTimeout time.Duration
+	// Progress, when set, hears what a Kubernetes lab's up is doing.
+	Progress io.Writer
 }
 
 // Up builds a lab from a validated plan: the underlay, the store with the
@@ -105,7 +119,15 @@ func Up(ctx context.Context, p *Plan, opts UpOptions) (*State, error) {
 			p.Name, strings.Join(left, ", "), p.Name)
 	}
 	s := &State{Plan: p, Created: time.Now().UTC().Truncate(time.Second), LabFile: string(opts.LabFile)}
-	if err := up(ctx, s, opts); err != nil {
+	build := up
+	if p.Kubernetes != nil {
+		build = upKubernetes
+	}
+	if err := s.save(); err != nil {
+		_ = os.Remove(Dir(p.Name))
+		return nil, err
+	}
+	if err := build(ctx, s, opts); err != nil {
 		if derr := teardown(p.Name); derr != nil {
 			err = errors.Join(err, fmt.Errorf("cleaning up: %w", derr))
 		}
@@ -144,9 +166,6 @@ func up(ctx context.Context, s *State, opts UpOptions) error {
 	p := s.Plan
 	if opts.AgentTimeout == 0 {
 		opts.AgentTimeout = 60 * time.Second
-	}
-	if err := s.save(); err != nil {
-		return err
 	}
 	if err := buildUnderlay(ctx, p); err != nil {
 		return err
@@ -222,6 +241,14 @@ func teardown(name string) error {
 			errs = append(errs, err)
 		}
 	}
+	// A Kubernetes lab's pods live in namespaces containerd made, in the
+	// nodes' cgroups: their processes go with the cgroups.
+	if err := removeCgroups(name); err != nil {
+		errs = append(errs, err)
+	}
+	if err := releaseHost(name); err != nil {
+		errs = append(errs, err)
+	}
 	for _, n := range nss {
 		if err := kernel.DeleteNetNS(n); err != nil {
 			errs = append(errs, err)
@@ -248,6 +275,12 @@ func ExecTarget(s *State, target string) (string, error) {
 	}
 	if n, ok := p.Node(target); ok {
 		return kernel.NetNSDir + "/" + n.NetNS, nil
+	}
+	if k := p.Kubernetes; k != nil {
+		if target == ControlPlaneName {
+			return kernel.NetNSDir + "/" + k.ControlPlane.NetNS, nil
+		}
+		return p.kubePodNetNS(target)
 	}
 	var matches []string
 	pods := p.Objects.Pods

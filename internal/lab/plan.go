@@ -30,6 +30,8 @@ type Plan struct {
 	Nodes            []NodePlan   `json:"nodes"`
 	External         HostPlan     `json:"external"`
 	Objects          Objects      `json:"objects"`
+	// Kubernetes is set for a Kubernetes lab (spec.kubernetes).
+	Kubernetes *KubernetesPlan `json:"kubernetes,omitempty"`
 }
 
 // RouterPlan is the namespace joining the subnets.
@@ -201,7 +203,13 @@ func (p *Plan) planSpec(s *Spec, fp *field.Path) field.ErrorList {
 	}
 	errs = append(errs, p.planSubnets(s.Subnets, fp.Child("subnets"), addRange)...)
 	errs = append(errs, p.planExternal(s.External, fp.Child("external"), addRange)...)
+	if s.Kubernetes != nil {
+		p.Kubernetes = &KubernetesPlan{Version: s.Kubernetes.Version}
+	}
 	errs = append(errs, p.planNodes(s.Nodes, fp.Child("nodes"))...)
+	if p.Kubernetes != nil {
+		errs = append(errs, p.planKubernetes(s.Kubernetes, fp.Child("kubernetes"))...)
+	}
 	if len(errs) == 0 {
 		var objErrs field.ErrorList
 		p.Objects, objErrs = planObjects(s.Objects, p, fp.Child("objects"))
@@ -336,20 +344,27 @@ func (p *Plan) planNodes(nodes []Node, fp *field.Path) field.ErrorList {
 
 // podBlocks cuts the pod CIDR into count blocks of BlockSize, skipping
 // block 0 so that in the presets node-N owns 10.0.N.0/24. It returns nil
-// when there is no room.
+// when there is no room. In a Kubernetes lab the blocks are what
+// kube-controller-manager's range allocator hands out as the nodes
+// register one after another: from block 0 on, so node-N owns
+// 10.0.(N-1).0/24 there.
 func (p *Plan) podBlocks(count int) []netip.Prefix {
 	if !p.PodCIDR.IsValid() || p.BlockSize < p.PodCIDR.Bits() || p.BlockSize > 30 {
 		return nil
 	}
+	first := uint32(1)
+	if p.Kubernetes != nil {
+		first = 0
+	}
 	avail := uint64(1) << uint(p.BlockSize-p.PodCIDR.Bits())
-	if uint64(count)+1 > avail {
+	if uint64(count)+uint64(first) > avail {
 		return nil
 	}
 	base := ipToUint(p.PodCIDR.Addr())
 	size := uint32(1) << uint(32-p.BlockSize)
 	out := make([]netip.Prefix, count)
 	for i := range out {
-		out[i] = netip.PrefixFrom(uintToIP(base+uint32(i+1)*size), p.BlockSize)
+		out[i] = netip.PrefixFrom(uintToIP(base+(uint32(i)+first)*size), p.BlockSize)
 	}
 	return out
 }

@@ -54,6 +54,17 @@ type Spec struct {
 	// Objects are Kubernetes objects (Pod, Deployment, Service) the lab
 	// starts with, as they would be given to `kubectl apply`.
 	Objects []json.RawMessage `json:"objects,omitempty"`
+	// Kubernetes, when set, makes the lab a real Kubernetes cluster: a
+	// control plane, containerd and a kubelet on every node, kdive
+	// installed by its manifest (see kubernetes.go).
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+}
+
+// Kubernetes configures a Kubernetes lab.
+type Kubernetes struct {
+	// Version of the Kubernetes binaries; default DefaultKubernetesVersion,
+	// the only one make kubernetes builds.
+	Version string `json:"version,omitempty"`
 }
 
 // PodNetwork chooses how pods are attached and how pod traffic crosses

@@ -98,6 +98,11 @@ func buildUnderlay(ctx context.Context, p *Plan) error {
 			return err
 		}
 	}
+	if k := p.Kubernetes; k != nil {
+		if err := u.attachHost(router, k.ControlPlane, p.Subnets[0].Bridge, "Kubernetes control plane"); err != nil {
+			return err
+		}
+	}
 	if err := u.attachHost(router, p.External, "", "external client"); err != nil {
 		return err
 	}
@@ -304,11 +309,7 @@ table inet {{.Table}} {
 
 func (p *Plan) routerRuleset() string {
 	var hosts, dests []string
-	all := []HostPlan{p.External}
-	for _, n := range p.Nodes {
-		all = append(all, n.HostPlan)
-	}
-	for _, h := range all {
+	for _, h := range p.hosts() {
 		hosts = append(hosts, h.MAC+" . "+h.IP.String())
 		dests = append(dests, h.IP.String())
 	}

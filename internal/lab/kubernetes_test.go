@@ -1,0 +1,401 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
+)
+
+// requireKubernetes skips unless this is root with the Kubernetes lab's
+// binaries and images (make kubernetes) in KDIVE_TEST_BINDIR.
+func requireKubernetes(t *testing.T) {
+	t.Helper()
+	ktest.RequireFeature(t, kernel.FeatureVeth)
+	ktest.RequireFeature(t, kernel.FeatureBridge)
+	ktest.RequireFeature(t, kernel.FeatureNFTables)
+	ktest.RequireFeature(t, kernel.FeatureVXLAN)
+	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
+		t.Skip("a Kubernetes lab needs the binaries and images of `make kubernetes`: set KDIVE_TEST_BINDIR to bin/ (make test does)")
+	}
+	for _, b := range kubeBinaries {
+		if _, err := os.Stat(testBins.path(b)); err != nil {
+			t.Skipf("a Kubernetes lab needs %s (make kubernetes): %v", b, err)
+		}
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("a Kubernetes lab needs runc (make deps installs Debian's)")
+	}
+}
+
+// TestKubernetesLab brings up preset D as a real Kubernetes cluster and
+// checks what an operator would: nodes Ready with their pod blocks, kdive
+// installed by its manifest on every node and no kube-proxy, a Service
+// reached from a pod on every node by cluster IP and by DNS name and from
+// outside by NodePort, each node's containers listed by crictl, no request
+// lost while a kdive pod is deleted and replaced, and nothing left after
+// lab down.
+func TestKubernetesLab(t *testing.T) {
+	requireKubernetes(t)
+	const name = "kdt-kube"
+	_ = Down(name)
+	p, raw, err := Prepare(name, Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	start := time.Now()
+	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
+	if err != nil {
+		t.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
+	}
+	t.Logf("lab up --kubernetes (3 nodes) took %s:\n%s", time.Since(start).Round(100*time.Millisecond), progress.String())
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			_ = Down(name)
+		}
+	})
+	cs, done, err := KubeClient(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	ctx := context.Background()
+
+	t.Run("nodes", func(t *testing.T) {
+		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes.Items) != len(p.Nodes) {
+			t.Fatalf("%d nodes registered, want %d", len(nodes.Items), len(p.Nodes))
+		}
+		for _, n := range nodes.Items {
+			np, _ := p.Node(n.Name)
+			if !nodeReady(&n) {
+				t.Errorf("node %s is not Ready", n.Name)
+			}
+			if n.Spec.PodCIDR != np.PodCIDR.String() {
+				t.Errorf("node %s pod CIDR %s, want %s", n.Name, n.Spec.PodCIDR, np.PodCIDR)
+			}
+			var internal string
+			for _, a := range n.Status.Addresses {
+				if a.Type == corev1.NodeInternalIP {
+					internal = a.Address
+				}
+			}
+			if internal != np.IP.String() {
+				t.Errorf("node %s InternalIP %q, want its underlay address %s", n.Name, internal, np.IP)
+			}
+			if z := n.Labels["topology.kubernetes.io/zone"]; z != np.Labels["topology.kubernetes.io/zone"] {
+				t.Errorf("node %s zone label %q, want %q", n.Name, z, np.Labels["topology.kubernetes.io/zone"])
+			}
+		}
+	})
+
+	t.Run("kdive by its manifest, no kube-proxy", func(t *testing.T) {
+		ds, err := cs.AppsV1().DaemonSets("kube-system").Get(ctx, "kdive", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		image, _ := KdiveImage()
+		if got := ds.Spec.Template.Spec.Containers[0].Image; got != image || strings.HasSuffix(got, ":latest") {
+			t.Errorf("DaemonSet image %s, want the manifest's versioned %s", got, image)
+		}
+		if ds.Status.NumberReady != int32(len(p.Nodes)) {
+			t.Errorf("kdive ready on %d of %d nodes", ds.Status.NumberReady, len(p.Nodes))
+		}
+		all, err := cs.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range all.Items {
+			if strings.Contains(d.Name, "kube-proxy") {
+				t.Errorf("a kube-proxy DaemonSet runs: %s/%s", d.Namespace, d.Name)
+			}
+		}
+		for _, n := range p.Nodes {
+			out := labExec(t, s, n.Name, "nft", "list", "table", "ip", "kdive-proxy")
+			if !strings.Contains(out, "10.1.0.10") {
+				t.Errorf("%s: the kdive-proxy table has no kube-dns address:\n%s", n.Name, out)
+			}
+			if out := labExec(t, s, n.Name, "iptables-save"); strings.Contains(out, "KUBE-SERVICES") {
+				t.Errorf("%s: kube-proxy's iptables chains exist", n.Name)
+			}
+		}
+	})
+
+	clients := startClients(t, cs, s)
+	svc, err := cs.CoreV1().Services("default").Get(ctx, "ingress", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("service from a pod on every node", func(t *testing.T) {
+		for node, ns := range clients {
+			for _, host := range []string{svc.Spec.ClusterIP, "ingress.default.svc.cluster.local", "ingress"} {
+				got, err := echoFrom(ctx, ns, host, 80)
+				if err != nil {
+					t.Errorf("from a pod on %s to %s: %v", node, host, err)
+					continue
+				}
+				if !strings.Contains(got, `"namespace":"default"`) || !strings.Contains(got, `"pod":"ingress-`) {
+					t.Errorf("from a pod on %s to %s: answer %s is not an ingress pod's", node, host, got)
+				}
+			}
+		}
+	})
+	ext := openNS(t, p.External.NetNS)
+	t.Run("NodePort from the external client", func(t *testing.T) {
+		for _, n := range p.Nodes {
+			if got, err := echoFrom(ctx, ext, n.IP.String(), 30080); err != nil || !strings.Contains(got, `"pod":"ingress-`) {
+				t.Errorf("external -> %s:30080: %q, %v", n.IP, got, err)
+			}
+		}
+	})
+	t.Run("crictl ps on every node", func(t *testing.T) {
+		pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range p.Nodes {
+			out := labExec(t, s, n.Name, "crictl", "ps")
+			for _, pod := range pods.Items {
+				if pod.Spec.NodeName != n.Name || pod.Status.Phase != corev1.PodRunning {
+					continue
+				}
+				if on := strings.Contains(out, pod.Name); !on {
+					t.Errorf("crictl ps on %s does not list pod %s/%s:\n%s", n.Name, pod.Namespace, pod.Name, out)
+				}
+			}
+			for _, other := range pods.Items {
+				if other.Spec.NodeName != n.Name && other.Spec.NodeName != "" && strings.Contains(out, other.Name) && other.Status.Phase == corev1.PodRunning {
+					t.Errorf("crictl ps on %s lists %s, which runs on %s", n.Name, other.Name, other.Spec.NodeName)
+				}
+			}
+		}
+	})
+	t.Run("kdive pod deleted under a request stream", func(t *testing.T) {
+		node := p.Nodes[len(p.Nodes)-1]
+		from := clients[node.Name]
+		stream := startStream("pod on "+node.Name+" -> "+svc.Spec.ClusterIP, 20*time.Millisecond, func() error {
+			_, err := echoFrom(ctx, from, svc.Spec.ClusterIP, 80)
+			return err
+		})
+		time.Sleep(time.Second)
+		pods, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kdive", FieldSelector: "spec.nodeName=" + node.Name})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("kdive pod on %s: %v (%d found)", node.Name, err, len(pods.Items))
+		}
+		old := pods.Items[0]
+		if err := cs.CoreV1().Pods("kube-system").Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err = poll(ctx, 2*time.Minute, func() error {
+			ds, err := cs.AppsV1().DaemonSets("kube-system").Get(ctx, "kdive", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			pods, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kdive", FieldSelector: "spec.nodeName=" + node.Name})
+			if err != nil {
+				return err
+			}
+			if len(pods.Items) != 1 || pods.Items[0].UID == old.UID || ds.Status.NumberReady != int32(len(p.Nodes)) {
+				return fmt.Errorf("kdive on %s not replaced and ready yet", node.Name)
+			}
+			return nil
+		})
+		time.Sleep(time.Second)
+		stream.finish()
+		t.Logf("%s while its kdive pod was replaced: %d requests, %d failed, slowest %s", stream.name, stream.sent, stream.failed, stream.maxLatency)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stream.sent < 50 {
+			t.Errorf("only %d requests sent", stream.sent)
+		}
+		if stream.failed > 0 {
+			t.Errorf("%d requests failed: %v", stream.failed, stream.errs)
+		}
+	})
+
+	done()
+	if err := Down(name); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	downed = true
+	assertNothingLeft(t, name)
+}
+
+// labExec runs argv in a lab target as `kdive lab exec` does, and returns
+// its output.
+func labExec(t *testing.T, s *State, target string, argv ...string) string {
+	t.Helper()
+	path, err := ExecTarget(s, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv, err = NodeCommand(s, target, argv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := kernel.OpenNetNS(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	out, err := ns.Run(context.Background(), "", argv[0], argv[1:]...)
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+	}
+	return out
+}
+
+// startClients runs a client pod on every node (a DaemonSet of kdive's
+// echo server) and returns each one's network namespace by node.
+func startClients(t *testing.T, cs kubernetes.Interface, s *State) map[string]*kernel.NetNS {
+	t.Helper()
+	ctx := context.Background()
+	image, _ := KdiveImage()
+	labels := map[string]string{"app": "client"}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: "default"},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: EchoImage}}},
+			},
+		},
+	}
+	echoContainers(&ds.Spec.Template.Spec, image)
+	if _, err := cs.AppsV1().DaemonSets("default").Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*kernel.NetNS{}
+	err := poll(ctx, 2*time.Minute, func() error {
+		pods, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=client"})
+		if err != nil {
+			return err
+		}
+		for _, pod := range pods.Items {
+			if _, ok := out[pod.Spec.NodeName]; ok || pod.Status.Phase != corev1.PodRunning {
+				continue
+			}
+			path, err := ExecTarget(s, "default/"+pod.Name)
+			if err != nil {
+				return err
+			}
+			ns, err := kernel.OpenNetNS(path)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { ns.Close() })
+			out[pod.Spec.NodeName] = ns
+		}
+		if len(out) != len(s.Plan.Nodes) {
+			return fmt.Errorf("client pods running on %d of %d nodes", len(out), len(s.Plan.Nodes))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// echoFrom asks the echo server at host:port over HTTP from inside ns,
+// resolving a name through the cluster's DNS as the pod's resolv.conf
+// says (search path included).
+func echoFrom(ctx context.Context, ns *kernel.NetNS, host string, port int) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	addr := host
+	if net.ParseIP(host) == nil {
+		ips, err := podResolver(ns).LookupHost(ctx, qualify(host))
+		if err != nil || len(ips) == 0 {
+			return "", fmt.Errorf("resolve %s: %v", host, err)
+		}
+		addr = ips[0]
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/", net.JoinHostPort(addr, fmt.Sprint(port))), nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// qualify applies a default-namespace pod's search path to a short name.
+func qualify(host string) string {
+	if strings.Count(host, ".") == 0 {
+		return host + ".default.svc.cluster.local"
+	}
+	return host
+}
+
+// podResolver asks kube-dns (10.1.0.10 in the presets) from inside ns.
+func podResolver(ns *kernel.NetNS) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return ns.DialContext(ctx, network, "10.1.0.10:53")
+	}}
+}
+
+// assertNothingLeft checks that no process, namespace, mount, cgroup or
+// file of Kubernetes lab name is left.
+func assertNothingLeft(t *testing.T, name string) {
+	t.Helper()
+	if left, _ := kernel.ListNetNS(NetNSPrefix(name)); len(left) > 0 {
+		t.Errorf("namespaces left: %v", left)
+	}
+	if _, err := os.Stat(Dir(name)); !os.IsNotExist(err) {
+		t.Errorf("state directory %s left (%v)", Dir(name), err)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, f := range procs {
+		b, _ := os.ReadFile(f)
+		if bytes.Contains(b, []byte("KDIVE_LAB="+name+"\x00")) {
+			cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "cmdline"))
+			t.Errorf("process %s left: %s", filepath.Dir(f), bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}))
+		}
+	}
+	for _, bin := range []string{"kubelet", "containerd", "containerd-shim-runc-v2", "runc"} {
+		if out, _ := exec.Command("pgrep", "-f", filepath.Join(filepath.Dir(testBins.Kdive), bin)).Output(); len(out) > 0 {
+			t.Errorf("%s processes left: %s", bin, out)
+		}
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if strings.Contains(l, Dir(name)) || strings.Contains(l, "kubelet") || strings.Contains(l, "containerd") {
+			t.Errorf("mount left: %s", l)
+		}
+	}
+	hs, _ := cgroupHierarchies()
+	for _, h := range hs {
+		if _, err := os.Stat(filepath.Join(h, cgroupBase(name))); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left", filepath.Join(h, cgroupBase(name)))
+		}
+	}
+	if _, err := os.Stat(hostFile); !os.IsNotExist(err) {
+		t.Errorf("%s left (another Kubernetes lab running?)", hostFile)
+	}
+}
