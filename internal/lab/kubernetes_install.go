@@ -245,14 +245,20 @@ func (p *Plan) installCoreDNS(ctx context.Context, cs kubernetes.Interface, bins
 			_, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
 			return err
 		}},
-		{"ClusterRole", func() error { _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); return err }},
+		{"ClusterRole", func() error {
+			_, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{})
+			return err
+		}},
 		{"ClusterRoleBinding", func() error {
 			_, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{})
 			return err
 		}},
 		{"ConfigMap", func() error { _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); return err }},
 		{"Service", func() error { _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); return err }},
-		{"Deployment", func() error { _, err := cs.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); return err }},
+		{"Deployment", func() error {
+			_, err := cs.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
+			return err
+		}},
 	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
