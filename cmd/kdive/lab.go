@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -27,8 +29,56 @@ network. State lives under /run/kdive/labs/NAME/.`,
 	}
 	cmd.AddCommand(newLabUpCmd(), newLabDownCmd(), newLabListCmd(), newLabStatusCmd(), newLabExecCmd(),
 		newLabApplyCmd(), newLabDeleteCmd())
-	cmd.AddCommand(newLabRestartCmd())
+	cmd.AddCommand(newLabRestartCmd(), newLabKubeconfigCmd(), newLabCloudCmd())
 	return cmd
+}
+
+func newLabKubeconfigCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "kubeconfig NAME",
+		Short: "Print the path of a Kubernetes lab's admin kubeconfig, usable from this machine",
+		Long: `Print the path of the admin kubeconfig of a Kubernetes lab (lab up
+--kubernetes). Its server is a forwarder on this machine's 127.0.0.1 into the
+lab's API server, as kind maps its API port:
+
+  bin/kubectl --kubeconfig "$(kdive lab kubeconfig kdive)" get pods -A -o wide`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := lab.Load(args[0])
+			if err != nil {
+				return err
+			}
+			if s.Plan.Kubernetes == nil {
+				return fmt.Errorf("lab %s is not a Kubernetes lab (lab up --kubernetes makes one)", args[0])
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), s.Plan.KubeconfigFile())
+			return nil
+		},
+	}
+}
+
+// newLabCloudCmd is the lab's cloud controller, which lab up starts on a
+// Kubernetes lab's control-plane host with the API forwarder's listener
+// as fd 3.
+func newLabCloudCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "cloud NAME",
+		Short:  "A Kubernetes lab's cloud: LoadBalancer IPs, the router, the API forwarder (lab up starts it)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			var ln net.Listener
+			if f := os.NewFile(3, "api-listener"); f != nil {
+				if l, err := net.FileListener(f); err == nil {
+					ln = l
+				}
+				f.Close()
+			}
+			return lab.RunCloud(ctx, args[0], ln, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+		},
+	}
 }
 
 func newLabUpCmd() *cobra.Command {

@@ -108,6 +108,10 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err := p.installCoreDNS(ctx, cs, opts.Binaries); err != nil {
 		return err
 	}
+	say.say("lab cloud: LoadBalancer IPs from %s; API server on the host at %s", p.LoadBalancerCIDR, p.KubeconfigFile())
+	if err := p.startCloud(ctx, cp, opts.Binaries); err != nil {
+		return err
+	}
 	objs, err := p.kubeObjects(s.LabFile)
 	if err != nil {
 		return err
@@ -193,12 +197,16 @@ func (p *Plan) adminClient(cp *kernel.NetNS) (kubernetes.Interface, error) {
 	return clientFor(cp, p.cluster().Kubeconfig(k8s.Admin))
 }
 
+// clientFor is a clientset from kubeconfig, dialing in ns (nil: the
+// caller's own namespace).
 func clientFor(ns *kernel.NetNS, kubeconfig string) (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Dial = ns.DialContext
+	if ns != nil {
+		cfg.Dial = ns.DialContext
+	}
 	cfg.UserAgent = "kdive-lab"
 	cfg.QPS, cfg.Burst = 50, 100
 	return kubernetes.NewForConfig(cfg)

@@ -135,7 +135,8 @@ func KubeletArgs(c *Cluster, n *Node) []string {
 // those one machine hosting several nodes needs: network namespaces under
 // the state directory, oom_score_adj never lowered (no CAP_SYS_RESOURCE),
 // no hugetlb controller (none on this machine's cgroup v1), runc with
-// cgroupfs and a runc root of the node's own.
+// cgroupfs and a runc root of the node's own; and the pod's loopback set
+// up by containerd itself, so a node needs no CNI plugin but kdive's.
 func ContainerdConfig(n *Node) []byte {
 	return []byte(fmt.Sprintf(`version = 3
 root = "/var/lib/containerd"
@@ -166,6 +167,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = [%q]
     conf_dir = %q
+    use_internal_loopback = true
 
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]

@@ -1,0 +1,66 @@
+package lab
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestKubernetesPlan(t *testing.T) {
+	p, _, err := Prepare("kp", Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := p.Kubernetes
+	if k == nil || k.Version != DefaultKubernetesVersion {
+		t.Fatalf("kubernetes plan %+v, want version %s", k, DefaultKubernetesVersion)
+	}
+	if got := k.ControlPlane.IP.String(); got != "172.20.1.254" {
+		t.Errorf("control plane at %s, want zone-a's last address 172.20.1.254", got)
+	}
+	if got := p.APIServer(); got != "https://172.20.1.254:6443" {
+		t.Errorf("API server %s", got)
+	}
+	// The range allocator hands out blocks from the first as nodes register.
+	for i, want := range []string{"10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"} {
+		if got := p.Nodes[i].PodCIDR.String(); got != want {
+			t.Errorf("%s: pod CIDR %s, want %s", p.Nodes[i].Name, got, want)
+		}
+	}
+	var hosts []string
+	for _, h := range p.hosts() {
+		hosts = append(hosts, h.Name)
+	}
+	if !strings.Contains(strings.Join(hosts, ","), ControlPlaneName) {
+		t.Errorf("the router's hosts %v lack the control plane", hosts)
+	}
+	if rs := p.routerRuleset(); !strings.Contains(rs, k.ControlPlane.MAC+" . 172.20.1.254") {
+		t.Errorf("the router's VPC check does not admit the control plane:\n%s", rs)
+	}
+	plain, _, err := Prepare("kp", Source{Preset: "D"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.Kubernetes != nil || plain.Nodes[0].PodCIDR.String() != "10.0.1.0/24" {
+		t.Errorf("a plain lab changed: %+v, node-1 %s", plain.Kubernetes, plain.Nodes[0].PodCIDR)
+	}
+}
+
+func TestKubernetesPlanErrors(t *testing.T) {
+	for _, c := range []struct{ spec, want string }{
+		{"kubernetes: {version: v1.30.0}", `spec.kubernetes.version: Unsupported value: "v1.30.0"`},
+		{"kubernetes: {}\n  nodes:\n  - {name: control-plane, subnet: a}", "spec.nodes[0].name: Invalid value: \"control-plane\": is reserved"},
+		{"kubernetes: {}\n  nodes:\n  - {name: n1, subnet: a, ip: 10.9.0.254}", "spec.nodes[0].ip: Invalid value: \"10.9.0.254\": is the Kubernetes lab's control-plane address"},
+		{"kubernetes: {versoin: v1.37.2}", `unknown field "spec.kubernetes.versoin"`},
+	} {
+		text := "apiVersion: kdive.dev/v1alpha1\nkind: Lab\nspec:\n  podCIDR: 10.0.0.0/16\n  blockSize: 24\n  serviceCIDR: 10.1.0.0/16\n" +
+			"  podNetwork: {interface: routed, encap: vxlan, encapPolicy: cross-subnet}\n  proxy: {mode: nftables}\n" +
+			"  subnets: [{name: a, cidr: 10.9.0.0/24}]\n  " + c.spec + "\n"
+		if !strings.Contains(text, "nodes:") {
+			text += "  nodes: [{name: n1, subnet: a}]\n"
+		}
+		_, _, err := Prepare("kp", Source{File: []byte(text), FileName: "lab.yaml"})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s:\n got %v\nwant %s", c.spec, err, c.want)
+		}
+	}
+}
