@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,13 +93,17 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 			return err
 		}
 	}
-	// One kubelet after another, so that the range allocator hands out
-	// the pod blocks in node order, as the plan says.
-	for _, n := range p.Nodes {
-		say.say("%s: kubelet, waiting for the Node and its pod CIDR %s", n.Name, n.PodCIDR)
-		if err := p.startKubelet(ctx, cs, n, opts.Binaries); err != nil {
+	// One kubelet after another, so that the range allocator mostly hands
+	// out the pod blocks in node order; the plan then records the block
+	// each node really got.
+	for i := range p.Nodes {
+		say.say("%s: kubelet, waiting for the Node and its pod CIDR", p.Nodes[i].Name)
+		if err := p.startKubelet(ctx, cs, &p.Nodes[i], opts.Binaries); err != nil {
 			return err
 		}
+	}
+	if err := s.save(); err != nil {
+		return err
 	}
 	say.say("kdive: deploy/kdive.yaml (%s proxy, %s pods, %s %s)", p.Proxy.Mode, p.PodNetwork.Interface, p.PodNetwork.Encap, p.PodNetwork.EncapPolicy)
 	if err := p.installKdive(ctx, cs); err != nil {
@@ -370,8 +375,9 @@ func (p *Plan) startMountHolder(ctx context.Context, ns *kernel.NetNS, kn *k8s.N
 }
 
 // startKubelet starts node n's kubelet and waits until its Node is
-// registered with the pod CIDR the plan expects.
-func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n NodePlan, bins Binaries) error {
+// registered with a pod block from the controller-manager, which it
+// records in n.
+func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n *NodePlan, bins Binaries) error {
 	holder, err := p.mountHolder(n.Name)
 	if err != nil {
 		return err
@@ -381,10 +387,11 @@ func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n Node
 		return err
 	}
 	defer ns.Close()
-	kn := p.kubeNode(n, "")
+	kn := p.kubeNode(*n, "")
 	if err := p.startComponent(ns, kn.Dir, bins, "kubelet", k8s.KubeletArgs(p.cluster(), kn), nodeEnter(holder)...); err != nil {
 		return err
 	}
+	var block netip.Prefix
 	err = poll(ctx, 90*time.Second, func() error {
 		node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
@@ -393,24 +400,18 @@ func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n Node
 		if node.Spec.PodCIDR == "" {
 			return fmt.Errorf("node %s has no pod CIDR yet", n.Name)
 		}
-		if node.Spec.PodCIDR != n.PodCIDR.String() {
-			return backoffStop{fmt.Errorf("node %s got pod CIDR %s, the lab expected %s", n.Name, node.Spec.PodCIDR, n.PodCIDR)}
-		}
-		return nil
+		block, err = netip.ParsePrefix(node.Spec.PodCIDR)
+		return err
 	})
-	var stop backoffStop
-	if errors.As(err, &stop) {
-		return stop.error
-	}
 	if err != nil {
 		return componentError("kubelet on "+n.Name, p.componentLog(kn.Dir, "kubelet"), err)
 	}
+	if !p.PodCIDR.Contains(block.Addr()) || block.Bits() != p.BlockSize {
+		return fmt.Errorf("node %s got pod CIDR %s, not a /%d of %s", n.Name, block, p.BlockSize, p.PodCIDR)
+	}
+	n.PodCIDR = block
 	return nil
 }
-
-// backoffStop is an error poll's callers stop at (poll itself goes on
-// until its timeout, which is short enough here).
-type backoffStop struct{ error }
 
 // mountHolder is the pid of the process holding node's mount namespace.
 func (p *Plan) mountHolder(node string) (int, error) {

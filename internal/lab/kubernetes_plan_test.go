@@ -20,7 +20,8 @@ func TestKubernetesPlan(t *testing.T) {
 	if got := p.APIServer(); got != "https://172.20.1.254:6443" {
 		t.Errorf("API server %s", got)
 	}
-	// The range allocator hands out blocks from the first as nodes register.
+	// The range allocator hands out blocks from the first as nodes
+	// register (up records what it really gave).
 	for i, want := range []string{"10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"} {
 		if got := p.Nodes[i].PodCIDR.String(); got != want {
 			t.Errorf("%s: pod CIDR %s, want %s", p.Nodes[i].Name, got, want)

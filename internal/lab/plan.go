@@ -344,10 +344,10 @@ func (p *Plan) planNodes(nodes []Node, fp *field.Path) field.ErrorList {
 
 // podBlocks cuts the pod CIDR into count blocks of BlockSize, skipping
 // block 0 so that in the presets node-N owns 10.0.N.0/24. It returns nil
-// when there is no room. In a Kubernetes lab the blocks are what
-// kube-controller-manager's range allocator hands out as the nodes
-// register one after another: from block 0 on, so node-N owns
-// 10.0.(N-1).0/24 there.
+// when there is no room. In a Kubernetes lab they are what
+// kube-controller-manager's range allocator usually hands out as the nodes
+// register one after another, from block 0 on; up replaces them with the
+// blocks the nodes really got.
 func (p *Plan) podBlocks(count int) []netip.Prefix {
 	if !p.PodCIDR.IsValid() || p.BlockSize < p.PodCIDR.Bits() || p.BlockSize > 30 {
 		return nil
