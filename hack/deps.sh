@@ -2,8 +2,11 @@
 # Installs what kdive's build, tests and demo need on a Debian machine, and
 # does nothing when everything is already there (so `make test` stays fast).
 set -euo pipefail
+# runc and util-linux (nsenter) run the lab's Kubernetes nodes (make
+# kubernetes builds the rest); busybox-static is also the shell of the
+# images it builds.
 pkgs=(iproute2 nftables iptables ipset conntrack ipvsadm curl kmod
-      qemu-system-x86 linux-image-amd64 busybox-static)
+      qemu-system-x86 linux-image-amd64 busybox-static runc util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
