@@ -1,5 +1,7 @@
 # The kdive image: the agent, the CNI plugin and the kernel tools they drive.
-#   docker build -t kdive/kdive:latest .
+#   docker build -t IMAGE .      (IMAGE: the image deploy/kdive.yaml names)
+# `make image` builds the same contents without Docker, from this machine's
+# Debian packages, into bin/kdive-image.tar (for `ctr images import`).
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./

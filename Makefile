@@ -18,7 +18,7 @@ VM_RUN := IPIP|IPVS
 VM_PKGS := ./internal/agent/ ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/ ./internal/diag/ ./internal/verify/ ./internal/bench/
 VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 
-.PHONY: all deps build apiserver demo test test-native bench-smoke test-vm vet clean
+.PHONY: all deps build apiserver kubernetes image images demo test test-native bench-smoke test-vm vet clean
 
 all: build
 
@@ -30,18 +30,113 @@ build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kdive-cni ./cmd/kdive-cni
 	go build -o bin/kdive-vm ./hack/vm
 
-# A real kube-apiserver and etcd at released versions, for the agent's
-# integration tests (internal/source/kubetest). hack/apiserver is a module
-# of its own, so the product never depends on k8s.io/kubernetes. Cold, this
-# takes about 5 minutes and 3 GB of memory; Go's build cache makes repeated
-# builds take seconds.
-K8S_VERSION := v1.37.2
-APISERVER_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
-                     -X k8s.io/component-base/version.gitMajor=1 \
-                     -X k8s.io/component-base/version.gitMinor=37
+# Kubernetes from source at released versions, with no Docker and no
+# registry: the tests need a real kube-apiserver and etcd
+# (internal/source/kubetest); the lab's clusters need the rest, and images
+# it imports into each node's containerd (`ctr -n k8s.io images import`)
+# instead of pulling them. Each upstream project is a module of its own
+# under hack/, whose go.mod pins its version, so the product's go.mod never
+# depends on them and they never move each other's dependencies. Everything
+# is static. Cold, `make kubernetes` took 45 minutes here on 2 cores shared
+# with another build (Kubernetes 30, CoreDNS 4, containerd 3, crictl 1) and
+# 3 GB of memory; warm, Go's build cache makes it take 20 seconds.
+modversion = $(shell awk 'NF > 1 && $$(NF-1) == "$(2)" { print $$NF; exit }' hack/$(1)/go.mod)
+K8S_VERSION        := $(call modversion,kubernetes,k8s.io/kubernetes)
+CONTAINERD_VERSION := $(call modversion,containerd,github.com/containerd/containerd/v2)
+CRICTL_VERSION     := $(call modversion,crictl,sigs.k8s.io/cri-tools)
+COREDNS_VERSION    := $(call modversion,coredns,github.com/coredns/coredns)
+# agnhost's version is test/images/agnhost/VERSION in k8s.io/kubernetes (its
+# main.Version: no other main package here has one).
+AGNHOST_VERSION    := 2.66.1
+K8S_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+               -X k8s.io/component-base/version.gitMajor=$(patsubst v%,%,$(word 1,$(subst ., ,$(K8S_VERSION)))) \
+               -X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) \
+               -X main.Version=$(AGNHOST_VERSION)
+K8S_BUILD := cd hack/kubernetes && CGO_ENABLED=0 go build -ldflags '$(K8S_LDFLAGS)' -o $(CURDIR)/bin/
+K8S_BINS  := bin/kube-apiserver bin/etcd bin/kube-controller-manager bin/kube-scheduler bin/kubectl bin/kubelet bin/agnhost
+
 apiserver:
-	cd hack/apiserver && go build -o $(CURDIR)/bin/etcd ./etcd
-	cd hack/apiserver && go build -ldflags '$(APISERVER_LDFLAGS)' -o $(CURDIR)/bin/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+	$(K8S_BUILD) ./etcd k8s.io/kubernetes/cmd/kube-apiserver
+
+# One `go build` for all of them, so they share its work.
+$(K8S_BINS) &: FORCE
+	$(K8S_BUILD) ./etcd $(addprefix k8s.io/kubernetes/cmd/,kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) \
+	  k8s.io/kubernetes/test/images/agnhost
+
+bin/containerd bin/containerd-shim-runc-v2 bin/ctr &: FORCE
+	cd hack/containerd && CGO_ENABLED=0 go build -tags 'no_btrfs no_devmapper no_zfs' \
+	  -ldflags '-X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION)' \
+	  -o $(CURDIR)/bin/ $(addprefix github.com/containerd/containerd/v2/cmd/,containerd containerd-shim-runc-v2 ctr)
+
+bin/crictl: FORCE
+	cd hack/crictl && CGO_ENABLED=0 go build -ldflags '-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)' \
+	  -o $(CURDIR)/bin/ sigs.k8s.io/cri-tools/cmd/crictl
+
+bin/coredns: FORCE
+	cd hack/coredns && CGO_ENABLED=0 go build -o $(CURDIR)/bin/ github.com/coredns/coredns
+
+# Images: hack/image's mkimage lays out files of this machine (an ELF file
+# with its shared libraries) as one layer and writes a docker-archive. The
+# same inputs give the same bytes, and an unchanged image file is left as
+# it was. kdive's image is named as deploy/kdive.yaml names it; the others
+# as Kubernetes v1.37's e2e tests and kubelet ask for them.
+KDIVE_IMAGE   := $(shell sed -n 's/^[[:space:]-]*image:[[:space:]]*//p' deploy/kdive.yaml | head -n1 | tr -d "\"'")
+PAUSE_IMAGE   := registry.k8s.io/pause:3.10.2
+AGNHOST_IMAGE := registry.k8s.io/e2e-test-images/agnhost:$(AGNHOST_VERSION)
+BUSYBOX_IMAGE := registry.k8s.io/e2e-test-images/busybox:1.37.0-2
+COREDNS_IMAGE := registry.k8s.io/coredns/coredns:$(COREDNS_VERSION)
+IMAGES := bin/images/pause.tar bin/images/agnhost.tar bin/images/busybox.tar bin/images/coredns.tar
+MKIMAGE := bin/mkimage
+IMAGE_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+bin/mkimage: FORCE
+	cd hack/image && go build -o $(CURDIR)/$@ .
+
+bin/pause: FORCE
+	cd hack/image && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(CURDIR)/$@ ./pause
+
+# kdive's image: the agent and the CNI plugin, static (make build's are
+# linked against libc) and stripped, and the userland they run, from this
+# machine with its libraries: iptables under all of Debian's names, the
+# plain ones meaning nft as Debian's alternatives do by default.
+bin/static/kdive bin/static/kdive-cni &: FORCE
+	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/static/ ./cmd/kdive ./cmd/kdive-cni
+
+KDIVE_IMAGE_HOST := /usr/sbin/nft /usr/sbin/ipset /usr/sbin/ipvsadm /usr/sbin/conntrack /usr/bin/ip \
+  $(wildcard /usr/sbin/iptables-nft* /usr/sbin/iptables-legacy* /usr/sbin/ip6tables-nft* /usr/sbin/ip6tables-legacy*) \
+  /usr/lib/x86_64-linux-gnu/xtables \
+  $(wildcard /usr/sbin/modprobe /etc/protocols /etc/services /etc/ethertypes /etc/iproute2)
+XT_PLAIN := iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore
+
+bin/kdive-image.tar: bin/static/kdive bin/static/kdive-cni bin/mkimage FORCE
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(KDIVE_IMAGE) \
+	  -file bin/static/kdive:/usr/local/bin/kdive -file bin/static/kdive-cni:/usr/local/bin/kdive-cni \
+	  $(addprefix -host ,$(KDIVE_IMAGE_HOST)) \
+	  $(foreach t,$(XT_PLAIN),-symlink $(subst tables,tables-nft,$(t)):/usr/sbin/$(t)) \
+	  -file /bin/busybox:/bin/busybox -symlink busybox:/bin/sh \
+	  -dir /tmp:1777 -dir /run -symlink ../run:/var/run
+
+bin/images/pause.tar: bin/pause bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(PAUSE_IMAGE) -file bin/pause:/pause -entrypoint /pause
+
+bin/images/agnhost.tar: bin/agnhost bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(AGNHOST_IMAGE) -file bin/agnhost:/agnhost -busybox /bin/busybox:/bin -dir /tmp:1777 \
+	  -entrypoint /agnhost -cmd pause
+
+bin/images/busybox.tar: bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(BUSYBOX_IMAGE) -busybox /bin/busybox:/bin -dir /tmp:1777 -cmd sh
+
+bin/images/coredns.tar: bin/coredns bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(COREDNS_IMAGE) -file bin/coredns:/coredns -entrypoint /coredns
+
+image: build bin/kdive-image.tar
+images: $(IMAGES)
+kubernetes: deps $(K8S_BINS) bin/containerd bin/crictl bin/coredns image images
+FORCE:
 
 demo: deps build
 	hack/demo.sh
