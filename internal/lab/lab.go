@@ -10,8 +10,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/kdive/kdive/internal/kernel"
-	"github.com/kdive/kdive/internal/source/labstore"
 )
 
 // Source says where a lab file comes from: a preset name or file contents.
@@ -282,15 +283,15 @@ func ExecTarget(s *State, target string) (string, error) {
 		}
 		return p.kubePodNetNS(target)
 	}
-	var matches []string
+	var matches []*corev1.Pod
 	pods := p.Objects.Pods
-	if snap, err := labstore.Open(p.storeDir()).Read(); err == nil && snap.Revision > 0 {
+	if snap, err := Snapshot(context.Background(), s); err == nil {
 		pods = snap.Pods
 	}
 	for i := range pods {
 		pod := &pods[i]
 		if podKey(pod) == target || pod.Name == target {
-			matches = append(matches, podKey(pod))
+			matches = append(matches, pod)
 		}
 	}
 	switch len(matches) {
@@ -301,13 +302,19 @@ func ExecTarget(s *State, target string) (string, error) {
 		}
 		return "", fmt.Errorf("lab %s has no node or pod %q (nodes: %s; also router, external)", p.Name, target, strings.Join(nodes, ", "))
 	case 1:
-		ns, name, _ := strings.Cut(matches[0], "/")
-		path := kernel.NetNSDir + "/" + PodNetNS(p.Name, ns, name)
-		if _, err := os.Stat(path); err != nil {
-			return "", fmt.Errorf("pod %s of lab %s has no network namespace (not attached)", matches[0], p.Name)
+		path, err := PodNetNSPath(s, matches[0])
+		if err == nil {
+			_, err = os.Stat(path)
+		}
+		if err != nil {
+			return "", fmt.Errorf("pod %s of lab %s has no network namespace (not attached)", podKey(matches[0]), p.Name)
 		}
 		return path, nil
 	default:
-		return "", fmt.Errorf("pod name %q is ambiguous in lab %s: %s", target, p.Name, strings.Join(matches, ", "))
+		var names []string
+		for _, pod := range matches {
+			names = append(names, podKey(pod))
+		}
+		return "", fmt.Errorf("pod name %q is ambiguous in lab %s: %s", target, p.Name, strings.Join(names, ", "))
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/source/labstore"
 )
@@ -30,6 +32,9 @@ type Status struct {
 	Router      RouterStatus    `json:"router"`
 	Pods        []PodStatus     `json:"pods"`
 	Services    []ServiceStatus `json:"services"`
+
+	// ControlPlane is a Kubernetes lab's control-plane host.
+	ControlPlane *HostStatus `json:"controlPlane,omitempty"`
 }
 
 // NodeStatus is one node.
@@ -60,6 +65,12 @@ type PodStatus struct {
 	Name      string `json:"name"`
 	Node      string `json:"node"`
 	IP        string `json:"ip"`
+	// HostNetwork pods (a Kubernetes lab's kdive agents) are in their
+	// node's network namespace and have its address.
+	HostNetwork bool `json:"hostNetwork,omitempty"`
+	// NetNS is the file of the pod's network namespace (PodNetNSPath);
+	// empty while a Kubernetes lab's pod has no process.
+	NetNS string `json:"netns,omitempty"`
 }
 
 // ServiceStatus is one service.
@@ -86,7 +97,9 @@ type PortStatus struct {
 }
 
 // GetStatus reports a lab as recorded and as the kernel has it now: a
-// missing namespace makes the lab degraded.
+// missing namespace makes the lab degraded, as do, in a Kubernetes lab, an
+// API server that does not answer and a node that is not Ready. Its pods
+// and services are Snapshot's.
 func GetStatus(ctx context.Context, s *State) *Status {
 	p := s.Plan
 	st := &Status{
@@ -103,6 +116,10 @@ func GetStatus(ctx context.Context, s *State) *Status {
 		want = append(want, n.NetNS)
 		st.Nodes = append(st.Nodes, NodeStatus{Name: n.Name, Subnet: n.Subnet, IP: n.IP.String(), PodCIDR: n.PodCIDR.String(), NetNS: n.NetNS})
 	}
+	if k := p.Kubernetes; k != nil {
+		want = append(want, k.ControlPlane.NetNS)
+		st.ControlPlane = &HostStatus{IP: k.ControlPlane.IP.String(), NetNS: k.ControlPlane.NetNS}
+	}
 	for _, w := range want {
 		if !slices.Contains(present, w) {
 			st.Problems = append(st.Problems, "network namespace "+w+" is missing")
@@ -113,19 +130,27 @@ func GetStatus(ctx context.Context, s *State) *Status {
 	} else {
 		st.Router.Forwarded, st.Router.Dropped = fwd, drop
 	}
+	snap, err := Snapshot(ctx, s)
+	switch {
+	case err != nil && p.Kubernetes == nil:
+		st.Problems = append(st.Problems, err.Error())
+		snap = &labstore.Snapshot{Pods: p.Objects.Pods, Services: p.Objects.Services}
+	case err != nil:
+		st.Problems = append(st.Problems, err.Error())
+		snap = &labstore.Snapshot{}
+	case p.Kubernetes != nil:
+		st.Problems = append(st.Problems, notReady(p, snap.Nodes)...)
+	}
 	if len(st.Problems) > 0 {
 		st.State = "degraded"
 	}
-	pods, services := p.Objects.Pods, p.Objects.Services
-	if snap, err := labstore.Open(p.storeDir()).Read(); err != nil {
-		st.Problems = append(st.Problems, err.Error())
-	} else if snap.Revision > 0 {
-		pods, services = snap.Pods, snap.Services
+	for i := range snap.Pods {
+		pod := &snap.Pods[i]
+		ps := PodStatus{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IP: pod.Status.PodIP, HostNetwork: pod.Spec.HostNetwork}
+		ps.NetNS, _ = PodNetNSPath(s, pod)
+		st.Pods = append(st.Pods, ps)
 	}
-	for _, pod := range pods {
-		st.Pods = append(st.Pods, PodStatus{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IP: pod.Status.PodIP})
-	}
-	for _, svc := range services {
+	for _, svc := range snap.Services {
 		ss := ServiceStatus{
 			Namespace: svc.Namespace, Name: svc.Name, Type: string(svc.Spec.Type), ClusterIP: svc.Spec.ClusterIP,
 			ExternalIPs: svc.Spec.ExternalIPs, HealthCheckNodePort: svc.Spec.HealthCheckNodePort, Ports: []PortStatus{},
@@ -143,6 +168,22 @@ func GetStatus(ctx context.Context, s *State) *Status {
 		st.Services = append(st.Services, ss)
 	}
 	return st
+}
+
+// notReady says which of the lab's nodes have no Node object or one that
+// is not Ready.
+func notReady(p *Plan, nodes []corev1.Node) []string {
+	var out []string
+	for _, n := range p.Nodes {
+		i := slices.IndexFunc(nodes, func(o corev1.Node) bool { return o.Name == n.Name })
+		switch {
+		case i < 0:
+			out = append(out, "node "+n.Name+" is not registered")
+		case !nodeReady(&nodes[i]):
+			out = append(out, "node "+n.Name+" is not Ready")
+		}
+	}
+	return out
 }
 
 // WriteText prints a status for people.
@@ -167,6 +208,9 @@ func (st *Status) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "external\t-\t%s\t-\t%s\n", st.External.IP, st.External.NetNS)
 	fmt.Fprintf(tw, "router\t-\t-\t-\t%s\n", st.Router.NetNS)
+	if cp := st.ControlPlane; cp != nil {
+		fmt.Fprintf(tw, "%s\t-\t%s\t-\t%s\n", ControlPlaneName, cp.IP, cp.NetNS)
+	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nRouter: forwarded %d packets, dropped %d (VPC source/destination check)\n", st.Router.Forwarded.Packets, st.Router.Dropped.Packets)
 	if len(st.Services) > 0 {
