@@ -4,20 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
-	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/kdive/kdive/internal/cni"
 	"github.com/kdive/kdive/internal/cni/ipam"
-	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/lab"
 	"github.com/kdive/kdive/internal/model"
 )
 
-// labTopology reads a lab's plan, status, IPAM stores and CNI cache.
+// labTopology reads a lab's plan, status (its pods and services, from
+// the lab's store or a Kubernetes lab's API server), IPAM stores and CNI
+// caches.
 func labTopology(ctx context.Context, name, node string) (*Topology, error) {
 	st, err := lab.Load(name)
 	if err != nil {
@@ -52,13 +53,25 @@ func labTopology(ctx context.Context, name, node string) (*Topology, error) {
 		}
 		topo.Nodes = append(topo.Nodes, tn)
 	}
-	cache, err := readCNICache(p.CNICacheDir())
-	if err != nil {
-		topo.Notes = append(topo.Notes, err.Error())
+	cache := map[string]cacheEntry{}
+	read := map[string]bool{}
+	for _, n := range p.Nodes {
+		dir := p.CNICacheDir(n.Name) // one for a whole plain lab
+		if read[dir] {
+			continue
+		}
+		read[dir] = true
+		c, err := readCNICache(dir)
+		if err != nil {
+			topo.Notes = append(topo.Notes, err.Error())
+		}
+		maps.Copy(cache, c)
 	}
 	for _, sp := range status.Pods {
-		pod := Pod{Namespace: sp.Namespace, Name: sp.Name, Node: sp.Node,
-			NetNS: filepath.Join(kernel.NetNSDir, lab.PodNetNS(name, sp.Namespace, sp.Name))}
+		if sp.HostNetwork {
+			continue // its node's namespace: not on the pod network
+		}
+		pod := Pod{Namespace: sp.Namespace, Name: sp.Name, Node: sp.Node, NetNS: sp.NetNS}
 		if a, err := netip.ParseAddr(sp.IP); err == nil {
 			pod.IP = a
 		}

@@ -13,12 +13,17 @@
 //     routes, tunnels, VXLAN FDB) and what is known of the cluster around it
 //     (Topology: nodes with IP, subnet and pod block, pods with IP, netns and
 //     CNI attachment, services, the lab's underlay ranges). In a lab that is
-//     the lab's plan and status, every node's IPAM store and the lab's
-//     libcni cache; on a real node (Target without Lab: the process's own
-//     network namespace) it is the kdive conflist in /etc/cni/net.d, the
-//     IPAM store it names and the runtime's libcni cache in /var/lib/cni
-//     (which records each pod's name in its CNI_ARGS). The API server is not
-//     asked, so on a real node other nodes' blocks are shown by address;
+//     the lab's plan and status (lab.GetStatus: the pods and services of
+//     the lab's store or, in a Kubernetes lab, of its API server, each pod's
+//     network namespace from lab.PodNetNSPath), every node's IPAM store and
+//     the libcni cache (the lab's own; in a Kubernetes lab each node's
+//     containerd's, under the node's root directory: lab.Plan.IPAMDir and
+//     CNICacheDir); hostNetwork pods are their node and not listed. On a
+//     real node (Target without Lab: the process's own network namespace)
+//     it is the kdive conflist in /etc/cni/net.d, the IPAM store it names
+//     and the runtime's libcni cache in /var/lib/cni (which records each
+//     pod's name in its CNI_ARGS). The API server is not asked, so on a
+//     real node other nodes' blocks are shown by address;
 //   - pure annotators (AnnotateRoutes, AnnotateLinks, AnnotatePods,
 //     AnnotateBlocks) turn a Topology and a KernelState into rows, each with
 //     its meaning; they never touch the kernel, so tests feed them by hand;
@@ -40,7 +45,8 @@
 // lb.go asks the proxy mode's Inspect (InspectProxy, inspect.go) for the
 // node's load-balancing table as the kernel holds it and names each
 // endpoint's pod and node from the Topology. trace*.go walks a lab: each
-// namespace (pods, nodes, router, external client) with the addresses it
+// namespace (pods, nodes, router, external client, a Kubernetes lab's
+// control-plane host; a hostNetwork pod is its node) with the addresses it
 // holds, so every next hop the kernel's route lookup picks leads to the
 // namespace owning it; the node that first sees the packet load-balances
 // it with the same Inspection, and each endpoint's branch follows routes,

@@ -16,8 +16,8 @@ import (
 
 // tracePlace is one namespace of a lab along a packet's path.
 type tracePlace struct {
-	Kind string // pod, node, router, external
-	Name string // "default/web-0", "node-1", "router", "external"
+	Kind string // pod, node, router, external, host (a Kubernetes lab's control plane)
+	Name string // "default/web-0", "node-1", "router", "external", "control-plane"
 	Node string // a pod's node
 	IP   netip.Addr
 	// Subnet and Block are a node's underlay subnet and pod block.
@@ -66,11 +66,24 @@ func openTraceLab(ctx context.Context, name string) (*traceLab, error) {
 	ext.IP, _ = netip.ParseAddr(st.External.IP)
 	add(ext)
 	add(&tracePlace{Kind: "router", Name: lab.RouterName, nsName: st.Router.NetNS})
+	if cp := st.ControlPlane; cp != nil {
+		p := &tracePlace{Kind: "host", Name: lab.ControlPlaneName, nsName: cp.NetNS}
+		p.IP, _ = netip.ParseAddr(cp.IP)
+		add(p)
+	}
 	for _, pod := range st.Pods {
+		if pod.HostNetwork {
+			// In its node's namespace: by its name, the node.
+			if n, ok := tl.byName[pod.Node]; ok {
+				tl.podNames[pod.Name] = append(tl.podNames[pod.Name], n)
+				tl.byName[pod.Namespace+"/"+pod.Name] = n
+			}
+			continue
+		}
 		if pod.IP == "" {
 			continue
 		}
-		p := &tracePlace{Kind: "pod", Name: pod.Namespace + "/" + pod.Name, Node: pod.Node, nsName: lab.PodNetNS(name, pod.Namespace, pod.Name)}
+		p := &tracePlace{Kind: "pod", Name: pod.Namespace + "/" + pod.Name, Node: pod.Node, nsName: pod.NetNS}
 		p.IP, _ = netip.ParseAddr(pod.IP)
 		add(p)
 		tl.podNames[pod.Name] = append(tl.podNames[pod.Name], p)
