@@ -68,7 +68,8 @@ func SplitYAML(data []byte) ([]json.RawMessage, error) {
 // them, like kubectl apply: new pods are scheduled and attached through
 // CNI; a Deployment's replica count adds or removes pods; a Service keeps
 // its cluster IP and node ports. Everything is validated first; an invalid
-// object changes nothing. It returns one line per change.
+// object changes nothing. It returns one line per change. A Kubernetes
+// lab's objects go to its API server (applyKube).
 func Apply(ctx context.Context, name string, data []byte, bins Binaries) ([]string, error) {
 	unlock, err := lock(name)
 	if err != nil {
@@ -88,6 +89,9 @@ func Apply(ctx context.Context, name string, data []byte, bins Binaries) ([]stri
 	objs, errs := decodeObjects(raw, fp)
 	if len(errs) > 0 {
 		return nil, &InvalidError{Lab: name, Errs: errs}
+	}
+	if p.Kubernetes != nil {
+		return applyKube(ctx, s, objs, fp)
 	}
 	store := labstore.Open(p.storeDir())
 	snap, err := store.Read()
@@ -188,7 +192,8 @@ func Apply(ctx context.Context, name string, data []byte, bins Binaries) ([]stri
 
 // Delete removes one object from a running lab: a pod (detached through
 // CNI DEL), a Deployment with its pods, or a Service. what is KIND/NAME or
-// KIND/NAMESPACE/NAME; the namespace defaults to "default".
+// KIND/NAMESPACE/NAME; the namespace defaults to "default". In a
+// Kubernetes lab the API server deletes it (deleteKube).
 func Delete(ctx context.Context, name, what string) ([]string, error) {
 	kind, rest, ok := strings.Cut(what, "/")
 	if !ok || rest == "" {
@@ -208,6 +213,9 @@ func Delete(ctx context.Context, name, what string) ([]string, error) {
 		return nil, err
 	}
 	p := s.Plan
+	if p.Kubernetes != nil {
+		return deleteKube(ctx, s, kind, ns, objName)
+	}
 	snap, err := labstore.Open(p.storeDir()).Read()
 	if err != nil {
 		return nil, err
