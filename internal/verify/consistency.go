@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/kdive/kdive/internal/lab"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
@@ -20,9 +21,9 @@ func checkConsistency(ctx context.Context, e *env) Result {
 		return skip("no kernel reader given: the proxy's tables cannot be read back")
 	}
 	// Read the objects again: the checks ran a while.
-	snap, err := storeOf(e.plan.Name).Read()
+	snap, err := lab.Snapshot(ctx, e.st)
 	if err != nil {
-		return fail("read the lab's store: " + err.Error())
+		return fail("read the lab's objects: " + err.Error())
 	}
 	want := expectedTables(e.plan, snap)
 	var (
@@ -37,7 +38,7 @@ func checkConsistency(ctx context.Context, e *env) Result {
 		w, ok := want[n.Name]
 		if !ok {
 			bad = append(bad, n.Name)
-			details = append(details, n.Name+": no Node object in the lab's store")
+			details = append(details, n.Name+": no Node object in the lab")
 			continue
 		}
 		ins, err := e.opts.Inspect(ctx, ns, e.plan.Proxy.Mode)

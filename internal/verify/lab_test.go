@@ -126,7 +126,7 @@ func TestVerifyPresetDFaults(t *testing.T) {
 	const faultTimeout = 2 * time.Second
 
 	t.Run("a pod's /32 route deleted", func(t *testing.T) {
-		// echo-1 runs on node-2 (replicas go round-robin over the nodes).
+		// echo-1 runs on node-2 (echo-N runs on node N mod 3, 0-based).
 		ip := podIP("echo-1")
 		route, ok := findRoute(t, n2, netip.PrefixFrom(ip, 32))
 		if !ok {

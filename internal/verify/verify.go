@@ -38,8 +38,10 @@ type Options struct {
 	Inspect InspectFunc
 	// RequestTimeout bounds each request; default 3s.
 	RequestTimeout time.Duration
-	// SyncTimeout bounds the wait for the agents to program the
-	// workload; default 60s.
+	// SyncTimeout bounds the wait for the workload to be in place (in a
+	// Kubernetes lab: its pods running and ready, their EndpointSlices,
+	// the LoadBalancer IPs) and, again, for the agents to program it;
+	// default 60s, 3 minutes in a Kubernetes lab.
 	SyncTimeout time.Duration
 }
 
@@ -158,14 +160,17 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = 3 * time.Second
 	}
-	if opts.SyncTimeout <= 0 {
-		opts.SyncTimeout = 60 * time.Second
-	}
 	st, err := lab.Load(opts.Lab)
 	if err != nil {
 		return nil, err
 	}
-	e := &env{opts: opts, plan: st.Plan, nss: map[string]*kernel.NetNS{}}
+	if opts.SyncTimeout <= 0 && st.Plan.Kubernetes != nil {
+		opts.SyncTimeout = 3 * time.Minute // its pods take a while to start
+	}
+	if opts.SyncTimeout <= 0 {
+		opts.SyncTimeout = 60 * time.Second
+	}
+	e := &env{opts: opts, st: st, plan: st.Plan, nss: map[string]*kernel.NetNS{}}
 	defer e.close()
 	rep := &Report{Lab: opts.Lab, ProxyMode: st.Plan.Proxy.Mode}
 
@@ -197,6 +202,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 // namespaces opened so far.
 type env struct {
 	opts Options
+	st   *lab.State
 	plan *lab.Plan
 	w    *workload
 

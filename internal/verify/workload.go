@@ -6,17 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"text/template"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/kdive/kdive/internal/lab"
 	"github.com/kdive/kdive/internal/source/labstore"
@@ -25,42 +24,30 @@ import (
 // Namespace holds everything the suite applies to a lab.
 const Namespace = "kdive-verify"
 
-// The workload: echo pods everywhere, one pod pinned to the first node
-// (so that NodePort, externalTrafficPolicy Local and health checks have
-// nodes with and without a local endpoint), and the Services the checks
-// need. Ports: HTTP on 8080/TCP, datagrams on 5353/UDP.
+// The workload: two echo pods on every node, one more pod on the first
+// node (so that NodePort, externalTrafficPolicy Local and health checks
+// have nodes with and without a local endpoint), and the Services the
+// checks need. Every pod names its node (spec.nodeName, as a DaemonSet's
+// pods do): the checks need each node's pods where they are and by their
+// names, whether the lab places them itself or a scheduler would.
+// Ports: HTTP on 8080/TCP, datagrams on 5353/UDP.
 var workloadTmpl = template.Must(template.New("workload").Parse(`
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: {{.NS}}}
-spec:
-  replicas: {{.Replicas}}
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      containers:
-      - name: echo
-        image: kdive-echo
-        ports:
-        - {name: http, containerPort: 8080, protocol: TCP}
-        - {name: udp, containerPort: 5353, protocol: UDP}
+{{- range .Pods}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: local, namespace: {{.NS}}}
+apiVersion: v1
+kind: Pod
+metadata: {name: {{.Name}}, namespace: {{$.NS}}, labels: {app: {{.App}}}}
 spec:
-  replicas: 1
-  selector: {matchLabels: {app: local}}
-  template:
-    metadata: {labels: {app: local}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: {{.LocalNode}}}
-      containers:
-      - name: echo
-        image: kdive-echo
-        ports:
-        - {name: http, containerPort: 8080, protocol: TCP}
+  nodeName: {{.Node}}
+  containers:
+  - name: echo
+    image: kdive-echo
+    ports:
+    - {name: http, containerPort: 8080, protocol: TCP}
+{{- if eq .App "echo"}}
+    - {name: udp, containerPort: 5353, protocol: UDP}
+{{- end}}
+{{- end}}
 ---
 apiVersion: v1
 kind: Service
@@ -112,10 +99,11 @@ spec:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
 `))
 
-// Names of the workload's objects.
+// Names of the workload's objects: pods are named echo-N (on node N mod
+// the node count) and local-0.
 const (
-	deployEcho  = "echo"
-	deployLocal = "local"
+	podsEcho    = "echo"
+	podsLocal   = "local"
 	svcEcho     = "echo"
 	svcAffinity = "affinity"
 	svcNodePort = "nodeport"
@@ -124,15 +112,20 @@ const (
 	echoPort    = 8080
 )
 
-// workloadYAML renders the workload for a lab: two echo pods per node
-// (the lab spreads replicas round-robin), so every node has a pod and a
-// second one to talk to. lb-local admits exactly the external client;
-// lb-closed admits only the address after it, which nothing uses.
+// workloadYAML renders the workload for a lab: two echo pods per node,
+// so every node has a pod and a second one to talk to, and local-0 on the
+// first node. lb-local admits exactly the external client; lb-closed
+// admits only the address after it, which nothing uses.
 func workloadYAML(p *lab.Plan) []byte {
-	replicas := min(2*len(p.Nodes), 100)
+	type pod struct{ Name, App, Node string }
+	var pods []pod
+	for i := range min(2*len(p.Nodes), 100) {
+		pods = append(pods, pod{fmt.Sprintf("%s-%d", podsEcho, i), podsEcho, p.Nodes[i%len(p.Nodes)].Name})
+	}
+	pods = append(pods, pod{podsLocal + "-0", podsLocal, p.Nodes[0].Name})
 	var b bytes.Buffer
 	_ = workloadTmpl.Execute(&b, map[string]any{
-		"NS": Namespace, "Replicas": replicas, "LocalNode": p.Nodes[0].Name,
+		"NS": Namespace, "Pods": pods,
 		"Admitted": netip.PrefixFrom(p.External.IP, 32).String(),
 		"Closed":   netip.PrefixFrom(p.External.IP.Next(), 32).String(),
 	})
@@ -161,9 +154,9 @@ func (s svcRef) addr(port string) netip.AddrPort {
 	return netip.AddrPortFrom(s.ClusterIP, uint16(s.Ports[port].Port))
 }
 
-// workload is what was applied, read back from the lab's store.
+// workload is what was applied, read back from the lab.
 type workload struct {
-	echo   []podRef            // the echo Deployment's pods, by ordinal
+	echo   []podRef            // the echo pods, by ordinal
 	local  podRef              // the pod pinned to the first node
 	onNode map[string][]podRef // every workload pod by node: echo pods first
 	svc    map[string]svcRef
@@ -181,55 +174,76 @@ func (w *workload) echoNames() map[string]bool {
 // client is the pod that sends a node's pod traffic: its first echo pod.
 func (w *workload) client(node string) (podRef, bool) {
 	for _, p := range w.onNode[node] {
-		if strings.HasPrefix(p.Name, deployEcho+"-") {
+		if strings.HasPrefix(p.Name, podsEcho+"-") {
 			return p, true
 		}
 	}
 	return podRef{}, false
 }
 
-// storeOf is the lab's object store (README: /run/kdive/labs/LAB/store).
-func storeOf(name string) *labstore.Store {
-	return labstore.Open(filepath.Join(lab.Dir(name), "store"))
-}
-
-// deploy applies the workload, reads it back and, when anything changed,
-// waits until every node's agent has synced it. Its Result is the suite's
-// first row, named "workload".
+// deploy applies the workload, waits until it is in place (readWorkload)
+// and, when anything changed, until every node's agent has synced it. Its
+// Result is the suite's first row, named "workload".
 func (e *env) deploy(ctx context.Context) Result {
-	store := storeOf(e.plan.Name)
-	before, err := store.Read()
+	before, err := lab.Snapshot(ctx, e.st)
 	if err != nil {
-		return fail("read the lab's store: " + err.Error())
+		return fail("read the lab's objects: " + err.Error())
 	}
 	changes, err := lab.Apply(ctx, e.plan.Name, workloadYAML(e.plan), e.opts.Binaries)
 	if err != nil {
 		return fail("apply the workload: "+err.Error(), changes...)
 	}
-	// The time of the store's last write: agents must have synced after
-	// it (an agent may well have synced it before Apply returned).
-	fi, err := os.Stat(store.Path())
-	if err != nil {
-		return fail("read the lab's store: " + err.Error())
-	}
-	changedAt := fi.ModTime()
-	after, err := store.Read()
-	if err != nil {
-		return fail("read the lab's store: " + err.Error())
-	}
-	e.w, err = readWorkload(e.plan, after)
+	start := time.Now()
+	after, err := e.waitWorkload(ctx)
 	if err != nil {
 		return fail(err.Error())
 	}
 	summary := fmt.Sprintf("%d pods on %d nodes, %d services in namespace %s", len(e.w.echo)+1, len(e.plan.Nodes), len(e.w.svc), Namespace)
+	if e.plan.Kubernetes != nil {
+		summary += fmt.Sprintf(", ready after %.1fs", time.Since(start).Seconds())
+	}
 	if sameObjects(before, after) {
 		return pass(summary + "; already in place")
+	}
+	// Agents must have synced after the last change (one may well have
+	// synced it before Apply returned).
+	changedAt, err := lab.LastChange(e.st, after, Namespace)
+	if err != nil {
+		return fail(err.Error())
 	}
 	took, err := e.waitSynced(ctx, changedAt)
 	if err != nil {
 		return fail(err.Error())
 	}
 	return pass(fmt.Sprintf("%s; every agent synced it within %.1fs of the last change", summary, took.Seconds()))
+}
+
+// waitWorkload reads the workload back until it is in place: at once in
+// a plain lab, whose apply returns when it is; a Kubernetes lab's
+// controllers, kubelets and cloud take their time (pods to start, their
+// EndpointSlices, the LoadBalancer IPs), bounded by SyncTimeout.
+func (e *env) waitWorkload(ctx context.Context) (*labstore.Snapshot, error) {
+	deadline := time.Now().Add(e.opts.SyncTimeout)
+	for {
+		snap, err := lab.Snapshot(ctx, e.st)
+		if err == nil {
+			e.w, err = readWorkload(e.st, snap)
+			if err == nil {
+				return snap, nil
+			}
+		}
+		if e.plan.Kubernetes == nil {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the workload is not in place within %s: %w", e.opts.SyncTimeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // sameObjects says whether the workload's Services and EndpointSlices are
@@ -253,32 +267,41 @@ func sameObjects(a, b *labstore.Snapshot) bool {
 	return pick(a) == pick(b)
 }
 
-// readWorkload finds the workload's pods and services in a snapshot.
-func readWorkload(p *lab.Plan, snap *labstore.Snapshot) (*workload, error) {
+// readWorkload finds the workload in a snapshot of the lab, and says what
+// is not in place yet: a pod not running and ready (or still terminating),
+// a Service without its cluster IP or LoadBalancer IP, a Service whose
+// ready endpoints are not exactly its pods.
+func readWorkload(s *lab.State, snap *labstore.Snapshot) (*workload, error) {
 	w := &workload{onNode: map[string][]podRef{}, svc: map[string]svcRef{}}
 	var pending []string
-	for _, pod := range snap.Pods {
+	for i := range snap.Pods {
+		pod := &snap.Pods[i]
 		if pod.Namespace != Namespace {
 			continue
 		}
 		ip, err := netip.ParseAddr(pod.Status.PodIP)
-		if err != nil {
-			pending = append(pending, pod.Name)
+		if err != nil || pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning || !podReady(pod) {
+			pending = append(pending, fmt.Sprintf("%s (%s)", pod.Name, podState(pod)))
 			continue
 		}
-		ref := podRef{Name: pod.Name, Node: pod.Spec.NodeName, IP: ip, NetNS: lab.PodNetNS(p.Name, pod.Namespace, pod.Name)}
+		netns, err := lab.PodNetNSPath(s, pod)
+		if err != nil {
+			pending = append(pending, fmt.Sprintf("%s (%v)", pod.Name, err))
+			continue
+		}
+		ref := podRef{Name: pod.Name, Node: pod.Spec.NodeName, IP: ip, NetNS: netns}
 		switch {
-		case strings.HasPrefix(pod.Name, deployEcho+"-"):
+		case strings.HasPrefix(pod.Name, podsEcho+"-"):
 			w.echo = append(w.echo, ref)
-		case strings.HasPrefix(pod.Name, deployLocal+"-"):
+		case strings.HasPrefix(pod.Name, podsLocal+"-"):
 			w.local = ref
 		}
 	}
 	if len(pending) > 0 {
-		return nil, fmt.Errorf("pods %s of the workload have no IP", strings.Join(pending, ", "))
+		return nil, fmt.Errorf("pods of the workload not running and ready: %s", strings.Join(pending, ", "))
 	}
 	if len(w.echo) == 0 || w.local.Name == "" {
-		return nil, fmt.Errorf("the workload's pods are not in the lab's store")
+		return nil, fmt.Errorf("the workload's pods are not in the lab")
 	}
 	slices.SortFunc(w.echo, func(a, b podRef) int { return ordinal(a.Name) - ordinal(b.Name) })
 	for _, pod := range append(slices.Clone(w.echo), w.local) {
@@ -287,7 +310,7 @@ func readWorkload(p *lab.Plan, snap *labstore.Snapshot) (*workload, error) {
 	for _, name := range []string{svcEcho, svcAffinity, svcNodePort, svcLBLocal, svcLBClosed} {
 		i := slices.IndexFunc(snap.Services, func(s corev1.Service) bool { return s.Namespace == Namespace && s.Name == name })
 		if i < 0 {
-			return nil, fmt.Errorf("service %s/%s is not in the lab's store", Namespace, name)
+			return nil, fmt.Errorf("service %s/%s is not in the lab", Namespace, name)
 		}
 		svc := &snap.Services[i]
 		ref := svcRef{Ports: map[string]corev1.ServicePort{}, HealthCheckNodePort: int(svc.Spec.HealthCheckNodePort)}
@@ -301,9 +324,67 @@ func readWorkload(p *lab.Plan, snap *labstore.Snapshot) (*workload, error) {
 		if !ref.ClusterIP.IsValid() || (svc.Spec.Type == corev1.ServiceTypeLoadBalancer && !ref.LBIP.IsValid()) {
 			return nil, fmt.Errorf("service %s/%s has no cluster IP or LoadBalancer IP", Namespace, name)
 		}
+		want := w.echo
+		if svc.Spec.Selector["app"] == podsLocal {
+			want = []podRef{w.local}
+		}
+		if err := endpointsAre(snap, name, want); err != nil {
+			return nil, err
+		}
 		w.svc[name] = ref
 	}
 	return w, nil
+}
+
+// endpointsAre checks that the ready endpoints of service name's
+// EndpointSlices are exactly the pods'.
+func endpointsAre(snap *labstore.Snapshot, name string, pods []podRef) error {
+	ready := map[string]bool{}
+	for _, sl := range snap.EndpointSlices {
+		if sl.Namespace != Namespace || sl.Labels[discoveryv1.LabelServiceName] != name {
+			continue
+		}
+		for _, ep := range sl.Endpoints {
+			if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+				for _, a := range ep.Addresses {
+					ready[a] = true
+				}
+			}
+		}
+	}
+	var missing []string
+	for _, p := range pods {
+		if !ready[p.IP.String()] {
+			missing = append(missing, p.Name)
+		}
+		delete(ready, p.IP.String())
+	}
+	if len(missing) > 0 || len(ready) > 0 {
+		return fmt.Errorf("the EndpointSlices of service %s/%s do not list exactly its ready pods: missing %v, others %v", Namespace, name, missing, slices.Sorted(maps.Keys(ready)))
+	}
+	return nil
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podState is a pod's state in a word or two, as kubectl get pods says it.
+func podState(pod *corev1.Pod) string {
+	switch {
+	case pod.DeletionTimestamp != nil:
+		return "Terminating"
+	case pod.Status.Phase == corev1.PodRunning && !podReady(pod):
+		return "Running, not ready"
+	case pod.Status.Phase == "":
+		return "Pending"
+	}
+	return string(pod.Status.Phase)
 }
 
 func ordinal(pod string) int {
@@ -410,13 +491,14 @@ func (e *env) agentHealth(ctx context.Context, netns string) (agentHealth, error
 	return h, nil
 }
 
-// removeWorkload deletes the workload's objects that are there.
+// removeWorkload deletes the workload's objects that are there: its
+// Services and pods.
 func removeWorkload(ctx context.Context, name string) error {
 	st, err := lab.Load(name)
 	if err != nil {
 		return err
 	}
-	snap, err := storeOf(name).Read()
+	snap, err := lab.Snapshot(ctx, st)
 	if err != nil {
 		return err
 	}
@@ -426,13 +508,9 @@ func removeWorkload(ctx context.Context, name string) error {
 			objs = append(objs, "service/"+Namespace+"/"+s.Name)
 		}
 	}
-	for _, d := range []string{deployEcho, deployLocal} {
-		inPlan := slices.ContainsFunc(st.Plan.Objects.Deployments, func(o appsv1.Deployment) bool { return o.Namespace == Namespace && o.Name == d })
-		hasPods := slices.ContainsFunc(snap.Pods, func(p corev1.Pod) bool {
-			return p.Namespace == Namespace && strings.HasPrefix(p.Name, d+"-")
-		})
-		if inPlan || hasPods {
-			objs = append(objs, "deployment/"+Namespace+"/"+d)
+	for _, p := range snap.Pods {
+		if p.Namespace == Namespace {
+			objs = append(objs, "pod/"+Namespace+"/"+p.Name)
 		}
 	}
 	var errs []error
