@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -134,12 +135,28 @@ func OpenNetNS(nameOrPath string) (*NetNS, error) {
 		fd.Close()
 		return nil, fmt.Errorf("open netns %s: %w", nameOrPath, err)
 	}
-	nl, err := netlink.NewHandleAt(fd)
+	nl, err := handleAt(fd)
 	if err != nil {
 		fd.Close()
 		return nil, fmt.Errorf("open netlink in netns %s: %w", nameOrPath, err)
 	}
 	return &NetNS{name: name, path: path, fd: fd, nl: nl}, nil
+}
+
+// handleAt opens a netlink handle in the namespace fd. In the caller's own
+// namespace it does not enter it: setns(2) needs CAP_SYS_ADMIN, which an
+// unprivileged container (kdive install-cni's) lacks, even to enter the
+// namespace it is in.
+func handleAt(fd netns.NsHandle) (*netlink.Handle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if cur, err := netns.Get(); err == nil {
+		defer cur.Close()
+		if cur.Equal(fd) {
+			return netlink.NewHandle()
+		}
+	}
+	return netlink.NewHandleAt(fd)
 }
 
 // errNotNetNS is returned when a path is not a network namespace file.
@@ -236,4 +253,31 @@ func (n *NetNS) String() string {
 		return n.name
 	}
 	return n.path
+}
+
+// HasNftTable tells whether the namespace has nftables table name in
+// family ("ip", "inet", "bridge"), over netlink: no nft process.
+func (n *NetNS) HasNftTable(family, name string) (bool, error) {
+	fam, ok := map[string]nftables.TableFamily{
+		"ip": nftables.TableFamilyIPv4, "ip6": nftables.TableFamilyIPv6, "inet": nftables.TableFamilyINet,
+		"bridge": nftables.TableFamilyBridge,
+	}[family]
+	if !ok {
+		return false, fmt.Errorf("nftables family %q", family)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(n.fd)))
+	if err != nil {
+		return false, err
+	}
+	defer c.CloseLasting()
+	tables, err := c.ListTablesOfFamily(fam)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tables {
+		if t.Name == name {
+			return true, nil
+		}
+	}
+	return false, nil
 }
