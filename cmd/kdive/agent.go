@@ -119,6 +119,7 @@ func (af *agentFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&fl.ClientConnection.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (default: in-cluster)")
 	f.StringVar(&fl.ClientConnection.APIServer, "api-server", "", "the API server's URL (https://HOST:PORT) with the in-cluster service account, instead of the kubernetes Service's cluster IP, which works only once a service proxy runs")
 	f.StringVar(&fl.ClientConnection.LabStore, "lab-store", "", "a lab's store directory instead of an API server")
+	f.BoolVar(&fl.NATOutgoing, "nat-outgoing", false, "masquerade traffic from this node's pods to addresses outside every pod block")
 	f.StringVar(&fl.Uplink, "uplink", "", "uplink interface (default: the one holding the node's InternalIP)")
 	f.StringVar(&fl.CNI.ConfDir, "cni-conf-dir", "", "where to write 10-kdive.conflist (default "+agent.DefaultConfDir+")")
 	f.StringVar(&fl.CNI.DataDir, "cni-data-dir", "", "the CNI plugin's IPAM store (default "+agent.DefaultDataDir+")")
@@ -153,6 +154,9 @@ func (af *agentFlags) load(f *pflag.FlagSet) (*agent.Configuration, error) {
 	set("api-server", &cfg.ClientConnection.APIServer, fl.ClientConnection.APIServer)
 	set("lab-store", &cfg.ClientConnection.LabStore, fl.ClientConnection.LabStore)
 	set("uplink", &cfg.Uplink, fl.Uplink)
+	if f.Changed("nat-outgoing") {
+		cfg.NATOutgoing = fl.NATOutgoing
+	}
 	set("cni-conf-dir", &cfg.CNI.ConfDir, fl.CNI.ConfDir)
 	set("cni-data-dir", &cfg.CNI.DataDir, fl.CNI.DataDir)
 	set("proxy-mode", &cfg.Proxy.Mode, fl.Proxy.Mode)

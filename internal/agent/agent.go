@@ -225,7 +225,7 @@ func (a *Agent) syncPodNet(ctx context.Context, st podnet.State) error {
 		return err
 	}
 	if a.podnet == nil || a.uplink != up.name {
-		a.podnet = podnet.New(podnet.Options{NetNS: a.opts.NetNS, Network: a.cfg.PodNetwork, Uplink: up.name, OnChange: a.podnetChanged})
+		a.podnet = podnet.New(podnet.Options{NetNS: a.opts.NetNS, Network: a.cfg.PodNetwork, NATOutgoing: a.cfg.NATOutgoing, Uplink: up.name, OnChange: a.podnetChanged})
 		a.uplink = up.name
 	}
 	a.reportIPAM(st.Local)

@@ -33,6 +33,12 @@ type Configuration struct {
 	NodeName         string           `json:"nodeName,omitempty"`
 	ClientConnection ClientConnection `json:"clientConnection,omitempty"`
 	PodNetwork       model.PodNetwork `json:"podNetwork"`
+	// NATOutgoing masquerades traffic from this node's pods to addresses
+	// outside every pod block (Calico's natOutgoing): needed where the
+	// underlay routes only host addresses, as a cloud VPC does, for pods
+	// to reach the API server on a control-plane host or anything outside
+	// the cluster. Traffic between pods keeps its source.
+	NATOutgoing bool `json:"natOutgoing,omitempty"`
 	// Uplink is the interface pod traffic leaves by; default the one
 	// holding the node's InternalIP.
 	Uplink string `json:"uplink,omitempty"`

@@ -22,6 +22,8 @@ var ErrForeignRoute = errors.New("a route of another owner is in the way")
 type Reconciler struct {
 	opts Options
 	mu   sync.Mutex
+	// lastNAT is the natOutgoing table last applied.
+	lastNAT string
 }
 
 // New returns a Reconciler; it does no work until Sync or Cleanup.
@@ -51,8 +53,8 @@ func (r *Reconciler) Sync(ctx context.Context, st State) error {
 	if err != nil {
 		return err // it names the node
 	}
-	a := &applier{ns: r.opts.NetNS, p: p, report: r.opts.OnChange}
-	steps := []func() error{a.links, a.sysctls, a.fdb, a.neighbors, a.routes, a.staleLinks}
+	a := &applier{ctx: ctx, ns: r.opts.NetNS, p: p, report: r.opts.OnChange, lastNAT: &r.lastNAT}
+	steps := []func() error{a.links, a.sysctls, a.fdb, a.neighbors, a.routes, a.staleLinks, a.natOutgoing}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(append(a.errs, fmt.Errorf("sync %s: %w", p.Node, err))...)
@@ -109,10 +111,12 @@ func (r *Reconciler) observe(st State) (State, error) {
 
 // applier applies one plan, collecting per-entry errors.
 type applier struct {
-	ns     *kernel.NetNS
-	p      *Plan
-	report func(Change)
-	errs   []error
+	ctx     context.Context
+	lastNAT *string
+	ns      *kernel.NetNS
+	p       *Plan
+	report  func(Change)
+	errs    []error
 }
 
 func (a *applier) changed(action, object, node string) {

@@ -11,7 +11,8 @@ import (
 // Cleanup removes everything podnet owns on the node, whatever process or
 // mode created it: every main-table route marked RouteProtocolAgent and
 // every tunnel device podnet owns (FDB and neighbour entries go with the
-// VXLAN device; tunl0, which cannot be deleted, is released). Sysctls are
+// VXLAN device; tunl0, which cannot be deleted, is released) and the
+// natOutgoing table. Sysctls are
 // left as they are. It needs no State, so it also cleans up after an agent
 // that is gone.
 func (r *Reconciler) Cleanup(ctx context.Context) error {
@@ -43,6 +44,15 @@ func (r *Reconciler) Cleanup(ctx context.Context) error {
 	}
 	for _, err := range removeTunnels(ns, func(string) bool { return true }, r.opts.OnChange) {
 		errs = append(errs, fmt.Errorf("podnet cleanup: %w", err))
+	}
+	if has, err := ns.HasNftTable("ip", NATTable); err != nil {
+		errs = append(errs, fmt.Errorf("podnet cleanup: %w", err))
+	} else if has {
+		if err := ns.Nft(ctx, removeNATTable); err != nil {
+			errs = append(errs, fmt.Errorf("podnet cleanup: nftables table %s: %w", NATTable, err))
+		} else if r.opts.OnChange != nil {
+			r.opts.OnChange(Change{Action: "delete", Object: "nftables table " + NATTable})
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -26,6 +26,8 @@ type Plan struct {
 	FDB       []FDBEntry
 	Neighbors []NeighEntry
 	Routes    []RouteEntry
+	// NATOutgoing is the natOutgoing table's nft script, "" when off.
+	NATOutgoing string
 	// Skipped lists the peers left out, with why.
 	Skipped []Skipped
 }

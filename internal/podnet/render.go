@@ -20,6 +20,9 @@ type Options struct {
 	Network model.PodNetwork
 	// Uplink is the node's underlay interface, e.g. "eth0".
 	Uplink string
+	// NATOutgoing masquerades traffic from the node's pods to addresses
+	// outside every pod block (see natOutgoingRuleset).
+	NATOutgoing bool
 	// OnChange, when set, is called for every write Sync and Cleanup make,
 	// synchronously; it must not call back into the Reconciler.
 	OnChange func(Change)
@@ -102,6 +105,14 @@ func Render(opts Options, st State) (*Plan, error) {
 		})
 	}
 	r.sharedDevice()
+	if opts.NATOutgoing {
+		blocks := []netip.Prefix{block}
+		for _, peer := range r.peers() {
+			blocks = append(blocks, peer.PodCIDR.Masked())
+		}
+		slices.SortFunc(blocks, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		p.NATOutgoing = natOutgoingRuleset(block, blocks)
+	}
 	for _, peer := range r.peers() {
 		switch {
 		case !opts.Network.Encapsulate(p.Subnet, peer.IP):

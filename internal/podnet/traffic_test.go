@@ -1,9 +1,13 @@
 package podnet_test
 
 import (
+	"context"
 	"errors"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -156,4 +160,91 @@ func checkPodTraffic(t *testing.T, nw model.PodNetwork) {
 	case nw.Interface == model.InterfaceRouted && err == nil:
 		t.Errorf("routed mode: node-1 routes unassigned %s via %q, want the blackhole", unassigned, r.Dev)
 	}
+}
+
+// TestTrafficNATOutgoing: with natOutgoing a pod reaches an address outside
+// every pod block (node-3's own address, across the VPC router, which
+// drops pod-addressed packets) as its node; traffic between pods is not
+// masqueraded; without it the router drops the pod's packets. Turning it
+// off and Cleanup remove the table.
+func TestTrafficNATOutgoing(t *testing.T) {
+	ktest.RequireFeature(t, kernel.FeatureVXLAN)
+	c := newCluster(t)
+	nw := network(routed, "vxlan", cross)
+	c.sync(t, nw)
+	c.attachPods(t, nw)
+	n1, n3 := c.nodes[0], c.nodes[2]
+	before := c.vpcDrops(t)
+	if err := tcpRoundTrip(n1.pod, n3.ns, n3.IP, 1024); err == nil {
+		t.Errorf("without natOutgoing, pod on node-1 -> node-3's address got through the VPC router")
+	}
+	if c.vpcDrops(t) == before {
+		t.Errorf("the router counted no drop of the pod's packet")
+	}
+	ctx := context.Background()
+	sync := func(on bool) {
+		for _, n := range c.nodes {
+			n.rec = podnet.New(podnet.Options{NetNS: n.ns, Network: nw, Uplink: "eth0", NATOutgoing: on})
+			must(t, n.rec.Sync(ctx, podnet.State{Local: n.Node, Peers: c.peers()}))
+		}
+	}
+	sync(true)
+	out, err := n1.ns.Run(ctx, "", "nft", "list", "table", "ip", podnet.NATTable)
+	must(t, err)
+	for _, want := range []string{"elements = { 10.244.1.0-10.244.3.255 }", "ip saddr 10.244.1.0/24 ip daddr != @pod-blocks masquerade"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table %s lacks %q:\n%s", podnet.NATTable, want, out)
+		}
+	}
+	if err := tcpRoundTrip(n1.pod, n3.ns, n3.IP, 1024); err != nil {
+		t.Errorf("with natOutgoing, pod on node-1 -> node-3's address: %v", err)
+	}
+	// Between pods the source stays: node-3's pod sees node-1's pod; to
+	// node-3's address the pod arrives as node-1.
+	if got := peerSource(t, n1.pod, n3.pod, n3.podIP()); got != n1.podIP() {
+		t.Errorf("pod on node-3 saw pod on node-1 come from %s, want %s (not masqueraded)", got, n1.podIP())
+	}
+	if got := peerSource(t, n1.pod, n3.ns, n3.IP); got != n1.IP {
+		t.Errorf("node-3 saw pod on node-1 come from %s, want node-1's %s (masqueraded)", got, n1.IP)
+	}
+	sync(false)
+	if has, err := n1.ns.HasNftTable("ip", podnet.NATTable); err != nil || has {
+		t.Errorf("natOutgoing off: table still there (%v, %v)", has, err)
+	}
+	sync(true)
+	must(t, n1.rec.Cleanup(ctx))
+	if has, err := n1.ns.HasNftTable("ip", podnet.NATTable); err != nil || has {
+		t.Errorf("after Cleanup: table still there (%v, %v)", has, err)
+	}
+}
+
+// peerSource is the source address a TCP connection from "from" to dst
+// arrives with in "to".
+func peerSource(t *testing.T, from, to *kernel.NetNS, dst netip.Addr) netip.Addr {
+	t.Helper()
+	var ln net.Listener
+	must(t, to.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
+		return err
+	}))
+	defer ln.Close()
+	got := make(chan netip.Addr, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- netip.Addr{}
+			return
+		}
+		got <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := from.DialContext(ctx, "tcp4", ln.Addr().String())
+	if err != nil {
+		t.Errorf("connect to %s: %v", ln.Addr(), err)
+		return netip.Addr{}
+	}
+	c.Close()
+	return <-got
 }
