@@ -20,7 +20,7 @@ type tracePlace struct {
 	Name string // "default/web-0", "node-1", "router", "external", "control-plane"
 	Node string // a pod's node
 	IP   netip.Addr
-	// Subnet and Block are a node's underlay subnet and pod block.
+	// Subnet is a host's underlay subnet, Block a node's pod block.
 	Subnet, Block netip.Prefix
 	nsName        string
 	ns            *kernel.NetNS
@@ -105,8 +105,8 @@ func openTraceLab(ctx context.Context, name string) (*traceLab, error) {
 					continue
 				}
 				tl.byAddr[a.Addr()] = p
-				if p.Kind == "node" && a.Addr() == p.IP {
-					p.Subnet = a.Masked() // the uplink's subnet
+				if p.Kind != "pod" && a.Addr() == p.IP {
+					p.Subnet = a.Masked() // a host's uplink's subnet
 				}
 			}
 		}

@@ -127,9 +127,11 @@ func (tl *traceLab) forward(n *tracePlace, dst netip.Addr) walk {
 			w.encap = cmp.Or(w.encap, "local")
 			return w
 		}
-		// Leaving the node: encapsulated or not.
+		// Leaving the node: encapsulated or not. Unencapsulated through
+		// the router (a host in another subnet), the router is a hop on the
+		// underlay, below.
 		encap, outer := "direct", r.Gateway
-		if !outer.IsValid() {
+		if gw := tl.byAddr[outer]; !outer.IsValid() || (gw != nil && gw.Kind == "router") {
 			outer = dst
 		}
 		switch {
