@@ -313,7 +313,12 @@ scheduled (spec.nodeName, else round-robin over the nodes matching the
 nodeSelector) and attached through CNI; a Deployment's replica count adds or
 removes pods; a Service keeps its cluster IP and node ports. Everything is
 validated first: an invalid object changes nothing. The lab runs no
-controllers: pod template changes of a Deployment apply to new pods only.`,
+controllers: pod template changes of a Deployment apply to new pods only.
+
+In a Kubernetes lab (lab up --kubernetes) the same objects, validated the same
+way, go to its API server (server-side apply, missing namespaces created),
+whose controllers, scheduler and kubelets do the rest; containers of image
+kdive-echo run kdive's echo server.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if file == "" {
@@ -340,7 +345,10 @@ func newLabDeleteCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "delete NAME KIND/NAME",
 		Short: "Delete a pod, deployment or service from a running lab (KIND/NAME or KIND/NAMESPACE/NAME)",
-		Args:  cobra.ExactArgs(2),
+		Long: `Delete a pod, deployment (with its pods) or service from a running lab, given
+as KIND/NAME or KIND/NAMESPACE/NAME (namespace default). In a Kubernetes lab
+the API server deletes it; the command returns once it is gone.`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			changes, err := lab.Delete(cmd.Context(), args[0], args[1])
 			printLines(cmd.OutOrStdout(), changes)

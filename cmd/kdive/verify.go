@@ -36,9 +36,11 @@ func newVerifyCmd() *cobra.Command {
 		Short: "Verify connectivity and load balancing by sending real traffic (exit status 1 when a check fails)",
 		Long: `Verify applies a workload to the lab (namespace ` + verify.Namespace + `: echo pods on every
 node, ClusterIP, NodePort, LoadBalancer and session-affinity Services), waits
-until every agent has programmed it, sends real traffic from pods, nodes and
-the lab's external client, and reports each check with ✓ or ✗ and the reason
-of a failure. The workload is removed afterwards unless --keep.
+until it is in place (in a Kubernetes lab: its pods running and ready, their
+EndpointSlices, the LoadBalancer IPs) and every agent has programmed it, sends
+real traffic from pods, nodes and the lab's external client, and reports each
+check with ✓ or ✗ and the reason of a failure. The workload is removed
+afterwards unless --keep.
 
 Checks:
 ` + list.String(),
