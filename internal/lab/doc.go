@@ -28,6 +28,13 @@
 // ports. Apply and Delete (apply.go) change a running lab like kubectl.
 // Up checks the kernel features a lab needs first (presets A-C need ipip).
 //
+// A Kubernetes lab (spec.kubernetes, kubernetes*.go) runs a real cluster on
+// the same underlay instead. What tools read of a running lab of either
+// kind comes from view.go: Snapshot (its Nodes, Pods, Services and
+// EndpointSlices: the store, or the API server), PodNetNSPath (a pod's
+// network namespace), LastChange, and the node paths of paths.go; Apply
+// and Delete of a Kubernetes lab go through its API server (apply_kube.go).
+//
 // Naming: lab L's namespaces are kdive-L.<node>, kdive-L.router,
 // kdive-L.external and kdive-L.pod.<namespace>.<name>; the underlay links
 // carry the ifalias "kdive-lab:L"; lab processes run with KDIVE_LAB=L.

@@ -112,7 +112,7 @@ func slicesFor(svc *corev1.Service, pods []corev1.Pod, zones map[string]string) 
 		if len(ports) == 0 {
 			continue
 		}
-		ready := podReady(pod)
+		ready := PodReady(pod)
 		terminating := pod.DeletionTimestamp != nil
 		ep := discoveryv1.Endpoint{
 			Addresses: []string{pod.Status.PodIP},
@@ -178,7 +178,8 @@ func resolvePorts(svc *corev1.Service, pod *corev1.Pod) ([]discoveryv1.EndpointP
 	return out, strings.Join(key, ",")
 }
 
-func podReady(pod *corev1.Pod) bool {
+// PodReady says whether the pod's Ready condition is true.
+func PodReady(pod *corev1.Pod) bool {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodReady {
 			return c.Status == corev1.ConditionTrue

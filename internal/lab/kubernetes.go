@@ -109,6 +109,12 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err := p.installKdive(ctx, cs); err != nil {
 		return err
 	}
+	// The pod network first, as on any cluster: pods created before
+	// their nodes are Ready would all land on the first node that is.
+	say.say("waiting: nodes Ready, kdive on every node")
+	if err := p.waitKubeReady(ctx, cs, opts.AgentTimeout); err != nil {
+		return err
+	}
 	say.say("CoreDNS: kube-system/kube-dns at %s", c.DNSServiceIP())
 	if err := p.installCoreDNS(ctx, cs, opts.Binaries); err != nil {
 		return err
@@ -124,7 +130,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err := createObjects(ctx, cs, objs); err != nil {
 		return err
 	}
-	say.say("waiting: nodes Ready, kdive on every node, deployments available")
+	say.say("waiting: deployments available")
 	if err := p.waitKubeReady(ctx, cs, opts.AgentTimeout); err != nil {
 		return err
 	}
@@ -440,9 +446,7 @@ func NodeCommand(s *State, node string, argv []string) ([]string, error) {
 		return nil, err
 	}
 	if len(argv) > 0 && argv[0] == "crictl" {
-		if bin, err := FindBinaries(""); err == nil {
-			argv = append([]string{bin.path("crictl"), "--runtime-endpoint", "unix://" + k8s.ContainerdSocket}, argv[1:]...)
-		}
+		argv = append([]string{filepath.Join(s.BinDir, "crictl"), "--runtime-endpoint", "unix://" + k8s.ContainerdSocket}, argv[1:]...)
 	}
 	return append(nodeEnter(holder), argv...), nil
 }

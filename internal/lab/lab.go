@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -119,7 +120,8 @@ func Up(ctx context.Context, p *Plan, opts UpOptions) (*State, error) {
 		return nil, fmt.Errorf("lab %q: namespaces of an earlier lab of that name are still there (%s); kdive lab down %s removes them",
 			p.Name, strings.Join(left, ", "), p.Name)
 	}
-	s := &State{Plan: p, Created: time.Now().UTC().Truncate(time.Second), LabFile: string(opts.LabFile)}
+	s := &State{Plan: p, Created: time.Now().UTC().Truncate(time.Second), LabFile: string(opts.LabFile),
+		BinDir: filepath.Dir(opts.Binaries.Kdive)}
 	build := up
 	if p.Kubernetes != nil {
 		build = upKubernetes

@@ -25,6 +25,8 @@ type State struct {
 	Created time.Time `json:"created"`
 	// LabFile is the lab file the lab was made from, as given.
 	LabFile string `json:"labFile"`
+	// BinDir holds the binaries the lab runs (kdive's directory).
+	BinDir string `json:"binDir,omitempty"`
 }
 
 // ErrNoLab is wrapped by errors about a lab that does not exist.
