@@ -280,7 +280,7 @@ func readWorkload(s *lab.State, snap *labstore.Snapshot) (*workload, error) {
 			continue
 		}
 		ip, err := netip.ParseAddr(pod.Status.PodIP)
-		if err != nil || pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning || !podReady(pod) {
+		if err != nil || pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning || !lab.PodReady(pod) {
 			pending = append(pending, fmt.Sprintf("%s (%s)", pod.Name, podState(pod)))
 			continue
 		}
@@ -365,21 +365,12 @@ func endpointsAre(snap *labstore.Snapshot, name string, pods []podRef) error {
 	return nil
 }
 
-func podReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // podState is a pod's state in a word or two, as kubectl get pods says it.
 func podState(pod *corev1.Pod) string {
 	switch {
 	case pod.DeletionTimestamp != nil:
 		return "Terminating"
-	case pod.Status.Phase == corev1.PodRunning && !podReady(pod):
+	case pod.Status.Phase == corev1.PodRunning && !lab.PodReady(pod):
 		return "Running, not ready"
 	case pod.Status.Phase == "":
 		return "Pending"

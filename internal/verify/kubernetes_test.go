@@ -1,0 +1,357 @@
+package verify_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kdive/kdive/internal/diag"
+	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/lab"
+	"github.com/kdive/kdive/internal/verify"
+)
+
+// requireKubernetes skips unless this is root with the Kubernetes lab's
+// binaries and images (make kubernetes) in KDIVE_TEST_BINDIR: the checks
+// of internal/lab's helper of that name.
+func requireKubernetes(t *testing.T) {
+	t.Helper()
+	for _, f := range []kernel.Feature{kernel.FeatureVeth, kernel.FeatureBridge, kernel.FeatureNFTables, kernel.FeatureVXLAN} {
+		ktest.RequireFeature(t, f)
+	}
+	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
+		t.Skip("a Kubernetes lab needs the binaries and images of `make kubernetes`: set KDIVE_TEST_BINDIR to bin/ (make test does)")
+	}
+	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+		"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "crictl", "kdive-image.tar"} {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(testBins.Kdive), b)); err != nil {
+			t.Skipf("a Kubernetes lab needs %s (make kubernetes): %v", b, err)
+		}
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("a Kubernetes lab needs runc (make deps installs Debian's)")
+	}
+}
+
+// TestKubernetesLabTools brings up preset D as a real Kubernetes cluster
+// and runs on it what a plain lab has: lab status, show (every kind) on
+// every node, trace with a probe from a pod to a Service, verify (every
+// check passes), lab apply and lab delete through the API server.
+func TestKubernetesLabTools(t *testing.T) {
+	requireKubernetes(t)
+	const name = "kdt-kview"
+	ctx := context.Background()
+	_ = lab.Down(name)
+	p, raw, err := lab.Prepare(name, lab.Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progress bytes.Buffer
+	start := time.Now()
+	s, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
+	if err != nil {
+		t.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
+	}
+	t.Logf("lab up --kubernetes: %.1fs", time.Since(start).Seconds())
+	t.Cleanup(func() {
+		if err := lab.Down(name); err != nil && !errors.Is(err, lab.ErrNoLab) {
+			t.Errorf("lab down %s: %v", name, err)
+		}
+	})
+
+	t.Run("status", func(t *testing.T) { checkKubeStatus(t, s) })
+	t.Run("show", func(t *testing.T) { checkKubeShow(t, s) })
+	t.Run("trace", func(t *testing.T) { checkKubeTrace(t, s) })
+	t.Run("verify", func(t *testing.T) {
+		start := time.Now()
+		rep, err := verify.Run(ctx, verify.Options{Lab: name, Binaries: testBins, Inspect: testInspect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		_ = rep.WriteTable(&b)
+		t.Logf("verify (%.1fs):\n%s", time.Since(start).Seconds(), b.String())
+		for _, r := range rep.Results {
+			switch {
+			case !r.OK:
+				t.Errorf("%s failed: %s\n  %s", r.Name, r.Reason, strings.Join(r.Details, "\n  "))
+			case r.Skipped:
+				t.Errorf("%s skipped: %s", r.Name, r.Reason)
+			}
+		}
+		if len(rep.Results) != len(verify.Checks())+1 {
+			t.Errorf("%d results, want the workload and %d checks", len(rep.Results), len(verify.Checks()))
+		}
+		snap, err := lab.Snapshot(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pod := range snap.Pods {
+			if pod.Namespace == verify.Namespace {
+				t.Errorf("pod %s left behind", pod.Name)
+			}
+		}
+	})
+	t.Run("apply and delete", func(t *testing.T) { checkKubeApplyDelete(t, s) })
+}
+
+func checkKubeStatus(t *testing.T, s *lab.State) {
+	st := lab.GetStatus(context.Background(), s)
+	if st.State != "running" || len(st.Problems) > 0 {
+		t.Errorf("state %s, problems %v", st.State, st.Problems)
+	}
+	if cp := st.ControlPlane; cp == nil || cp.IP != s.Plan.Kubernetes.ControlPlane.IP.String() {
+		t.Errorf("control plane %+v, want %s", cp, s.Plan.Kubernetes.ControlPlane.IP)
+	}
+	agents := 0
+	for _, pod := range st.Pods {
+		switch {
+		case pod.HostNetwork:
+			n, _ := s.Plan.Node(pod.Node)
+			if pod.NetNS != filepath.Join(kernel.NetNSDir, n.NetNS) {
+				t.Errorf("hostNetwork pod %s/%s: netns %q, want its node's", pod.Namespace, pod.Name, pod.NetNS)
+			}
+			if strings.HasPrefix(pod.Name, "kdive-") {
+				agents++
+			}
+		case pod.IP == "" || !strings.HasPrefix(pod.NetNS, "/proc/"):
+			t.Errorf("pod %s/%s: IP %q, netns %q", pod.Namespace, pod.Name, pod.IP, pod.NetNS)
+		}
+	}
+	if agents != len(s.Plan.Nodes) {
+		t.Errorf("%d kdive agent pods, want one per node", agents)
+	}
+	var svcs []string
+	for _, svc := range st.Services {
+		svcs = append(svcs, svc.Namespace+"/"+svc.Name)
+	}
+	for _, want := range []string{"default/kubernetes", "default/ingress", "kube-system/kube-dns"} {
+		if !slices.Contains(svcs, want) {
+			t.Errorf("no service %s among %v", want, svcs)
+		}
+	}
+	var b strings.Builder
+	_ = st.WriteText(&b)
+	if !strings.Contains(b.String(), lab.ControlPlaneName) {
+		t.Errorf("status does not show the control plane:\n%s", b.String())
+	}
+	t.Logf("lab status:\n%s", b.String())
+}
+
+// checkKubeShow: on every node, show pods lists the node's pods with
+// their veth, route, netns and containerd's CNI attachment; blocks count
+// them in the node's IPAM store; routes and links name them; lb names
+// each endpoint's pod.
+func checkKubeShow(t *testing.T, s *lab.State) {
+	ctx := context.Background()
+	st := lab.GetStatus(ctx, s)
+	for _, n := range s.Plan.Nodes {
+		target := diag.Target{Lab: s.Plan.Name, Node: n.Name}
+		var want []string
+		for _, pod := range st.Pods {
+			if pod.Node == n.Name && !pod.HostNetwork {
+				want = append(want, pod.Namespace+"/"+pod.Name)
+			}
+		}
+		pods, err := diag.Pods(ctx, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range pods.Pods {
+			got = append(got, r.Namespace+"/"+r.Name)
+			if r.HostInterface == "" || r.Route == "" || r.ContainerID == "" || !strings.HasPrefix(r.NetNS, "/proc/") || len(r.Problems) > 0 {
+				t.Errorf("%s: show pods row %+v", n.Name, r)
+			}
+		}
+		slices.Sort(want)
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: show pods lists %v, want %v", n.Name, got, want)
+		}
+		blocks, err := diag.Blocks(ctx, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range blocks.Blocks {
+			if b.Local && (b.Block != n.PodCIDR.String() || b.InUse == nil || *b.InUse != len(want) || len(b.Problems) > 0) {
+				t.Errorf("%s: own block row %+v (in use %v), want %s with %d addresses in use", n.Name, b, b.InUse, n.PodCIDR, len(want))
+			}
+		}
+		routes, err := diag.Routes(ctx, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds := map[string]int{}
+		for _, r := range routes.Routes {
+			kinds[r.Kind]++
+		}
+		if kinds["own-block"] != 1 || kinds["peer-block"] != len(s.Plan.Nodes)-1 || kinds["pod"] != len(want) || kinds["foreign"] > 0 {
+			t.Errorf("%s: show routes kinds %v", n.Name, kinds)
+		}
+		links, err := diag.Links(ctx, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		veths := 0
+		for _, l := range links.Links {
+			if l.Role == "pod-veth" && l.Pod != "" {
+				veths++
+			}
+		}
+		if veths != len(want) {
+			t.Errorf("%s: show links names %d pod veths, want %d", n.Name, veths, len(want))
+		}
+		var lb strings.Builder
+		if err := diag.ShowLB(ctx, target, diag.Output{Format: diag.FormatJSON, W: &lb}); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{`"name": "default/ingress:http"`, `"name": "kube-system/kube-dns:dns"`, `"pod": "default/ingress-`, `"pod": "kube-system/coredns-`} {
+			if !strings.Contains(lb.String(), want) {
+				t.Errorf("%s: show lb -o json lacks %s:\n%s", n.Name, want, lb.String())
+			}
+		}
+		for _, r := range [][]string{{"routes", "--node", n.Name}, {"pods"}} {
+			out, err := exec.Command(testBins.Kdive, append([]string{"show"}, append(r, "--lab", s.Plan.Name)...)...).CombinedOutput()
+			if err != nil {
+				t.Errorf("kdive show %s: %v\n%s", strings.Join(r, " "), err, out)
+			} else if n.Name == s.Plan.Nodes[0].Name {
+				t.Logf("kdive show %s --lab %s:\n%s", strings.Join(r, " "), s.Plan.Name, out)
+			}
+		}
+	}
+}
+
+// checkKubeTrace: a traced and probed request from a client pod to the
+// ingress Service reaches an endpoint as predicted.
+func checkKubeTrace(t *testing.T, s *lab.State) {
+	st := lab.GetStatus(context.Background(), s)
+	var client string
+	for _, pod := range st.Pods {
+		if pod.Namespace == "kube-system" && strings.HasPrefix(pod.Name, "coredns-") {
+			client = pod.Namespace + "/" + pod.Name
+		}
+	}
+	if client == "" {
+		t.Fatal("no coredns pod to trace from")
+	}
+	// The probe needs an echo server's answer: CoreDNS is traced only.
+	for to, probe := range map[string]bool{"default/ingress:http": true, "kube-system/kube-dns:dns": false} {
+		req := diag.TraceRequest{Lab: s.Plan.Name, From: client, To: to, Probe: probe, Inspect: diag.InspectProxy}
+		rep, err := diag.Trace(context.Background(), req)
+		if err != nil {
+			t.Fatalf("trace %s -> %s: %v", client, to, err)
+		}
+		var out strings.Builder
+		_ = rep.WriteMinimal(&out)
+		if !strings.Contains(out.String(), "lb=DNAT") || !strings.Contains(out.String(), "delivered=yes") || (probe && !strings.Contains(out.String(), "predicted=yes")) {
+			t.Errorf("trace (probe %v) %s -> %s:\n%s", probe, client, to, out.String())
+		}
+		t.Logf("trace (probe %v) %s -> %s:\n%s", probe, client, to, out.String())
+	}
+	out, err := exec.Command(testBins.Kdive, "trace", "--lab", s.Plan.Name, "--from", "node-1", "--to", "default/kubernetes:https").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), lab.ControlPlaneName) {
+		t.Errorf("kdive trace node-1 -> default/kubernetes: %v\n%s", err, out)
+	}
+	t.Logf("kdive trace --from node-1 --to default/kubernetes:https:\n%s", out)
+}
+
+const kubeApplyObjects = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: kview}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: echo, image: kdive-echo, ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: kview}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`
+
+// checkKubeApplyDelete: lab apply creates the namespace and the objects
+// through the API server, reports nothing for an unchanged object and
+// "configured" for a changed one, refuses an invalid file whole; lab
+// delete waits until the object and (a Deployment's) pods are gone.
+func checkKubeApplyDelete(t *testing.T, s *lab.State) {
+	ctx := context.Background()
+	name := s.Plan.Name
+	changes, err := lab.Apply(ctx, name, []byte(kubeApplyObjects), testBins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(changes, "|"); got != "namespace/kview created|service/kview/web created|deployment/kview/web created" {
+		t.Errorf("apply: %q", got)
+	}
+	if changes, err := lab.Apply(ctx, name, []byte(kubeApplyObjects), testBins); err != nil || len(changes) > 0 {
+		t.Errorf("apply again: %v, %v; want no change", changes, err)
+	}
+	bad := strings.Replace(kubeApplyObjects, "port: 80,", "port: 80, bogus: 1,", 1) + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: lone, namespace: kview}\nspec: {nodeName: node-9, containers: [{name: c, image: kdive-echo}]}\n"
+	var invalid *lab.InvalidError
+	if _, err := lab.Apply(ctx, name, []byte(bad), testBins); !errors.As(err, &invalid) {
+		t.Errorf("apply of an invalid file: %v, want an InvalidError", err)
+	} else if !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("apply of an invalid file: %v", err)
+	}
+	scaled := strings.Replace(kubeApplyObjects, "replicas: 2", "replicas: 3", 1)
+	if changes, err := lab.Apply(ctx, name, []byte(scaled), testBins); err != nil || strings.Join(changes, "|") != "deployment/kview/web configured" {
+		t.Errorf("apply scaled: %v, %v", changes, err)
+	}
+	webPods := func() ([]string, error) {
+		snap, err := lab.Snapshot(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, p := range snap.Pods {
+			if p.Namespace == "kview" {
+				out = append(out, fmt.Sprintf("%s(%s)", p.Name, p.Status.Phase))
+			}
+		}
+		return out, nil
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		pods, err := webPods()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pods) == 3 && !strings.Contains(strings.Join(pods, ","), "Pending") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kview pods: %v, want 3 running", pods)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	start := time.Now()
+	if changes, err := lab.Delete(ctx, name, "deployment/kview/web"); err != nil || strings.Join(changes, "|") != "deployment/kview/web deleted" {
+		t.Errorf("delete deployment: %v, %v", changes, err)
+	}
+	t.Logf("delete deployment/kview/web (3 pods): %.1fs", time.Since(start).Seconds())
+	if pods, err := webPods(); err != nil || len(pods) > 0 {
+		t.Errorf("pods after the deployment's deletion: %v, %v", pods, err)
+	}
+	if changes, err := lab.Delete(ctx, name, "svc/kview/web"); err != nil || strings.Join(changes, "|") != "service/kview/web deleted" {
+		t.Errorf("delete service: %v, %v", changes, err)
+	}
+	if _, err := lab.Delete(ctx, name, "service/kview/web"); err == nil || !strings.Contains(err.Error(), "has no service kview/web") {
+		t.Errorf("delete a missing service: %v", err)
+	}
+}
