@@ -141,7 +141,7 @@ FORCE:
 demo: deps build
 	hack/demo.sh
 
-test: deps build apiserver vet test-native bench-smoke test-vm
+test: deps build kubernetes vet test-native bench-smoke test-vm
 
 vet:
 	go vet ./...

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/lab/k8s"
 )
 
@@ -76,6 +77,17 @@ func (r *hostRecord) write() error {
 // claimHost records that Kubernetes lab name uses the host, saving the
 // kubelet's sysctls first when it is the first.
 func claimHost(name string) error {
+	return withHostRecord(func() error { return claimHostLocked(name) })
+}
+
+// withHostRecord runs fn holding the host record's lock: labs come up and
+// go down concurrently, and a lost entry would let one lab's down remove
+// mount points another lab's nodes still mount over.
+func withHostRecord(fn func() error) error {
+	return fileutil.WithLock(filepath.Dir(hostFile), "kubernetes-host.lock", 0o755, fn)
+}
+
+func claimHostLocked(name string) error {
 	r, err := readHostRecord()
 	if err != nil {
 		return fmt.Errorf("host record %s: %w", hostFile, err)
@@ -96,7 +108,9 @@ func claimHost(name string) error {
 
 // ensureMountpoints creates the production paths the nodes bind-mount
 // over, recording the ones it created.
-func ensureMountpoints() error {
+func ensureMountpoints() error { return withHostRecord(ensureMountpointsLocked) }
+
+func ensureMountpointsLocked() error {
 	r, err := readHostRecord()
 	if err != nil {
 		return err
@@ -133,6 +147,10 @@ func ensureMountpoints() error {
 // restores the sysctls and removes the mount points it created (those
 // still empty).
 func releaseHost(name string) error {
+	return withHostRecord(func() error { return releaseHostLocked(name) })
+}
+
+func releaseHostLocked(name string) error {
 	r, err := readHostRecord()
 	if err != nil || !slices.Contains(r.Labs, name) {
 		return err

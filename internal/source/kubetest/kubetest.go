@@ -2,7 +2,7 @@
 // the loopback of a test's network namespace, for integration tests of the
 // agent against the API server it meets on a cluster.
 //
-// The binaries are built from released modules by hack/apiserver (a module
+// The binaries are built from released modules by hack/kubernetes (a module
 // of its own: k8s.io/kubernetes v1.37.2 with its staging modules replaced
 // by v0.37.2, and etcd v3.7.0); `make apiserver` puts them in bin/, and
 // `make test` passes that directory as KDIVE_TEST_BINDIR. Without them the
