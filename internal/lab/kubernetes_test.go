@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kdive/kdive/internal/kernel"
@@ -49,7 +51,8 @@ func requireKubernetes(t *testing.T) {
 // checks what an operator would: nodes Ready with their pod blocks, kdive
 // installed by its manifest on every node and no kube-proxy, a Service
 // reached from a pod on every node by cluster IP and by DNS name and from
-// outside by NodePort, each node's containers listed by crictl, no request
+// outside by NodePort and by a LoadBalancer IP the lab's cloud gives it,
+// each node's containers listed by crictl, no request
 // lost while a kdive pod is deleted and replaced, and nothing left after
 // lab down.
 func TestKubernetesLab(t *testing.T) {
@@ -168,6 +171,48 @@ func TestKubernetesLab(t *testing.T) {
 			if got, err := echoFrom(ctx, ext, n.IP.String(), 30080); err != nil || !strings.Contains(got, `"pod":"ingress-`) {
 				t.Errorf("external -> %s:30080: %q, %v", n.IP, got, err)
 			}
+		}
+	})
+	t.Run("LoadBalancer from the external client", func(t *testing.T) {
+		lb := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "ingress-lb", Namespace: "default"},
+			Spec: corev1.ServiceSpec{
+				Type:     corev1.ServiceTypeLoadBalancer,
+				Selector: map[string]string{"app": "ingress"},
+				Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+			},
+		}
+		if _, err := cs.CoreV1().Services("default").Create(ctx, lb, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var ip string
+		err := poll(ctx, time.Minute, func() error {
+			got, err := cs.CoreV1().Services("default").Get(ctx, "ingress-lb", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if ing := got.Status.LoadBalancer.Ingress; len(ing) > 0 {
+				ip = ing[0].IP
+				return nil
+			}
+			return fmt.Errorf("no ingress IP yet")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.LoadBalancerCIDR.Contains(netip.MustParseAddr(ip)) {
+			t.Errorf("ingress IP %s is outside the lab's pool %s", ip, p.LoadBalancerCIDR)
+		}
+		// The router learns the address as the cloud controller syncs it.
+		err = poll(ctx, 30*time.Second, func() error {
+			got, err := echoFrom(ctx, ext, ip, 80)
+			if err == nil && !strings.Contains(got, `"pod":"ingress-`) {
+				err = fmt.Errorf("answer %s is not an ingress pod's", got)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("external -> LoadBalancer %s:80: %v", ip, err)
 		}
 	})
 	t.Run("crictl ps on every node", func(t *testing.T) {
