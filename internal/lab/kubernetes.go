@@ -53,15 +53,10 @@ func componentError(component, log string, err error) error {
 
 func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	p, say := s.Plan, progress{opts.Progress}
-	for _, b := range kubeBinaries {
-		if _, err := os.Stat(opts.Binaries.path(b)); err != nil {
-			return fmt.Errorf("a Kubernetes lab needs %s beside kdive (make kubernetes builds it): %w", b, err)
-		}
+	if err := CheckKubernetesBinaries(opts.Binaries); err != nil {
+		return err
 	}
-	runc, err := exec.LookPath("runc")
-	if err != nil {
-		return fmt.Errorf("a Kubernetes lab needs runc (Debian package runc): %w", err)
-	}
+	runc, _ := exec.LookPath("runc")
 	start := time.Now()
 	say.say("underlay: router, %d subnets, %d nodes, external client, control plane at %s", len(p.Subnets), len(p.Nodes), p.Kubernetes.ControlPlane.IP)
 	if err := buildUnderlay(ctx, p); err != nil {
@@ -127,7 +122,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := createObjects(ctx, cs, objs); err != nil {
+	if _, err := kubeApply(ctx, cs, objs); err != nil {
 		return err
 	}
 	say.say("waiting: deployments available")
@@ -142,6 +137,23 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 var kubeBinaries = []string{
 	"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
 	"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "crictl", "kdive-image.tar",
+}
+
+// CheckKubernetesBinaries says what a Kubernetes lab lacks of the
+// programs and images make kubernetes builds beside kdive, and of runc.
+func CheckKubernetesBinaries(bins Binaries) error {
+	for _, b := range kubeBinaries {
+		if _, err := os.Stat(bins.path(b)); err != nil {
+			return fmt.Errorf("a Kubernetes lab needs %s beside kdive (make kubernetes builds it): %w", b, err)
+		}
+	}
+	if _, err := imageArchives(bins); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		return fmt.Errorf("a Kubernetes lab needs runc (Debian package runc): %w", err)
+	}
+	return nil
 }
 
 // path is a file beside kdive (bin/ of make kubernetes).
@@ -539,16 +551,7 @@ func (p *Plan) kubePodNetNS(target string) (string, error) {
 			return "", fmt.Errorf("pod name %q is ambiguous in lab %s: %s", target, p.Name, strings.Join(names, ", "))
 		}
 	}
-	if pod.Spec.HostNetwork {
-		if n, ok := p.Node(pod.Spec.NodeName); ok {
-			return kernel.NetNSDir + "/" + n.NetNS, nil
-		}
-	}
-	pid, err := podProcess(p.Name, string(pod.UID))
-	if err != nil {
-		return "", fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
-	}
-	return "/proc/" + strconv.Itoa(pid) + "/ns/net", nil
+	return PodNetNSPath(st, pod)
 }
 
 // podProcess is a process of the pod with uid, found in its cgroup

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -329,42 +329,17 @@ func echoContainers(spec *corev1.PodSpec, image string) {
 		c.Env = append(c.Env,
 			fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"),
 			fieldEnv("NODE_NAME", "spec.nodeName"), fieldEnv("POD_IP", "status.podIP"))
-	}
-}
-
-// createObjects creates objects through the API server (namespaces first,
-// when they are missing), or updates them when they exist.
-func createObjects(ctx context.Context, cs kubernetes.Interface, objs *Objects) error {
-	namespaces := map[string]bool{}
-	for _, ns := range objs.namespaces() {
-		if namespaces[ns] {
-			continue
-		}
-		namespaces[ns] = true
-		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("namespace %s: %w", ns, err)
+		// Ready means the server answers, as a plain lab's pod is
+		// attached only once it listens.
+		if c.ReadinessProbe == nil {
+			if port, ok := firstTCPPort(c); ok {
+				c.ReadinessProbe = &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(port)}},
+					PeriodSeconds: 1,
+				}
+			}
 		}
 	}
-	for i := range objs.Services {
-		s := &objs.Services[i]
-		if _, err := cs.CoreV1().Services(s.Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("Service %s: %w", ServiceName(s), err)
-		}
-	}
-	for i := range objs.Deployments {
-		d := &objs.Deployments[i]
-		if _, err := cs.AppsV1().Deployments(d.Namespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("Deployment %s/%s: %w", d.Namespace, d.Name, err)
-		}
-	}
-	for i := range objs.Pods {
-		pod := &objs.Pods[i]
-		if _, err := cs.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("Pod %s: %w", podKey(pod), err)
-		}
-	}
-	return nil
 }
 
 func (o *Objects) namespaces() []string {
@@ -379,4 +354,15 @@ func (o *Objects) namespaces() []string {
 		out = append(out, p.Namespace)
 	}
 	return out
+}
+
+// firstTCPPort is the port the echo server listens on first for TCP.
+func firstTCPPort(c *corev1.Container) (int32, bool) {
+	for _, l := range podListens(&corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{*c}}}) {
+		if port, ok := strings.CutPrefix(l, "tcp:"); ok {
+			n, err := strconv.Atoi(port)
+			return int32(n), err == nil
+		}
+	}
+	return 0, false
 }

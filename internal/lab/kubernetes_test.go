@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,13 +36,8 @@ func requireKubernetes(t *testing.T) {
 	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
 		t.Skip("a Kubernetes lab needs the binaries and images of `make kubernetes`: set KDIVE_TEST_BINDIR to bin/ (make test does)")
 	}
-	for _, b := range kubeBinaries {
-		if _, err := os.Stat(testBins.path(b)); err != nil {
-			t.Skipf("a Kubernetes lab needs %s (make kubernetes): %v", b, err)
-		}
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("a Kubernetes lab needs runc (make deps installs Debian's)")
+	if err := CheckKubernetesBinaries(testBins); err != nil {
+		t.Skip(err)
 	}
 }
 

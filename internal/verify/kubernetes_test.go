@@ -21,8 +21,7 @@ import (
 )
 
 // requireKubernetes skips unless this is root with the Kubernetes lab's
-// binaries and images (make kubernetes) in KDIVE_TEST_BINDIR: the checks
-// of internal/lab's helper of that name.
+// binaries and images (make kubernetes) in KDIVE_TEST_BINDIR.
 func requireKubernetes(t *testing.T) {
 	t.Helper()
 	for _, f := range []kernel.Feature{kernel.FeatureVeth, kernel.FeatureBridge, kernel.FeatureNFTables, kernel.FeatureVXLAN} {
@@ -31,14 +30,8 @@ func requireKubernetes(t *testing.T) {
 	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
 		t.Skip("a Kubernetes lab needs the binaries and images of `make kubernetes`: set KDIVE_TEST_BINDIR to bin/ (make test does)")
 	}
-	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-		"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "crictl", "kdive-image.tar"} {
-		if _, err := os.Stat(filepath.Join(filepath.Dir(testBins.Kdive), b)); err != nil {
-			t.Skipf("a Kubernetes lab needs %s (make kubernetes): %v", b, err)
-		}
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("a Kubernetes lab needs runc (make deps installs Debian's)")
+	if err := lab.CheckKubernetesBinaries(testBins); err != nil {
+		t.Skip(err)
 	}
 }
 
