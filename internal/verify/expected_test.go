@@ -97,10 +97,12 @@ func TestWorkloadYAML(t *testing.T) {
 	p := testPlan(t)
 	y := string(workloadYAML(p))
 	docs, err := lab.SplitYAML([]byte(y))
-	if err != nil || len(docs) != 7 {
+	// Six echo pods round the nodes, local-0 on the first, five Services.
+	if err != nil || len(docs) != 12 {
 		t.Fatalf("workload: %d documents, %v\n%s", len(docs), err, y)
 	}
-	for _, want := range []string{"replicas: 6", "kubernetes.io/hostname: node-1", "[198.51.100.10/32]", "[198.51.100.11/32]", "externalTrafficPolicy: Local"} {
+	for _, want := range []string{"name: echo-5,", "name: local-0,", "nodeName: node-1", "nodeName: node-3",
+		"[198.51.100.10/32]", "[198.51.100.11/32]", "externalTrafficPolicy: Local"} {
 		if !strings.Contains(y, want) {
 			t.Errorf("workload lacks %q", want)
 		}
