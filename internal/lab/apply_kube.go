@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -124,7 +125,10 @@ type typedClient[T metav1.Object] interface {
 }
 
 // serverApply applies obj server-side and says what happened: "created",
-// "configured", or "" when the object was already as given.
+// "configured", or "" when the object was already as given. Whether it
+// would change anything is asked first with a dry run, as kubectl diff
+// does: comparing resource versions would also count what controllers
+// wrote meanwhile (a Deployment's status).
 func serverApply[T metav1.Object](ctx context.Context, c typedClient[T], obj metav1.Object) (string, error) {
 	old, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
 	created := apierrors.IsNotFound(err)
@@ -136,16 +140,39 @@ func serverApply[T metav1.Object](ctx context.Context, c typedClient[T], obj met
 		return "", err
 	}
 	force := true
-	now, err := c.Patch(ctx, obj.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: fieldManager, Force: &force})
-	switch {
-	case err != nil:
-		return "", err
-	case created:
-		return "created", nil
-	case now.GetResourceVersion() != old.GetResourceVersion():
-		return "configured", nil
+	opts := metav1.PatchOptions{FieldManager: fieldManager, Force: &force}
+	if !created {
+		dry := opts
+		dry.DryRun = []string{metav1.DryRunAll}
+		would, err := c.Patch(ctx, obj.GetName(), types.ApplyPatchType, body, dry)
+		if err != nil {
+			return "", err
+		}
+		if sameDesired(old, would) {
+			return "", nil
+		}
 	}
-	return "", nil
+	if _, err := c.Patch(ctx, obj.GetName(), types.ApplyPatchType, body, opts); err != nil {
+		return "", err
+	}
+	if created {
+		return "created", nil
+	}
+	return "configured", nil
+}
+
+// sameDesired compares what a user declares of two versions of an object:
+// its labels, annotations and spec.
+func sameDesired(a, b any) bool {
+	pick := func(o any) map[string]any {
+		var m map[string]any
+		if j, err := json.Marshal(o); err == nil {
+			_ = json.Unmarshal(j, &m)
+		}
+		meta, _ := m["metadata"].(map[string]any)
+		return map[string]any{"labels": meta["labels"], "annotations": meta["annotations"], "spec": m["spec"]}
+	}
+	return reflect.DeepEqual(pick(a), pick(b))
 }
 
 // deleteKube deletes one Pod, Deployment (with its ReplicaSets and pods:
