@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -46,7 +47,7 @@ func requireKubernetes(t *testing.T) {
 // installed by its manifest on every node and no kube-proxy, a Service
 // reached from a pod on every node by cluster IP and by DNS name and from
 // outside by NodePort and by a LoadBalancer IP the lab's cloud gives it,
-// each node's containers listed by crictl, no request
+// each node's containers listed by crictl, kdive verify passing, no request
 // lost while a kdive pod is deleted and replaced, and nothing left after
 // lab down.
 func TestKubernetesLab(t *testing.T) {
@@ -230,6 +231,14 @@ func TestKubernetesLab(t *testing.T) {
 				}
 			}
 		}
+	})
+	t.Run("kdive verify --lab", func(t *testing.T) {
+		start := time.Now()
+		out, err := exec.Command(testBins.Kdive, "verify", "--lab", name).CombinedOutput()
+		if err != nil {
+			t.Errorf("kdive verify --lab %s: %v\n%s", name, err, out)
+		}
+		t.Logf("kdive verify --lab %s: %s, %d checks passed", name, time.Since(start).Round(100*time.Millisecond), strings.Count(string(out), "✓"))
 	})
 	t.Run("kdive pod deleted under a request stream", func(t *testing.T) {
 		node := p.Nodes[len(p.Nodes)-1]
