@@ -224,6 +224,14 @@ func DownAll() error {
 			names = append(names, lab)
 		}
 	}
+	// A Kubernetes lab whose down was interrupted may have only its
+	// cgroups left (pods' processes in them).
+	cgs, _ := filepath.Glob(filepath.Join(cgroupFS, "pids", cgroupBase("*")))
+	for _, c := range cgs {
+		if lab := strings.TrimPrefix(filepath.Base(c), cgroupBase("")); !slices.Contains(names, lab) {
+			names = append(names, lab)
+		}
+	}
 	var errs []error
 	for _, n := range names {
 		if err := teardown(n); err != nil {
