@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/lab/k8s"
+	"github.com/kdive/kdive/internal/wait"
 )
 
 // A Kubernetes lab (spec.kubernetes) is the same underlay running a real
@@ -254,24 +254,10 @@ func KubeClient(s *State) (kubernetes.Interface, func(), error) {
 	return cs, func() { cp.Close() }, nil
 }
 
-// poll calls cond every 250 ms until it returns nil, timeout passes (its
-// last error is returned) or ctx ends.
+// poll calls cond every 250 ms until it returns nil, timeout passes or
+// ctx ends.
 func poll(ctx context.Context, timeout time.Duration, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not within %s: %w", timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+	return wait.Until(ctx, timeout, 250*time.Millisecond, cond)
 }
 
 // kubeNode is node n as its kubelet and containerd see it.

@@ -33,19 +33,8 @@ func BenchmarkKubernetesLab(b *testing.B) {
 		b.Skip(err)
 	}
 	const name = "kdb-kube"
-	_ = Down(name)
 	for range b.N {
-		p, raw, err := Prepare(name, Source{Preset: "D", Kubernetes: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		var progress bytes.Buffer
-		start := time.Now()
-		s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
-		if err != nil {
-			b.Fatalf("up: %v\n%s", err, progress.String())
-		}
-		up := time.Since(start)
+		s, up, _ := upKubeLab(b, name)
 		base := labMemory(name)
 		one, err := podReadyLatencies(s, "one", 1)
 		var lat []time.Duration

@@ -53,18 +53,9 @@ func requireKubernetes(t *testing.T) {
 func TestKubernetesLab(t *testing.T) {
 	requireKubernetes(t)
 	const name = "kdt-kube"
-	_ = Down(name)
-	p, raw, err := Prepare(name, Source{Preset: "D", Kubernetes: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var progress bytes.Buffer
-	start := time.Now()
-	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
-	if err != nil {
-		t.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
-	}
-	t.Logf("lab up --kubernetes (3 nodes) took %s:\n%s", time.Since(start).Round(100*time.Millisecond), progress.String())
+	s, took, progress := upKubeLab(t, name)
+	p := s.Plan
+	t.Logf("lab up --kubernetes (3 nodes) took %s:\n%s", took.Round(100*time.Millisecond), progress)
 	downed := false
 	t.Cleanup(func() {
 		if !downed {
@@ -290,6 +281,25 @@ func TestKubernetesLab(t *testing.T) {
 	}
 	downed = true
 	assertNothingLeft(t, name)
+}
+
+// upKubeLab brings up preset D as Kubernetes lab name (an earlier one of
+// that name is removed first) and returns it, how long up took and what
+// it reported on its way.
+func upKubeLab(tb testing.TB, name string) (*State, time.Duration, string) {
+	tb.Helper()
+	_ = Down(name)
+	p, raw, err := Prepare(name, Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var progress bytes.Buffer
+	start := time.Now()
+	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
+	if err != nil {
+		tb.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
+	}
+	return s, time.Since(start), progress.String()
 }
 
 // labExec runs argv in a lab target as `kdive lab exec` does, and returns

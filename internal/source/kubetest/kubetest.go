@@ -22,7 +22,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -41,6 +40,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/wait"
 )
 
 // Addresses inside the namespace.
@@ -318,19 +318,5 @@ func (s *Server) writeCredentials() error {
 // WaitFor polls cond every 100 ms until it returns nil or timeout passes,
 // and returns the last error.
 func WaitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("after %s: %w", timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return wait.Until(ctx, timeout, 100*time.Millisecond, cond)
 }
