@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"context"
+	"os"
 	"strings"
 	"testing"
 )
@@ -63,5 +65,24 @@ func TestKubernetesPlanErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s:\n got %v\nwant %s", c.spec, err, c.want)
 		}
+	}
+}
+
+func TestRestartOnKubernetesLabSaysHow(t *testing.T) {
+	defer func(old string) { RunDir = old }(RunDir)
+	RunDir = t.TempDir()
+	p, _, err := Prepare("kr", Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(Dir("kr"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&State{Plan: p}).save(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = RestartAgent(context.Background(), "kr", "node-2", RestartOptions{})
+	if err == nil || !strings.Contains(err.Error(), "delete pod -l k8s-app=kdive --field-selector spec.nodeName=node-2") {
+		t.Errorf("restart on a Kubernetes lab: %v, want how to restart the node's kdive pod", err)
 	}
 }

@@ -83,6 +83,11 @@ func RestartAgent(ctx context.Context, name, node string, opts RestartOptions) (
 		}
 		return nil, fmt.Errorf("lab %s: node %q: %w (nodes: %s)", name, node, ErrNoNode, strings.Join(names, ", "))
 	}
+	if p.Kubernetes != nil {
+		return nil, fmt.Errorf("lab %s is a Kubernetes lab: its agents are the kdive DaemonSet's pods; restart one by deleting it: "+
+			"kubectl --kubeconfig %s -n kube-system delete pod -l k8s-app=kdive --field-selector spec.nodeName=%s",
+			name, p.KubeconfigFile(), node)
+	}
 	if opts.Grace <= 0 {
 		opts.Grace = 10 * time.Second
 	}
