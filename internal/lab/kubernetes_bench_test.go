@@ -36,10 +36,10 @@ func BenchmarkKubernetesLab(b *testing.B) {
 	for range b.N {
 		s, up, _ := upKubeLab(b, name)
 		base := labMemory(name)
-		one, err := podReadyLatencies(s, "one", 1)
+		one, err := podReadyLatencies(b, s, "one", 1)
 		var lat []time.Duration
 		if err == nil {
-			lat, err = podReadyLatencies(s, "fifty", 50)
+			lat, err = podReadyLatencies(b, s, "fifty", 50)
 		}
 		mem := labMemory(name)
 		_ = Down(name)
@@ -58,7 +58,7 @@ func BenchmarkKubernetesLab(b *testing.B) {
 // podReadyLatencies creates Deployment name of kdive-echo pods, scales it
 // from 0 to n and returns each pod's create-to-Ready time as the client
 // saw it.
-func podReadyLatencies(s *State, name string, n int32) ([]time.Duration, error) {
+func podReadyLatencies(tb testing.TB, s *State, name string, n int32) ([]time.Duration, error) {
 	cs, done, err := KubeClient(s)
 	if err != nil {
 		return nil, err
@@ -66,24 +66,14 @@ func podReadyLatencies(s *State, name string, n int32) ([]time.Duration, error) 
 	defer done()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	image, err := KdiveImage()
-	if err != nil {
-		return nil, err
-	}
 	labels := map[string]string{"app": name}
 	zero := int32(0)
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: &zero,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: EchoImage}}},
-			},
+			Replicas: &zero, Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: echoTemplate(tb, labels),
 		},
 	}
-	echoContainers(&d.Spec.Template.Spec, image)
 	if _, err := cs.AppsV1().Deployments("default").Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}

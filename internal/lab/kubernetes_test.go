@@ -302,6 +302,22 @@ func upKubeLab(tb testing.TB, name string) (*State, time.Duration, string) {
 	return s, time.Since(start), progress.String()
 }
 
+// echoTemplate is a pod template of one kdive-echo container, as a
+// Kubernetes lab runs it.
+func echoTemplate(tb testing.TB, labels map[string]string) corev1.PodTemplateSpec {
+	tb.Helper()
+	image, err := KdiveImage()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: EchoImage}}},
+	}
+	echoContainers(&tmpl.Spec, image)
+	return tmpl
+}
+
 // labExec runs argv in a lab target as `kdive lab exec` does, and returns
 // its output.
 func labExec(t *testing.T, s *State, target string, argv ...string) string {
@@ -331,19 +347,11 @@ func labExec(t *testing.T, s *State, target string, argv ...string) string {
 func startClients(t *testing.T, cs kubernetes.Interface, s *State) map[string]*kernel.NetNS {
 	t.Helper()
 	ctx := context.Background()
-	image, _ := KdiveImage()
 	labels := map[string]string{"app": "client"}
 	ds := &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: "default"},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: EchoImage}}},
-			},
-		},
+		Spec:       appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: echoTemplate(t, labels)},
 	}
-	echoContainers(&ds.Spec.Template.Spec, image)
 	if _, err := cs.AppsV1().DaemonSets("default").Create(ctx, ds, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

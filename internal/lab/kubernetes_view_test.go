@@ -17,14 +17,7 @@ import (
 // Kubernetes lab's own run is internal/verify's TestKubernetesLabTools).
 
 func TestNodePathsByKind(t *testing.T) {
-	plain, _, err := Prepare("kvp", Source{Preset: "D"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kube, _, err := Prepare("kvk", Source{Preset: "D", Kubernetes: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain, kube := plainAndKube(t)
 	root := filepath.Join(Dir("kvk"), "nodes", "node-2", "root")
 	for _, c := range []struct{ what, got, want string }{
 		{"plain IPAM", plain.IPAMDir("node-2"), filepath.Join(Dir("kvp"), "nodes", "node-2", "ipam")},
@@ -41,14 +34,7 @@ func TestNodePathsByKind(t *testing.T) {
 }
 
 func TestPodNetNSPathByKind(t *testing.T) {
-	plain, _, err := Prepare("kvp", Source{Preset: "D"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kube, _, err := Prepare("kvk", Source{Preset: "D", Kubernetes: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain, kube := plainAndKube(t)
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-0", UID: "no-such-uid"}, Spec: corev1.PodSpec{NodeName: "node-3"}}
 	if got, err := PodNetNSPath(&State{Plan: plain}, pod); err != nil || got != kernel.NetNSDir+"/kdive-kvp.pod.default.web-0" {
 		t.Errorf("plain: %q, %v", got, err)
@@ -82,4 +68,18 @@ func TestLastChangeKubernetes(t *testing.T) {
 	if err != nil || !got.Equal(t0.Add(3*time.Second)) {
 		t.Errorf("LastChange: %s, %v; want %s (the slice's creation; other namespaces do not count)", got, err, t0.Add(3*time.Second))
 	}
+}
+
+// plainAndKube are preset D's plans as lab kvp and as Kubernetes lab kvk.
+func plainAndKube(t *testing.T) (plain, kube *Plan) {
+	t.Helper()
+	plain, _, err := Prepare("kvp", Source{Preset: "D"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube, _, err = Prepare("kvk", Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plain, kube
 }

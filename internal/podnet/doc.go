@@ -10,7 +10,11 @@
 // What podnet owns, and so removes when it is no longer wanted: main-table
 // routes marked with kernel.RouteProtocolAgent, tunnel devices whose alias
 // is LinkAlias (and the device named VXLANDevice), and the FDB and neighbour
-// entries on the VXLAN device. It never touches a route of another protocol
+// entries on the VXLAN device, and, with Options.NATOutgoing, the nftables
+// table NATTable, which masquerades traffic from the node's own pods to
+// addresses outside every pod block (Calico's natOutgoing: a VPC-like
+// underlay drops pod-addressed packets to hosts such as the API server).
+// It never touches a route of another protocol
 // (the CNI plugin's pod /32s, the kernel's connected routes, an admin's
 // static routes), pods' interfaces, kube-bridge or the uplink's addresses.
 // It writes no sysctl other than those in the plan (ip_forward, rp_filter
