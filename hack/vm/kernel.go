@@ -21,7 +21,7 @@ const installHint = "install qemu-system-x86 linux-image-amd64 busybox-static"
 // modules.dep and those built into the kernel are skipped.
 var bootModules = []string{
 	"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-	"netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "virtio_console",
+	"netfs", "fscache", "9pnet", "9pnet_virtio", "9p", "virtio_console", "overlay",
 }
 
 // kernel is a bootable kernel image and its modules directory.

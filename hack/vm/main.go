@@ -6,10 +6,16 @@
 // Design:
 //
 //   - The VM has no disk. The host's root is shared read-only over 9p
-//     (virtio) and becomes the VM's root, so every host file is visible at
-//     the same path; /tmp and /run are fresh tmpfs; directories passed with
-//     --share (and the cwd or command when they live under /tmp or /run) are
-//     shared read-write at the same path on top.
+//     (virtio) and becomes the lower layer of the VM's root, an overlay
+//     whose upper layer is a tmpfs, so every host file is visible at the
+//     same path and the command may write anywhere (a Kubernetes lab
+//     creates mount points under /etc and /var) without touching the host;
+//     /tmp and /run are fresh tmpfs; directories passed with --share (and
+//     the cwd or command when they live under /tmp or /run) are shared
+//     read-write at the same path on top.
+//   - cgroup2 alone is mounted at /sys/fs/cgroup, as systemd does on the
+//     distribution's kernel, so the lab's cgroup code meets both layouts:
+//     the development machines have the v1 hierarchies.
 //   - A tiny initramfs (static busybox, the virtio/9p modules and
 //     vm_init.sh) mounts that root and enters it with switch_root, not
 //     chroot: the kernel's module auto-loading execs /sbin/modprobe from the
@@ -59,8 +65,9 @@ const (
 const usage = `usage: kdive-vm [flags] CMD [ARGS...]
 
 Runs CMD as root inside a qemu VM booted from the distribution kernel, with
-the host's files visible read-only at the same paths, /tmp and /run as
-tmpfs, the caller's cwd and environment, and KDIVE_IN_VM=1.
+the host's files visible at the same paths (read-only, under a throwaway
+writable overlay), /tmp and /run as tmpfs, cgroup2 at /sys/fs/cgroup, the
+caller's cwd and environment, and KDIVE_IN_VM=1.
 
 Flags:
 `

@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # Stage 1 of the kdive test VM: /init of the initramfs (see main.go).
-# Loads the virtio and 9p modules, mounts the host's root read-only with
-# tmpfs on /tmp and /run and the read-write shares on top, and switch_roots
+# Loads the virtio, 9p and overlay modules, mounts the host's root (read-only,
+# under a tmpfs overlay) with tmpfs on /tmp and /run and the read-write shares on top, and switch_roots
 # into it to run stage 2. Messages go to the serial console, which the
 # runner shows when the VM stops without reporting an exit status.
 
@@ -29,7 +29,15 @@ done </kdive/modules
 . /kdive/spec.sh || die "read /kdive/spec.sh"
 
 opts=trans=virtio,version=9p2000.L,msize=512000
-mount -t 9p -o "$opts,ro,cache=loose" host /newroot || die "mount the host's root over 9p"
+# The host's root, read-only, is the lower layer of an overlay whose upper
+# layer is a tmpfs: the VM's root is writable like a machine's, and what the
+# command writes there is gone with the VM (a lab's mount points under /etc
+# and /var, say).
+mkdir -p /host /rw || die "mkdir /host /rw"
+mount -t 9p -o "$opts,ro,cache=loose" host /host || die "mount the host's root over 9p"
+mount -t tmpfs -o mode=755 tmpfs /rw && mkdir /rw/upper /rw/work || die "mount the overlay's tmpfs"
+mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
+	die "mount the overlay root"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || die "mount /tmp"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run || die "mount /run"
 

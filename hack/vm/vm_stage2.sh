@@ -30,6 +30,9 @@ status=$(port kdive.status) || die "no kdive.status port"
 $bb mkdir -p /dev/pts /dev/shm
 $bb mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 $bb mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+# cgroup2 alone at /sys/fs/cgroup, as systemd mounts it on Debian's kernel
+# (the host has the v1 hierarchies: a Kubernetes lab runs on both).
+$bb mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || die "mount cgroup2"
 $bb ip link set lo up || die "set lo up"
 $bb hostname kdive-vm
 

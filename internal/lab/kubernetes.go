@@ -543,7 +543,7 @@ func (p *Plan) kubePodNetNS(target string) (string, error) {
 // podProcess is a process of the pod with uid, found in its cgroup
 // (kubepods/.../pod<UID>/) under the lab's cgroups.
 func podProcess(lab, uid string) (int, error) {
-	base := filepath.Join(cgroupFS, "pids", cgroupBase(lab))
+	base := labCgroup(lab)
 	var pid int
 	_ = filepath.WalkDir(base, func(path string, d os.DirEntry, err error) error {
 		if err != nil || !d.IsDir() || pid != 0 {

@@ -34,7 +34,7 @@ func BenchmarkKubernetesLab(b *testing.B) {
 	}
 	const name = "kdb-kube"
 	for range b.N {
-		s, up, _ := upKubeLab(b, name)
+		s, up, _ := upKubeLab(b, name, "D")
 		base := labMemory(name)
 		one, err := podReadyLatencies(b, s, "one", 1)
 		var lat []time.Duration

@@ -20,10 +20,13 @@ import (
 // What a Kubernetes lab changes outside its namespaces and /run/kdive, and
 // how lab down undoes it:
 //
-//   - cgroups: each node's cgroupRoot /kdive-LAB/NODE in every cgroup v1
+//   - cgroups: each node's cgroupRoot /kdive-LAB/NODE, in every cgroup v1
 //     hierarchy (runc adds the same path under the empty cgroup2 at
-//     /sys/fs/cgroup/unified); lab down kills what is left in them and
-//     removes them;
+//     /sys/fs/cgroup/unified) or on cgroup2 alone, with the root's
+//     controllers enabled in the root's and the lab's subtree_control;
+//     lab down kills what is left in them and removes them; the root's
+//     subtree_control is saved before the first Kubernetes lab and
+//     restored after the last;
 //   - sysctls the kubelet sets at start (vm.overcommit_memory,
 //     kernel.panic, ...): saved before the first Kubernetes lab starts,
 //     restored when the last one goes;
@@ -40,6 +43,9 @@ var hostFile = filepath.Join(filepath.Dir(RunDir), "kubernetes-host.json")
 type hostRecord struct {
 	Labs        []string          `json:"labs"`
 	Sysctls     map[string]string `json:"sysctls"`
+	// SubtreeControl is the cgroup2 root's cgroup.subtree_control
+	// before the first lab, on a machine with cgroup2 alone.
+	SubtreeControl *string `json:"subtreeControl,omitempty"`
 	Mountpoints []string          `json:"mountpoints"`
 }
 
@@ -98,6 +104,14 @@ func claimHostLocked(name string) error {
 			if b, err := os.ReadFile("/proc/sys/" + k); err == nil {
 				r.Sysctls[k] = strings.TrimSpace(string(b))
 			}
+		}
+		if cgroupUnified() {
+			b, err := os.ReadFile(filepath.Join(cgroupFS, "cgroup.subtree_control"))
+			if err != nil {
+				return err
+			}
+			sc := strings.TrimSpace(string(b))
+			r.SubtreeControl = &sc
 		}
 	}
 	if !slices.Contains(r.Labs, name) {
@@ -165,6 +179,11 @@ func releaseHostLocked(name string) error {
 			errs = append(errs, fmt.Errorf("restore sysctl %s: %w", k, err))
 		}
 	}
+	if r.SubtreeControl != nil {
+		if err := restoreSubtreeControl(*r.SubtreeControl); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	// Deepest first.
 	sort.Slice(r.Mountpoints, func(i, j int) bool { return len(r.Mountpoints[i]) > len(r.Mountpoints[j]) })
 	for _, d := range r.Mountpoints {
@@ -186,9 +205,20 @@ func (p *Plan) cgroupRoot(node string) string { return "/" + cgroupBase(p.Name) 
 
 const cgroupFS = "/sys/fs/cgroup"
 
-// cgroupHierarchies are the mounted cgroup hierarchies: the v1 ones and
-// the (here empty) cgroup2 at unified.
+// cgroupUnified reports whether the machine has cgroup2 alone at
+// /sys/fs/cgroup (as systemd mounts it by default since 2021) rather than
+// the v1 hierarchies beside an empty cgroup2 at unified.
+func cgroupUnified() bool {
+	_, err := os.Stat(filepath.Join(cgroupFS, "cgroup.controllers"))
+	return err == nil
+}
+
+// cgroupHierarchies are the mounted cgroup hierarchies: /sys/fs/cgroup on
+// cgroup2 alone; else the v1 ones and the (here empty) cgroup2 at unified.
 func cgroupHierarchies() ([]string, error) {
+	if cgroupUnified() {
+		return []string{cgroupFS}, nil
+	}
 	entries, err := os.ReadDir(cgroupFS)
 	if err != nil {
 		return nil, err
@@ -205,10 +235,25 @@ func cgroupHierarchies() ([]string, error) {
 	return out, nil
 }
 
-// makeCgroups creates node's cgroupRoot in every v1 hierarchy, with
-// cpuset's cpus and mems copied from the parent (a new cpuset cgroup
-// starts with none and would refuse every task).
+// labCgroup is lab's cgroup in the hierarchy that holds every process:
+// cgroup2 alone, or v1's pids.
+func labCgroup(lab string) string {
+	if cgroupUnified() {
+		return filepath.Join(cgroupFS, cgroupBase(lab))
+	}
+	return filepath.Join(cgroupFS, "pids", cgroupBase(lab))
+}
+
+// makeCgroups creates node's cgroupRoot. On cgroup v1 it does so in every
+// hierarchy, with cpuset's cpus and mems copied from the parent (a new
+// cpuset cgroup starts with none and would refuse every task). On cgroup2
+// it enables every controller the root has for the lab's cgroup and for
+// the node's: the kubelet takes a cgroupRoot without cpu, cpuset, memory,
+// hugetlb or pids for missing.
 func (p *Plan) makeCgroups(node string) error {
+	if cgroupUnified() {
+		return p.makeCgroups2(node)
+	}
 	hs, err := cgroupHierarchies()
 	if err != nil {
 		return err
@@ -238,6 +283,56 @@ func (p *Plan) makeCgroups(node string) error {
 		}
 	}
 	return nil
+}
+
+func (p *Plan) makeCgroups2(node string) error {
+	b, err := os.ReadFile(filepath.Join(cgroupFS, "cgroup.controllers"))
+	if err != nil {
+		return err
+	}
+	var enable []string
+	for _, c := range strings.Fields(string(b)) {
+		enable = append(enable, "+"+c)
+	}
+	lab := filepath.Join(cgroupFS, cgroupBase(p.Name))
+	for _, d := range []string{lab, filepath.Join(lab, node)} {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	}
+	// A controller reaches a cgroup only through its parent's
+	// subtree_control. The root is exempt from "no processes in a cgroup
+	// that delegates", and the lab's cgroup holds none of its own; the
+	// kubelet enables what kubepods needs in the node's.
+	for _, d := range []string{cgroupFS, lab} {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte(strings.Join(enable, " ")), 0o644); err != nil {
+			return fmt.Errorf("enable %s in %s: %w", strings.Join(enable, " "), d, err)
+		}
+	}
+	return nil
+}
+
+// restoreSubtreeControl disables in the cgroup2 root's subtree_control
+// the controllers that were not enabled before the first lab. The lab's
+// cgroups are gone by then; a controller some other cgroup delegates
+// further (EBUSY) cannot be disabled and is reported.
+func restoreSubtreeControl(saved string) error {
+	path := filepath.Join(cgroupFS, "cgroup.subtree_control")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	before := strings.Fields(saved)
+	var errs []error
+	for _, c := range strings.Fields(string(b)) {
+		if slices.Contains(before, c) {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("-"+c), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore cgroup2 root: disable %s: %w", c, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // removeCgroups kills every process left in lab's cgroups (pods'

@@ -52,10 +52,25 @@ func requireKubernetes(t *testing.T) {
 // lab down.
 func TestKubernetesLab(t *testing.T) {
 	requireKubernetes(t)
-	const name = "kdt-kube"
-	s, took, progress := upKubeLab(t, name)
+	testKubernetesLab(t, "kdt-kube", "D")
+}
+
+// TestKubernetesLabIPVS runs the same checks on preset A (routed veths,
+// IPIP across subnets, the IPVS proxy), whose kernel features only the
+// test VM has, on that VM's cgroup2.
+func TestKubernetesLabIPVS(t *testing.T) {
+	requireKubernetes(t)
+	ktest.RequireFeature(t, kernel.FeatureIPIP)
+	ktest.RequireFeature(t, kernel.FeatureIPVS)
+	testKubernetesLab(t, "kdt-kipvs", "A")
+}
+
+// testKubernetesLab is TestKubernetesLab on preset as lab name.
+func testKubernetesLab(t *testing.T, name, preset string) {
+	subtree := cgroupSubtreeControl(t)
+	s, took, progress := upKubeLab(t, name, preset)
 	p := s.Plan
-	t.Logf("lab up --kubernetes (3 nodes) took %s:\n%s", took.Round(100*time.Millisecond), progress)
+	t.Logf("lab up --kubernetes --preset %s (%d nodes) took %s:\n%s", preset, len(p.Nodes), took.Round(100*time.Millisecond), progress)
 	downed := false
 	t.Cleanup(func() {
 		if !downed {
@@ -122,9 +137,19 @@ func TestKubernetesLab(t *testing.T) {
 			}
 		}
 		for _, n := range p.Nodes {
-			out := labExec(t, s, n.Name, "nft", "list", "table", "ip", "kdive-proxy")
+			var out string
+			switch mode := p.Proxy.Mode; mode {
+			case "nftables":
+				out = labExec(t, s, n.Name, "nft", "list", "table", "ip", "kdive-proxy")
+			case "iptables":
+				out = labExec(t, s, n.Name, "iptables-save", "-t", "nat")
+			case "ipvs":
+				out = labExec(t, s, n.Name, "ipvsadm", "-Ln")
+			default:
+				t.Fatalf("proxy mode %q", mode)
+			}
 			if !strings.Contains(out, "10.1.0.10") {
-				t.Errorf("%s: the kdive-proxy table has no kube-dns address:\n%s", n.Name, out)
+				t.Errorf("%s: the %s proxy has no kube-dns address:\n%s", n.Name, p.Proxy.Mode, out)
 			}
 			if out := labExec(t, s, n.Name, "iptables-save"); strings.Contains(out, "KUBE-SERVICES") {
 				t.Errorf("%s: kube-proxy's iptables chains exist", n.Name)
@@ -281,15 +306,32 @@ func TestKubernetesLab(t *testing.T) {
 	}
 	downed = true
 	assertNothingLeft(t, name)
+	if got := cgroupSubtreeControl(t); got != subtree {
+		t.Errorf("the cgroup2 root's subtree_control is %q after lab down, %q before", got, subtree)
+	}
 }
 
-// upKubeLab brings up preset D as Kubernetes lab name (an earlier one of
+// cgroupSubtreeControl is the cgroup2 root's subtree_control on a machine
+// with cgroup2 alone ("" on cgroup v1).
+func cgroupSubtreeControl(t *testing.T) string {
+	t.Helper()
+	if !cgroupUnified() {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(cgroupFS, "cgroup.subtree_control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// upKubeLab brings up preset as Kubernetes lab name (an earlier one of
 // that name is removed first) and returns it, how long up took and what
 // it reported on its way.
-func upKubeLab(tb testing.TB, name string) (*State, time.Duration, string) {
+func upKubeLab(tb testing.TB, name, preset string) (*State, time.Duration, string) {
 	tb.Helper()
 	_ = Down(name)
-	p, raw, err := Prepare(name, Source{Preset: "D", Kubernetes: true})
+	p, raw, err := Prepare(name, Source{Preset: preset, Kubernetes: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
