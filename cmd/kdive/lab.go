@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -85,6 +86,7 @@ func newLabUpCmd() *cobra.Command {
 	var (
 		name, preset, file string
 		print, kubernetes  bool
+		timeout            time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "up [--name NAME] [--preset A|B|C|D] [-f lab.yaml]",
@@ -133,7 +135,7 @@ kube-proxy), CoreDNS as kube-system/kube-dns; needs make kubernetes.
 			if err != nil {
 				return err
 			}
-			st, err := lab.Up(ctx, plan, lab.UpOptions{LabFile: raw, Binaries: bins, Progress: cmd.ErrOrStderr()})
+			st, err := lab.Up(ctx, plan, lab.UpOptions{LabFile: raw, Binaries: bins, Progress: cmd.ErrOrStderr(), Timeout: timeout})
 			if err != nil {
 				return err
 			}
@@ -146,6 +148,7 @@ kube-proxy), CoreDNS as kube-system/kube-dns; needs make kubernetes.
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "lab file (kind: Lab); - reads stdin")
 	cmd.Flags().BoolVar(&print, "print", false, "print the lab file and exit")
 	cmd.Flags().BoolVar(&kubernetes, "kubernetes", false, "a real Kubernetes cluster: kubelet and containerd on every node, kdive by its manifest")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "the longest to wait for any one step (agents' first sync; with --kubernetes the API server, each kubelet, the cluster Ready): default 1m, 3m for the cluster; raise it on a slow or emulated CPU")
 	return cmd
 }
 

@@ -75,7 +75,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 		return err
 	}
 	defer cp.Close()
-	if err := p.startControlPlane(ctx, cp, opts.Binaries); err != nil {
+	if err := p.startControlPlane(ctx, cp, opts.Binaries, opts.Timeout); err != nil {
 		return err
 	}
 	cs, err := p.adminClient(cp)
@@ -84,7 +84,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	}
 	for _, n := range p.Nodes {
 		say.say("%s: containerd, images", n.Name)
-		if err := p.startRuntime(ctx, n, opts.Binaries, runc); err != nil {
+		if err := p.startRuntime(ctx, n, opts.Binaries, runc, opts.Timeout); err != nil {
 			return err
 		}
 	}
@@ -93,7 +93,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	// each node really got.
 	for i := range p.Nodes {
 		say.say("%s: kubelet, waiting for the Node and its pod CIDR", p.Nodes[i].Name)
-		if err := p.startKubelet(ctx, cs, &p.Nodes[i], opts.Binaries); err != nil {
+		if err := p.startKubelet(ctx, cs, &p.Nodes[i], opts.Binaries, opts.Timeout); err != nil {
 			return err
 		}
 	}
@@ -107,7 +107,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	// The pod network first, as on any cluster: pods created before
 	// their nodes are Ready would all land on the first node that is.
 	say.say("waiting: nodes Ready, kdive on every node")
-	if err := p.waitKubeReady(ctx, cs, opts.AgentTimeout); err != nil {
+	if err := p.waitKubeReady(ctx, cs, opts.Timeout); err != nil {
 		return err
 	}
 	say.say("CoreDNS: kube-system/kube-dns at %s", c.DNSServiceIP())
@@ -126,7 +126,7 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 		return err
 	}
 	say.say("waiting: deployments available")
-	if err := p.waitKubeReady(ctx, cs, opts.AgentTimeout); err != nil {
+	if err := p.waitKubeReady(ctx, cs, opts.Timeout); err != nil {
 		return err
 	}
 	say.say("up in %s", time.Since(start).Round(100*time.Millisecond))
@@ -160,8 +160,9 @@ func CheckKubernetesBinaries(bins Binaries) error {
 func (b Binaries) path(name string) string { return filepath.Join(filepath.Dir(b.Kdive), name) }
 
 // startControlPlane starts etcd, the API server (and waits until it is
-// ready), the controller-manager and the scheduler.
-func (p *Plan) startControlPlane(ctx context.Context, cp *kernel.NetNS, bins Binaries) error {
+// ready, at least 90s or timeout), the controller-manager and the
+// scheduler.
+func (p *Plan) startControlPlane(ctx context.Context, cp *kernel.NetNS, bins Binaries, timeout time.Duration) error {
 	c := p.cluster()
 	for _, comp := range []struct {
 		name string
@@ -174,7 +175,7 @@ func (p *Plan) startControlPlane(ctx context.Context, cp *kernel.NetNS, bins Bin
 			return err
 		}
 	}
-	if err := waitAPIServer(ctx, cp, c, 90*time.Second); err != nil {
+	if err := waitAPIServer(ctx, cp, c, max(timeout, 90*time.Second)); err != nil {
 		return componentError("kube-apiserver", p.componentLog(p.controlPlaneDir(), "kube-apiserver"), err)
 	}
 	if err := p.startComponent(cp, p.controlPlaneDir(), bins, "kube-controller-manager", c.ControllerManagerArgs()); err != nil {
@@ -274,8 +275,9 @@ func (p *Plan) kubeNode(n NodePlan, runc string) *k8s.Node {
 
 // startRuntime prepares node n (its directories, cgroups and config
 // files), starts the process holding its mount namespace, then containerd
-// in it, and imports the lab's images.
-func (p *Plan) startRuntime(ctx context.Context, n NodePlan, bins Binaries, runc string) error {
+// in it (waiting at least 30s or timeout for its socket), and imports the
+// lab's images.
+func (p *Plan) startRuntime(ctx context.Context, n NodePlan, bins Binaries, runc string, timeout time.Duration) error {
 	kn := p.kubeNode(n, runc)
 	c := p.cluster()
 	files := map[string][]byte{
@@ -308,7 +310,7 @@ func (p *Plan) startRuntime(ctx context.Context, n NodePlan, bins Binaries, runc
 		return err
 	}
 	sock := filepath.Join(kn.Dir, "root", k8s.ContainerdSocket)
-	if err := poll(ctx, 30*time.Second, func() error { _, err := os.Stat(sock); return err }); err != nil {
+	if err := poll(ctx, max(timeout, 30*time.Second), func() error { _, err := os.Stat(sock); return err }); err != nil {
 		return componentError("containerd on "+n.Name, p.componentLog(kn.Dir, "containerd"), err)
 	}
 	images, err := imageArchives(bins)
@@ -378,10 +380,10 @@ func (p *Plan) startMountHolder(ctx context.Context, ns *kernel.NetNS, kn *k8s.N
 	return pid, err
 }
 
-// startKubelet starts node n's kubelet and waits until its Node is
-// registered with a pod block from the controller-manager, which it
-// records in n.
-func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n *NodePlan, bins Binaries) error {
+// startKubelet starts node n's kubelet and waits (at least 90s or
+// timeout) until its Node is registered with a pod block from the
+// controller-manager, which it records in n.
+func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n *NodePlan, bins Binaries, timeout time.Duration) error {
 	holder, err := p.mountHolder(n.Name)
 	if err != nil {
 		return err
@@ -396,7 +398,7 @@ func (p *Plan) startKubelet(ctx context.Context, cs kubernetes.Interface, n *Nod
 		return err
 	}
 	var block netip.Prefix
-	err = poll(ctx, 90*time.Second, func() error {
+	err = poll(ctx, max(timeout, 90*time.Second), func() error {
 		node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
 			return err

@@ -41,12 +41,12 @@ import (
 var hostFile = filepath.Join(filepath.Dir(RunDir), "kubernetes-host.json")
 
 type hostRecord struct {
-	Labs        []string          `json:"labs"`
-	Sysctls     map[string]string `json:"sysctls"`
+	Labs    []string          `json:"labs"`
+	Sysctls map[string]string `json:"sysctls"`
 	// SubtreeControl is the cgroup2 root's cgroup.subtree_control
 	// before the first lab, on a machine with cgroup2 alone.
-	SubtreeControl *string `json:"subtreeControl,omitempty"`
-	Mountpoints []string          `json:"mountpoints"`
+	SubtreeControl *string  `json:"subtreeControl,omitempty"`
+	Mountpoints    []string `json:"mountpoints"`
 }
 
 // kubeletSysctls are the ones the kubelet sets at start

@@ -90,9 +90,12 @@ type UpOptions struct {
 	LabFile []byte
 	// Binaries the lab runs: agents, echo servers, the CNI plugin.
 	Binaries Binaries
-	// AgentTimeout bounds the wait for the agents' first sync; default
-	// 60s (the test VM is slow).
-	AgentTimeout time.Duration
+	// Timeout bounds each wait of up: the agents' first sync (default
+	// 60s), and in a Kubernetes lab the API server's start and each
+	// kubelet's registration (default 90s) and the cluster being ready
+	// (default 3m); a longer Timeout raises them all, for a slow or
+	// emulated CPU.
+	Timeout time.Duration
 	// Progress, when set, hears what a Kubernetes lab's up is doing.
 	Progress io.Writer
 }
@@ -167,9 +170,7 @@ func (p *Plan) checkFeatures() error {
 
 func up(ctx context.Context, s *State, opts UpOptions) error {
 	p := s.Plan
-	if opts.AgentTimeout == 0 {
-		opts.AgentTimeout = 60 * time.Second
-	}
+	agentTimeout := max(opts.Timeout, 60*time.Second)
 	if err := buildUnderlay(ctx, p); err != nil {
 		return err
 	}
@@ -179,7 +180,7 @@ func up(ctx context.Context, s *State, opts UpOptions) error {
 	if err := p.installCNI(opts.Binaries); err != nil {
 		return err
 	}
-	if err := p.startAgents(ctx, opts.Binaries, opts.AgentTimeout); err != nil {
+	if err := p.startAgents(ctx, opts.Binaries, agentTimeout); err != nil {
 		return err
 	}
 	if err := p.startAPIServer(ctx, opts.Binaries); err != nil {
