@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -82,11 +83,15 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err != nil {
 		return err
 	}
+	// The nodes' runtimes at once: importing the images is most of it,
+	// and on a slow CPU several minutes one node after another.
+	say.say("containerd and images on %d nodes", len(p.Nodes))
+	g, gctx := errgroup.WithContext(ctx)
 	for _, n := range p.Nodes {
-		say.say("%s: containerd, images", n.Name)
-		if err := p.startRuntime(ctx, n, opts.Binaries, runc, opts.Timeout); err != nil {
-			return err
-		}
+		g.Go(func() error { return p.startRuntime(gctx, n, opts.Binaries, runc, opts.Timeout) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	// One kubelet after another, so that the range allocator mostly hands
 	// out the pod blocks in node order; the plan then records the block

@@ -197,7 +197,7 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 			t.Fatal(err)
 		}
 		var ip string
-		err := poll(ctx, time.Minute, func() error {
+		err := poll(ctx, kubeWait(time.Minute), func() error {
 			got, err := cs.CoreV1().Services("default").Get(ctx, "ingress-lb", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -215,7 +215,7 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 			t.Errorf("ingress IP %s is outside the lab's pool %s", ip, p.LoadBalancerCIDR)
 		}
 		// The router learns the address as the cloud controller syncs it.
-		err = poll(ctx, 30*time.Second, func() error {
+		err = poll(ctx, kubeWait(30*time.Second), func() error {
 			got, err := echoFrom(ctx, ext, ip, 80)
 			if err == nil && !strings.Contains(got, `"pod":"ingress-`) {
 				err = fmt.Errorf("answer %s is not an ingress pod's", got)
@@ -272,7 +272,7 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 		if err := cs.CoreV1().Pods("kube-system").Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		err = poll(ctx, 2*time.Minute, func() error {
+		err = poll(ctx, kubeWait(2*time.Minute), func() error {
 			ds, err := cs.AppsV1().DaemonSets("kube-system").Get(ctx, "kdive", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -311,6 +311,16 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 	}
 }
 
+// kubeWait is how long a Kubernetes lab test waits for what takes d
+// natively: in the test VM, whose emulated CPU the cluster keeps busy,
+// at least 15 minutes.
+func kubeWait(d time.Duration) time.Duration {
+	if ktest.InVM() {
+		return max(8*d, 15*time.Minute)
+	}
+	return d
+}
+
 // cgroupSubtreeControl is the cgroup2 root's subtree_control on a machine
 // with cgroup2 alone ("" on cgroup v1).
 func cgroupSubtreeControl(t *testing.T) string {
@@ -337,7 +347,7 @@ func upKubeLab(tb testing.TB, name, preset string) (*State, time.Duration, strin
 	}
 	var progress bytes.Buffer
 	start := time.Now()
-	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
+	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress, Timeout: kubeWait(0)})
 	if err != nil {
 		tb.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
 	}
@@ -398,7 +408,7 @@ func startClients(t *testing.T, cs kubernetes.Interface, s *State) map[string]*k
 		t.Fatal(err)
 	}
 	out := map[string]*kernel.NetNS{}
-	err := poll(ctx, 2*time.Minute, func() error {
+	err := poll(ctx, kubeWait(2*time.Minute), func() error {
 		pods, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=client"})
 		if err != nil {
 			return err
