@@ -22,10 +22,10 @@ var ErrVerifyFailed = errors.New("verification failed")
 
 func newVerifyCmd() *cobra.Command {
 	var (
-		labName, output string
-		keep            bool
-		checks          []string
-		timeout         time.Duration
+		labName, output      string
+		keep                 bool
+		checks               []string
+		timeout, syncTimeout time.Duration
 	)
 	var list strings.Builder
 	for _, c := range verify.Checks() {
@@ -60,7 +60,7 @@ Checks:
 			defer stop()
 			rep, err := verify.Run(ctx, verify.Options{
 				Lab: labName, Binaries: bins, Checks: checks, Keep: keep,
-				Inspect: diag.InspectProxy, RequestTimeout: timeout,
+				Inspect: diag.InspectProxy, RequestTimeout: timeout, SyncTimeout: syncTimeout,
 			})
 			if rep != nil {
 				var werr error
@@ -82,5 +82,6 @@ Checks:
 	cmd.Flags().BoolVar(&keep, "keep", false, "leave the workload in the lab afterwards")
 	cmd.Flags().StringSliceVar(&checks, "check", nil, "run only these checks (comma-separated names)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "timeout of each request")
+	cmd.Flags().DurationVar(&syncTimeout, "sync-timeout", 0, "how long to wait for the workload to run and every agent to program it (default 1m; 3m on a Kubernetes lab)")
 	return cmd
 }

@@ -151,8 +151,14 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 			if !strings.Contains(out, "10.1.0.10") {
 				t.Errorf("%s: the %s proxy has no kube-dns address:\n%s", n.Name, p.Proxy.Mode, out)
 			}
-			if out := labExec(t, s, n.Name, "iptables-save"); strings.Contains(out, "KUBE-SERVICES") {
+			// kdive's iptables and ipvs modes name their chains as
+			// kube-proxy does; in nftables mode any KUBE-SERVICES is
+			// kube-proxy's, and in every mode its nftables table is.
+			if out := labExec(t, s, n.Name, "iptables-save"); p.Proxy.Mode == "nftables" && strings.Contains(out, "KUBE-SERVICES") {
 				t.Errorf("%s: kube-proxy's iptables chains exist", n.Name)
+			}
+			if out := labExec(t, s, n.Name, "nft", "list", "tables"); strings.Contains(out, "kube-proxy") {
+				t.Errorf("%s: kube-proxy's nftables table exists:\n%s", n.Name, out)
 			}
 		}
 	})
@@ -250,7 +256,11 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 	})
 	t.Run("kdive verify --lab", func(t *testing.T) {
 		start := time.Now()
-		out, err := exec.Command(testBins.Kdive, "verify", "--lab", name).CombinedOutput()
+		args := []string{"verify", "--lab", name}
+		if ktest.InVM() {
+			args = append(args, "--timeout", "30s", "--sync-timeout", kubeWait(0).String())
+		}
+		out, err := exec.Command(testBins.Kdive, args...).CombinedOutput()
 		if err != nil {
 			t.Errorf("kdive verify --lab %s: %v\n%s", name, err, out)
 		}
@@ -443,7 +453,11 @@ func startClients(t *testing.T, cs kubernetes.Interface, s *State) map[string]*k
 // resolving a name through the cluster's DNS as the pod's resolv.conf
 // says (search path included).
 func echoFrom(ctx context.Context, ns *kernel.NetNS, host string, port int) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	timeout := 5 * time.Second
+	if ktest.InVM() { // the cluster keeps the emulated CPU busy
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	addr := host
 	if net.ParseIP(host) == nil {

@@ -45,8 +45,8 @@ type Node struct {
 	// Dir is the node's directory: root/ holds the bind-mount sources
 	// of NodeMounts, and the config files live beside it.
 	Dir string
-	// CgroupRoot is the node's cgroup (cgroupfs driver, cgroup v1), under
-	// which the kubelet puts kubepods.
+	// CgroupRoot is the node's cgroup (cgroupfs driver; cgroup v1 or
+	// cgroup2 alone), under which the kubelet puts kubepods.
 	CgroupRoot string
 	// RuncBinary is the runc containerd runs.
 	RuncBinary string
@@ -54,9 +54,9 @@ type Node struct {
 
 // KubeletConfig renders the node's KubeletConfiguration. The settings
 // that differ from a production node are what one machine hosting several
-// nodes, on cgroup v1 and without CAP_SYS_RESOURCE, needs (see
+// nodes, on cgroup v1 or v2 and without CAP_SYS_RESOURCE, needs (see
 // ../shared DESIGN "The Kubernetes lab"): cgroupfs with a per-node
-// cgroupRoot, failCgroupV1 false, oomScoreAdj 0; and what a throwaway lab
+// cgroupRoot, failCgroupV1 false (v1 only), oomScoreAdj 0; and what a throwaway lab
 // wants: no image garbage collection (images are imported, never pulled)
 // and eviction only when the machine is nearly full.
 func KubeletConfig(c *Cluster, n *Node) []byte {
