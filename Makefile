@@ -13,8 +13,9 @@ LDFLAGS := -X github.com/kdive/kdive/internal/version.Version=$(VERSION) \
 # Tests that need kernel features the development kernel lacks (ipip, ip_vs,
 # dummy) run inside the test VM (hack/vmexec), where a missing feature fails
 # instead of skipping: the whole kernel package, and elsewhere the tests
-# whose names say IPIP or IPVS. VM tests use the binaries of `make build`.
-VM_RUN := IPIP|IPVS
+# whose names say IPIP or IPVS, or Cgroup2 (the VM has cgroup2 alone, this
+# machine the v1 hierarchies). VM tests use the binaries of `make build`.
+VM_RUN := IPIP|IPVS|Cgroup2
 VM_PKGS := ./internal/agent/ ./internal/podnet/ ./internal/proxy/ipvs/ ./internal/lab/ ./internal/diag/ ./internal/verify/ ./internal/bench/
 VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 # A Kubernetes lab in the VM runs alone, in its own target (about 15 minutes
