@@ -247,8 +247,8 @@ func labCgroup(lab string) string {
 // makeCgroups creates node's cgroupRoot. On cgroup v1 it does so in every
 // hierarchy, with cpuset's cpus and mems copied from the parent (a new
 // cpuset cgroup starts with none and would refuse every task). On cgroup2
-// it enables every controller the root has for the lab's cgroup and for
-// the node's: the kubelet takes a cgroupRoot without cpu, cpuset, memory,
+// it enables every controller the root has in the root's and the lab's
+// subtree_control, so they reach the node's cgroup: the kubelet takes a cgroupRoot without cpu, cpuset, memory,
 // hugetlb or pids for missing.
 func (p *Plan) makeCgroups(node string) error {
 	if cgroupUnified() {
@@ -294,7 +294,7 @@ func (p *Plan) makeCgroups2(node string) error {
 	for _, c := range strings.Fields(string(b)) {
 		enable = append(enable, "+"+c)
 	}
-	lab := filepath.Join(cgroupFS, cgroupBase(p.Name))
+	lab := labCgroup(p.Name)
 	for _, d := range []string{lab, filepath.Join(lab, node)} {
 		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
