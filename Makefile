@@ -91,7 +91,10 @@ PAUSE_IMAGE   := registry.k8s.io/pause:3.10.2
 AGNHOST_IMAGE := registry.k8s.io/e2e-test-images/agnhost:$(AGNHOST_VERSION)
 BUSYBOX_IMAGE := registry.k8s.io/e2e-test-images/busybox:1.37.0-2
 COREDNS_IMAGE := registry.k8s.io/coredns/coredns:$(COREDNS_VERSION)
-IMAGES := bin/images/pause.tar bin/images/agnhost.tar bin/images/busybox.tar bin/images/coredns.tar
+GLIBC_DNS_IMAGE := registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
+NGINX_IMAGE   := registry.k8s.io/e2e-test-images/nginx:1.27.0-2
+IMAGES := bin/images/pause.tar bin/images/agnhost.tar bin/images/busybox.tar bin/images/coredns.tar \
+          bin/images/glibc-dns-testing.tar bin/images/nginx.tar
 MKIMAGE := bin/mkimage
 IMAGE_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -126,9 +129,15 @@ bin/images/pause.tar: bin/pause bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(PAUSE_IMAGE) -file bin/pause:/pause -entrypoint /pause
 
+# agnhost's upstream image is Alpine with bind-tools, curl, netcat-openbsd,
+# iproute2, bash and socat, which the e2e tests run in it; these are
+# Debian's, with their libraries, and busybox for the rest.
+AGNHOST_HOST := /usr/bin/dig /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
 bin/images/agnhost.tar: bin/agnhost bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(AGNHOST_IMAGE) -file bin/agnhost:/agnhost -busybox /bin/busybox:/bin -dir /tmp:1777 \
+	  $(addprefix -host ,$(AGNHOST_HOST)) -symlink nc.openbsd:/usr/bin/nc -symlink agnhost:/agnhost-2 -dir /uploads \
+	  -file hack/image/etc/agnhost-passwd:/etc/passwd -file hack/image/etc/agnhost-group:/etc/group \
 	  -entrypoint /agnhost -cmd pause
 
 bin/images/busybox.tar: bin/mkimage FORCE
@@ -139,9 +148,33 @@ bin/images/coredns.tar: bin/coredns bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(COREDNS_IMAGE) -file bin/coredns:/coredns -entrypoint /coredns
 
+# The e2e tests' DNS probes run dig and getent (glibc's, with its resolver)
+# under sh: Debian's, with their libraries, and busybox for the rest.
+bin/images/glibc-dns-testing.tar: bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(GLIBC_DNS_IMAGE) -host /usr/bin/dig -host /usr/bin/getent \
+	  -file hack/image/etc/nsswitch.conf:/etc/nsswitch.conf -busybox /bin/busybox:/bin -dir /tmp:1777 -cmd sh
+
+# nginx from Debian's package, unpacked under bin/deb (not installed: the
+# package would start a server on this machine), serving on port 80.
+bin/deb/nginx/usr/sbin/nginx:
+	@mkdir -p bin/deb && rm -rf bin/deb/nginx
+	cd bin/deb && { apt-get download -qq nginx 2>/dev/null || { apt-get update -qq && apt-get download -qq nginx; }; } && \
+	  dpkg-deb -x nginx_*.deb nginx && rm -f nginx_*.deb
+
+bin/images/nginx.tar: bin/deb/nginx/usr/sbin/nginx bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(NGINX_IMAGE) -file bin/deb/nginx/usr/sbin/nginx:/usr/sbin/nginx \
+	  -file hack/image/etc/nginx.conf:/etc/nginx/nginx.conf -file hack/image/etc/passwd:/etc/passwd -file hack/image/etc/group:/etc/group -file hack/image/etc/index.html:/usr/share/nginx/html/index.html \
+	  -dir /var/log/nginx -dir /var/lib/nginx -dir /run -dir /tmp:1777 -busybox /bin/busybox:/bin -entrypoint /usr/sbin/nginx
+
+# Upstream's e2e suite (hack/e2e runs it against a Kubernetes lab).
+bin/e2e.test: FORCE
+	cd hack/kubernetes && CGO_ENABLED=0 go test -c -ldflags '$(K8S_LDFLAGS)' -o $(CURDIR)/$@ k8s.io/kubernetes/test/e2e
+
 image: build bin/kdive-image.tar
 images: $(IMAGES)
-kubernetes: deps $(K8S_BINS) bin/containerd bin/crictl bin/coredns image images
+kubernetes: deps $(K8S_BINS) bin/containerd bin/crictl bin/coredns bin/e2e.test image images
 FORCE:
 
 demo: deps build

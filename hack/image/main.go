@@ -57,7 +57,7 @@ func main() {
 	flag.StringVar(&o.out, "o", "", "write the image `tarball` here")
 	flag.StringVar(&o.tag, "tag", "", "the image's `name`, as `ctr images import` will list it")
 	flag.Var(&o.hosts, "host", "copy this host `path` (a file, or a directory and all in it) to the same path, with the symlinks on the way and the shared libraries of ELF files")
-	flag.Var(&o.files, "file", "copy the host file `SRC:DST` (its contents, following symlinks) to the image path DST")
+	flag.Var(&o.files, "file", "copy the host file `SRC:DST` (its contents, following symlinks) to the image path DST, with the shared libraries of an ELF file")
 	flag.Var(&o.symlinks, "symlink", "make the symlink `TARGET:LINK`, as ln -s TARGET LINK")
 	flag.Var(&o.dirs, "dir", "make the directory `PATH[:MODE]` (octal mode, 0755 if not given)")
 	flag.Var(&o.busybox, "busybox", "copy the host busybox `SRC:DIR` to DIR/busybox and link each applet it lists to it in DIR, where nothing else is")
@@ -119,6 +119,11 @@ func layout(o options) (*tree, error) {
 	}
 	for _, f := range o.files {
 		if err := addFile(t, f[0], f[1]); err != nil {
+			return nil, err
+		}
+		// An ELF file from elsewhere (a Debian package unpacked, not
+		// installed) needs this machine's libraries all the same.
+		if err := h.libraries(f[0]); err != nil {
 			return nil, err
 		}
 	}
