@@ -131,12 +131,14 @@ bin/images/pause.tar: bin/pause bin/mkimage FORCE
 
 # agnhost's upstream image is Alpine with bind-tools, curl, netcat-openbsd,
 # iproute2, bash and socat, which the e2e tests run in it; these are
-# Debian's, with their libraries, and busybox for the rest.
+# Debian's, with their libraries, and busybox for the rest. sh is bash:
+# Debian's static busybox shell runs its own applets (nc among them) before
+# any program on PATH.
 AGNHOST_HOST := /usr/bin/dig /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
 bin/images/agnhost.tar: bin/agnhost bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(AGNHOST_IMAGE) -file bin/agnhost:/agnhost -busybox /bin/busybox:/bin -dir /tmp:1777 \
-	  $(addprefix -host ,$(AGNHOST_HOST)) -symlink nc.openbsd:/usr/bin/nc -symlink agnhost:/agnhost-2 -dir /uploads \
+	  $(addprefix -host ,$(AGNHOST_HOST)) -symlink nc.openbsd:/usr/bin/nc -symlink bash:/bin/sh -symlink agnhost:/agnhost-2 -dir /uploads \
 	  -file hack/image/etc/agnhost-passwd:/etc/passwd -file hack/image/etc/agnhost-group:/etc/group \
 	  -entrypoint /agnhost -cmd pause
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kdive/kdive/internal/agent"
 	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/model"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -79,7 +80,8 @@ binary is copied to DIR/kdive through a temporary file and a rename, and, once
 this node's Node object has an InternalIP and a pod CIDR, 10-kdive.conflist is
 written into the CNI config dir exactly as the agent writes it. It takes the
 agent's configuration and flags (--config, --kubeconfig, --hostname-override,
---cni-conf-dir, ...).`,
+--cni-conf-dir, ...). With podNetwork.interface none (kdive as the service
+proxy only, beside another CNI) it installs nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := af.load(cmd.Flags())
@@ -88,6 +90,10 @@ agent's configuration and flags (--config, --kubeconfig, --hostname-override,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if cfg.PodNetwork.Interface == model.InterfaceNone {
+				fmt.Fprintln(cmd.OutOrStdout(), "podNetwork.interface is none: another CNI attaches pods; nothing to install")
+				return nil
+			}
 			if err := agent.InstallCNI(ctx, cfg, opts); err != nil {
 				return err
 			}
@@ -123,7 +129,7 @@ func (af *agentFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&fl.Uplink, "uplink", "", "uplink interface (default: the one holding the node's InternalIP)")
 	f.StringVar(&fl.CNI.ConfDir, "cni-conf-dir", "", "where to write 10-kdive.conflist (default "+agent.DefaultConfDir+")")
 	f.StringVar(&fl.CNI.DataDir, "cni-data-dir", "", "the CNI plugin's IPAM store (default "+agent.DefaultDataDir+")")
-	f.StringVar((*string)(&fl.PodNetwork.Interface), "interface", "", "pod interfaces: routed or bridge (default routed)")
+	f.StringVar((*string)(&fl.PodNetwork.Interface), "interface", "", "pod interfaces: routed, bridge, or none (another CNI attaches pods; kdive is the service proxy only) (default routed)")
 	f.StringVar((*string)(&fl.PodNetwork.Encap), "encap", "", "between nodes: none, ipip or vxlan (default vxlan)")
 	f.StringVar((*string)(&fl.PodNetwork.EncapPolicy), "encap-policy", "", "encapsulate always or cross-subnet (default cross-subnet)")
 	f.StringVar(&fl.Proxy.Mode, "proxy-mode", "", "service proxy: nftables, iptables, ipvs or none (default nftables)")

@@ -113,9 +113,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.setupProxy(factory); err != nil {
 		return err
 	}
-	podFactory, err := a.setupPods(client)
-	if err != nil {
-		return err
+	var podFactory informers.SharedInformerFactory
+	if a.podNetwork() {
+		var err error
+		if podFactory, err = a.setupPods(client); err != nil {
+			return err
+		}
 	}
 	if switchedModes(cfg.CNI.DataDir, cfg.Proxy.Mode) {
 		if err := cleanupOtherModes(ctx, cfg.Proxy.Mode, a.opts.NetNS); err != nil {
@@ -130,11 +133,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopServing()
 	// Shutdown waits for the informers, which stop when stop closes.
 	stop := make(chan struct{})
-	defer func() { close(stop); factory.Shutdown(); podFactory.Shutdown() }()
+	defer func() {
+		close(stop)
+		factory.Shutdown()
+		if podFactory != nil {
+			podFactory.Shutdown()
+		}
+	}()
 	factory.Start(stop)
 	// The pod network and the proxy need nodes, services and slices; the
 	// pods only feed a report, which waits for them by itself.
-	podFactory.Start(stop)
+	if podFactory != nil {
+		podFactory.Start(stop)
+	}
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("caches of %v did not sync: %w", typ, ctx.Err())
@@ -202,6 +213,10 @@ func (a *Agent) loop(ctx context.Context) error {
 	}
 }
 
+// podNetwork says whether the agent runs the pod network; without it
+// (podNetwork.interface none) it is the service proxy only.
+func (a *Agent) podNetwork() bool { return a.cfg.PodNetwork.Interface != model.InterfaceNone }
+
 // syncOnce computes this node's desired state from the informers' caches
 // and applies it: the pod network, then the service proxy (full: every
 // service, not only the ones that changed). A failure of one does not keep
@@ -210,6 +225,9 @@ func (a *Agent) syncOnce(ctx context.Context, full bool) error {
 	st, err := a.desiredState()
 	if err != nil {
 		return err
+	}
+	if !a.podNetwork() {
+		return a.syncProxy(ctx, st.Local, full)
 	}
 	return errors.Join(a.syncPodNet(ctx, st), a.syncProxy(ctx, st.Local, full))
 }
@@ -239,8 +257,24 @@ func (a *Agent) syncPodNet(ctx context.Context, st podnet.State) error {
 }
 
 // desiredState reads this node and its peers from the node cache.
+//
+// Without a pod network only this node matters, and only its name, zone
+// and InternalIP: a CNI that keeps its own IPAM never sets spec.podCIDR,
+// so the proxy must not wait for one (it uses the block if there is one).
 func (a *Agent) desiredState() (podnet.State, error) {
 	var st podnet.State
+	if !a.podNetwork() {
+		n, err := a.nodes.Get(a.cfg.NodeName)
+		if err != nil {
+			return st, fmt.Errorf("node %s: no Node object of that name: %w", a.cfg.NodeName, ErrNotReady)
+		}
+		mn, problem := modelNode(n)
+		if !mn.IP.IsValid() {
+			return st, fmt.Errorf("node %s: %s: %w", n.Name, problem, ErrNotReady)
+		}
+		st.Local = mn
+		return st, nil
+	}
 	all, err := a.nodes.List(labels.Everything())
 	if err != nil {
 		return st, err

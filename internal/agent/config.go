@@ -32,7 +32,11 @@ type Configuration struct {
 	// NodeName is this node's name; default $NODE_NAME, else the hostname.
 	NodeName         string           `json:"nodeName,omitempty"`
 	ClientConnection ClientConnection `json:"clientConnection,omitempty"`
-	PodNetwork       model.PodNetwork `json:"podNetwork"`
+	// PodNetwork is how pods attach and cross nodes; interface "none"
+	// leaves pods to another CNI and makes kdive the service proxy only:
+	// it writes no CNI config, programs no route, and needs neither the
+	// Node's spec.podCIDR nor its peers, only its InternalIP.
+	PodNetwork model.PodNetwork `json:"podNetwork"`
 	// NATOutgoing masquerades traffic from this node's pods to addresses
 	// outside every pod block (Calico's natOutgoing): needed where the
 	// underlay routes only host addresses, as a cloud VPC does, for pods
@@ -94,7 +98,9 @@ type ProxyConfig struct {
 	Mode string `json:"mode,omitempty"`
 	// ClusterCIDR is the cluster's pod range; traffic to cluster IPs from
 	// outside it is masqueraded. Default: this node's pod CIDR
-	// (kube-proxy's NodeCIDR local-traffic detector).
+	// (kube-proxy's NodeCIDR local-traffic detector); with no pod network
+	// and a Node without one, none: only the node's own traffic is
+	// masqueraded (kube-proxy's behaviour with no detector).
 	ClusterCIDR string `json:"clusterCIDR,omitempty"`
 	// NodePortAddresses restricts NodePorts, and the health check node
 	// ports of externalTrafficPolicy: Local services, to node addresses
@@ -230,7 +236,11 @@ func (c *Configuration) Validate() error {
 	if c.NodeName == "" {
 		bad("nodeName", "required (or set NODE_NAME)")
 	}
-	if err := c.PodNetwork.Validate("podNetwork"); err != nil {
+	if c.PodNetwork.Interface == model.InterfaceNone {
+		if c.Proxy.Mode == "none" {
+			bad("podNetwork.interface", "none with proxy.mode none leaves the agent nothing to do")
+		}
+	} else if err := c.PodNetwork.Validate("podNetwork"); err != nil {
 		errs = append(errs, err)
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 9000) {

@@ -56,3 +56,20 @@ func TestConfigurationErrorsNameTheField(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigurationProxyOnly: podNetwork.interface none is the service
+// proxy alone; with no proxy either the agent would do nothing.
+func TestConfigurationProxyOnly(t *testing.T) {
+	cfg, err := ParseConfiguration([]byte("nodeName: n1\npodNetwork: {interface: none}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Default()
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("interface none with the default proxy: %v", err)
+	}
+	cfg.Proxy.Mode = "none"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "podNetwork.interface: none with proxy.mode none") {
+		t.Errorf("interface none and proxy none: error %v", err)
+	}
+}

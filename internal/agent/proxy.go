@@ -147,7 +147,7 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 	cfg := proxy.Config{LocalhostNodePorts: localhostNodePorts(a.cfg.Proxy), MasqueradeAll: a.cfg.Proxy.MasqueradeAll}
 	if c, err := netip.ParsePrefix(a.cfg.Proxy.ClusterCIDR); err == nil {
 		cfg.ClusterCIDRs = []netip.Prefix{c}
-	} else {
+	} else if local.PodCIDR.IsValid() {
 		cfg.ClusterCIDRs = []netip.Prefix{local.PodCIDR}
 	}
 	for _, s := range a.cfg.Proxy.NodePortAddresses {

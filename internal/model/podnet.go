@@ -16,6 +16,11 @@ const (
 	// InterfaceBridge is kube-router style: pods' veths on kube-bridge,
 	// whose address (the block's first) is the pods' gateway.
 	InterfaceBridge Interface = "bridge"
+	// InterfaceNone is no pod network: another CNI attaches pods and
+	// routes them, kdive is the service proxy only (a kube-proxy
+	// replacement). The agent accepts it; the pod network's code never
+	// sees it.
+	InterfaceNone Interface = "none"
 )
 
 // Encap is how pod traffic travels between nodes.

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/model"
+)
+
+// TestAgentProxyOnly: with podNetwork.interface none the agent is a
+// kube-proxy beside another CNI. Its Node has an InternalIP and no
+// spec.podCIDR (a CNI with its own IPAM never sets one), yet the Service
+// is programmed; the agent writes no CNI config and programs no route,
+// tunnel or device of the pod network, not even toward a peer that has a
+// pod CIDR, and its syncs do not fail.
+func TestAgentProxyOnly(t *testing.T) {
+	for _, mode := range []string{"nftables", "iptables"} {
+		t.Run(mode, func(t *testing.T) {
+			bed := newAgentBed(t, mode, time.Minute)
+			bed.cfg.PodNetwork = model.PodNetwork{Interface: model.InterfaceNone}
+			bed.cfg.Default()
+			if err := bed.cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			bed.nodes = []corev1.Node{testNode("n1", "192.0.2.10", ""), testNode("n2", "192.0.2.11", "10.244.2.0/24")}
+			bed.addService("web", "10.96.0.30", "10.244.2.5")
+			bed.run()
+			programmed := func() bool {
+				if mode == "nftables" {
+					return strings.Contains(bed.nftTable(), "10.96.0.30 . tcp . 80")
+				}
+				out, _ := bed.node.Run(t.Context(), "", "iptables-save", "-t", "nat")
+				return strings.Contains(out, "-d 10.96.0.30/32")
+			}
+			bedWait(t, "the service programmed on a node without a pod CIDR", 20*time.Second, programmed)
+
+			// A sync that also tried the pod network would fail for the
+			// missing pod CIDR and retry, however the proxy fared.
+			time.Sleep(500 * time.Millisecond)
+			for _, r := range bed.logs.since(time.Time{}, "sync failed; retrying") {
+				t.Errorf("sync failed: %v", r.Attrs["err"])
+			}
+			if _, err := os.Stat(filepath.Join(bed.cfg.CNI.ConfDir, cni.ConfListFile)); !os.IsNotExist(err) {
+				t.Errorf("the agent wrote a CNI config (stat: %v); another CNI owns the pods", err)
+			}
+			if r := routesText(t, bed.node); r != "" {
+				t.Errorf("the agent programmed pod-network routes:\n%s", r)
+			}
+			links, err := bed.node.Links()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range links {
+				if l.Name != "lo" && l.Name != "eth0" && !strings.HasPrefix(l.Name, "kube-ipvs") {
+					t.Errorf("the agent created link %s", l.Name)
+				}
+			}
+		})
+	}
+}
