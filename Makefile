@@ -78,6 +78,15 @@ bin/crictl: FORCE
 	cd hack/crictl && CGO_ENABLED=0 go build -ldflags '-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)' \
 	  -o $(CURDIR)/bin/ sigs.k8s.io/cri-tools/cmd/crictl
 
+# The CNI reference plugins, for a Kubernetes lab whose pods another CNI
+# attaches (podNetwork.interface: none: kdive is the service proxy only).
+CNI_PLUGINS_VERSION := $(call modversion,cniplugins,github.com/containernetworking/plugins)
+CNI_PLUGINS := bin/cni/bridge bin/cni/host-local bin/cni/loopback bin/cni/portmap
+$(CNI_PLUGINS) &: FORCE
+	cd hack/cniplugins && CGO_ENABLED=0 go build \
+	  -ldflags '-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$(CNI_PLUGINS_VERSION)' \
+	  -o $(CURDIR)/bin/cni/ $(addprefix github.com/containernetworking/plugins/plugins/,ipam/host-local main/bridge main/loopback meta/portmap)
+
 bin/coredns: FORCE
 	cd hack/coredns && CGO_ENABLED=0 go build -o $(CURDIR)/bin/ github.com/coredns/coredns
 
@@ -176,7 +185,7 @@ bin/e2e.test: FORCE
 
 image: build bin/kdive-image.tar
 images: $(IMAGES)
-kubernetes: deps $(K8S_BINS) bin/containerd bin/crictl bin/coredns bin/e2e.test image images
+kubernetes: deps $(K8S_BINS) bin/containerd bin/crictl bin/coredns $(CNI_PLUGINS) bin/e2e.test image images
 FORCE:
 
 demo: deps build

@@ -85,6 +85,7 @@ func newLabCloudCmd() *cobra.Command {
 func newLabUpCmd() *cobra.Command {
 	var (
 		name, preset, file string
+		iface, proxyMode   string
 		print, kubernetes  bool
 		timeout            time.Duration
 	)
@@ -112,13 +113,9 @@ kube-proxy), CoreDNS as kube-system/kube-dns; needs make kubernetes.
 			if err != nil {
 				return err
 			}
-			src.Kubernetes = kubernetes
+			src.Kubernetes, src.Interface, src.ProxyMode = kubernetes, iface, proxyMode
 			if print {
-				if len(src.File) > 0 {
-					_, err = cmd.OutOrStdout().Write(src.File)
-					return err
-				}
-				b, err := lab.PresetYAML(src.Preset)
+				b, err := src.YAML()
 				if err != nil {
 					return err
 				}
@@ -148,6 +145,8 @@ kube-proxy), CoreDNS as kube-system/kube-dns; needs make kubernetes.
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "lab file (kind: Lab); - reads stdin")
 	cmd.Flags().BoolVar(&print, "print", false, "print the lab file and exit")
 	cmd.Flags().BoolVar(&kubernetes, "kubernetes", false, "a real Kubernetes cluster: kubelet and containerd on every node, kdive by its manifest")
+	cmd.Flags().StringVar(&iface, "interface", "", "replace the lab file's pod network interface: routed, bridge, or none (with --kubernetes: the CNI reference plugins attach pods, kdive is the service proxy only)")
+	cmd.Flags().StringVar(&proxyMode, "proxy-mode", "", "replace the lab file's proxy mode: nftables, iptables or ipvs")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "the longest to wait for any one step (agents' first sync; with --kubernetes the API server, each kubelet, the cluster Ready): default 1m, 3m for the cluster; raise it on a slow or emulated CPU")
 	return cmd
 }

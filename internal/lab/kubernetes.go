@@ -105,6 +105,12 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err := s.save(); err != nil {
 		return err
 	}
+	if p.cloudPodNetwork() {
+		say.say("pod network: the cloud's (CNI reference plugins bridge, host-local, portmap; pod blocks routed by the router)")
+	}
+	if err := p.routePodBlocks(ctx, opts.Binaries); err != nil {
+		return err
+	}
 	say.say("kdive: deploy/kdive.yaml (%s proxy, %s pods, %s %s)", p.Proxy.Mode, p.PodNetwork.Interface, p.PodNetwork.Encap, p.PodNetwork.EncapPolicy)
 	if err := p.installKdive(ctx, cs); err != nil {
 		return err
@@ -154,6 +160,11 @@ func CheckKubernetesBinaries(bins Binaries) error {
 	}
 	if _, err := imageArchives(bins); err != nil {
 		return err
+	}
+	for _, name := range referencePlugins {
+		if _, err := os.Stat(bins.path(filepath.Join("cni", name))); err != nil {
+			return fmt.Errorf("a Kubernetes lab needs the CNI reference plugin cni/%s beside kdive (make kubernetes builds it): %w", name, err)
+		}
 	}
 	if _, err := exec.LookPath("runc"); err != nil {
 		return fmt.Errorf("a Kubernetes lab needs runc (Debian package runc): %w", err)

@@ -25,7 +25,37 @@ type Source struct {
 	// Kubernetes makes the lab a Kubernetes lab, as spec.kubernetes: {}
 	// does (lab up --kubernetes).
 	Kubernetes bool
+	// Interface and ProxyMode, when set, replace the lab file's
+	// spec.podNetwork.interface and spec.proxy.mode (lab up --interface,
+	// --proxy-mode): a preset in another mode.
+	Interface, ProxyMode string
 }
+
+// YAML is the lab file the source gives: the file or preset as written,
+// or with the source's changes.
+func (s Source) YAML() ([]byte, error) {
+	if !s.overridden() && !s.Kubernetes {
+		if len(s.File) > 0 {
+			return s.File, nil
+		}
+		return PresetYAML(s.presetName())
+	}
+	f, _, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	return f.Marshal()
+}
+
+func (s Source) presetName() string {
+	if s.Preset == "" {
+		return DefaultPreset
+	}
+	return s.Preset
+}
+
+// overridden says whether the source changes its lab file.
+func (s Source) overridden() bool { return s.Interface != "" || s.ProxyMode != "" }
 
 // Load the lab file the source names.
 func (s Source) load() (*File, string, error) {
@@ -57,6 +87,12 @@ func (s Source) kubernetes(f *File) {
 	if s.Kubernetes && f.Spec.Kubernetes == nil {
 		f.Spec.Kubernetes = &Kubernetes{}
 	}
+	if s.Interface != "" {
+		f.Spec.PodNetwork.Interface = s.Interface
+	}
+	if s.ProxyMode != "" {
+		f.Spec.Proxy.Mode = s.ProxyMode
+	}
 }
 
 // Prepare loads and validates a lab without building anything. An empty
@@ -78,7 +114,12 @@ func Prepare(name string, src Source) (*Plan, []byte, error) {
 		return nil, nil, err
 	}
 	raw := src.File
-	if len(raw) == 0 {
+	switch {
+	case src.overridden():
+		if raw, err = f.Marshal(); err != nil {
+			return nil, nil, err
+		}
+	case len(raw) == 0:
 		raw, _ = PresetYAML(preset)
 	}
 	return p, raw, nil

@@ -206,6 +206,10 @@ func (p *Plan) planSpec(s *Spec, fp *field.Path) field.ErrorList {
 	if s.Kubernetes != nil {
 		p.Kubernetes = &KubernetesPlan{Version: s.Kubernetes.Version}
 	}
+	if s.PodNetwork.Interface == InterfaceNone && p.Kubernetes == nil {
+		errs = append(errs, field.Invalid(fp.Child("podNetwork", "interface"), s.PodNetwork.Interface,
+			"none needs spec.kubernetes (lab up --kubernetes): only a Kubernetes lab has another CNI to attach pods"))
+	}
 	errs = append(errs, p.planNodes(s.Nodes, fp.Child("nodes"))...)
 	if p.Kubernetes != nil {
 		errs = append(errs, p.planKubernetes(s.Kubernetes, fp.Child("kubernetes"))...)

@@ -70,7 +70,11 @@ type Kubernetes struct {
 // PodNetwork chooses how pods are attached and how pod traffic crosses
 // nodes.
 type PodNetwork struct {
-	Interface   string `json:"interface"`   // routed | bridge
+	// Interface is routed or bridge (kdive's pod network), or none: in a
+	// Kubernetes lab, the cloud's pod network (the CNI reference plugins,
+	// pod blocks routed by the router) with kdive as the service proxy
+	// only. Encap and EncapPolicy do not apply to none.
+	Interface   string `json:"interface"`   // routed | bridge | none
 	Encap       string `json:"encap"`       // none | ipip | vxlan
 	EncapPolicy string `json:"encapPolicy"` // always | cross-subnet
 }
@@ -106,7 +110,7 @@ type External struct {
 
 // Values the lab understands.
 var (
-	Interfaces    = []string{"routed", "bridge"}
+	Interfaces    = []string{"routed", "bridge", InterfaceNone}
 	Encaps        = []string{"none", "ipip", "vxlan"}
 	EncapPolicies = []string{"always", "cross-subnet"}
 	ProxyModes    = []string{"nftables", "iptables", "ipvs"}

@@ -292,6 +292,34 @@ table inet {{.Table}} {
 	set service_sources {
 		type ether_addr . ipv4_addr
 	}
+	# A Kubernetes lab's pod blocks, routed to their nodes as a cloud's
+	# route table does (filled once the controller-manager has handed
+	# them out), the nodes that may send from them, the hosts that may
+	# reach them and the addresses pods may answer: the control plane
+	# only (the API server proxies to pods), unless the pod network is
+	# the cloud's own (podNetwork.interface none: then pods of every
+	# node reach each other and the hosts through the router).
+	set pod_blocks {
+		type ipv4_addr
+		flags interval
+	}
+	set pod_sources {
+		type ether_addr . ipv4_addr
+		flags interval
+	}
+	set pod_peers {
+		type ether_addr . ipv4_addr
+		{{- if .PodPeers}}
+		elements = { {{.PodPeers}} }
+		{{- end}}
+	}
+	set pod_answered {
+		type ipv4_addr
+		flags interval
+		{{- if .PodAnswered}}
+		elements = { {{.PodAnswered}} }
+		{{- end}}
+	}
 	counter forwarded { }
 	counter dropped { }
 	# Checked before routing, so a packet to an address the router has no
@@ -302,21 +330,42 @@ table inet {{.Table}} {
 		ether saddr . ip saddr @hosts ip daddr @destinations counter name "forwarded" accept
 		ether saddr . ip saddr @hosts ip daddr @service_addrs counter name "forwarded" accept
 		ether saddr . ip saddr @service_sources ip daddr @destinations counter name "forwarded" accept
+		ether saddr . ip saddr @pod_peers ip daddr @pod_blocks counter name "forwarded" accept
+		ether saddr . ip saddr @pod_sources ip daddr @pod_answered counter name "forwarded" accept
+		{{- if .CloudPods}}
+		ether saddr . ip saddr @pod_sources ip daddr @pod_blocks counter name "forwarded" accept
+		{{- end}}
 		counter name "dropped" drop
 	}
 }
 `))
 
 func (p *Plan) routerRuleset() string {
-	var hosts, dests []string
+	var hosts, dests, peers, answered []string
 	for _, h := range p.hosts() {
 		hosts = append(hosts, h.MAC+" . "+h.IP.String())
 		dests = append(dests, h.IP.String())
+	}
+	cloudPods := ""
+	if k := p.Kubernetes; k != nil {
+		cluster := []HostPlan{k.ControlPlane}
+		if p.cloudPodNetwork() {
+			cloudPods = "yes"
+			for _, n := range p.Nodes {
+				cluster = append(cluster, n.HostPlan)
+			}
+		}
+		for _, h := range cluster {
+			peers = append(peers, h.MAC+" . "+h.IP.String())
+			answered = append(answered, h.IP.String())
+		}
 	}
 	var b strings.Builder
 	_ = routerTmpl.Execute(&b, map[string]string{
 		"Table": RouterTable, "Lab": p.Name,
 		"Hosts": strings.Join(hosts, ", "), "Dests": strings.Join(dests, ", "),
+		"PodPeers": strings.Join(peers, ", "), "PodAnswered": strings.Join(answered, ", "),
+		"CloudPods": cloudPods,
 	})
 	return b.String()
 }
