@@ -279,10 +279,14 @@ func (m PortMapping) String() string {
 // "containerPort": 80, "protocol": "tcp", "hostIP": ""}, ...]. It is strict
 // about what it uses: both ports must be integers in 1..65535, protocol tcp,
 // udp or sctp in any case (empty means tcp), hostIP empty, 0.0.0.0 (every
-// node address) or one IPv4 address that is not loopback (kdive never
-// serves hostPorts on 127.0.0.0/8: that would need route_localnet, cf.
-// CVE-2020-8558), and a pod may not map the same hostIP, protocol and
-// hostPort twice. Mappings with an IPv6 hostIP are skipped, as the upstream
+// node address) or one IPv4 address, and a pod may not map the same hostIP,
+// protocol and hostPort twice. A loopback hostIP (127.0.0.0/8) serves the
+// node's own connections from a node address, as upstream's conformance
+// test connects (curl --interface NODE-IP http://127.0.0.1:PORT); kdive
+// never sets route_localnet (CVE-2020-8558), so neither a neighbour nor a
+// connection from a loopback source reaches it. Keys match as Go's
+// encoding/json matches them, exactly or else in any case: containerd's
+// go-cni writes "HostPort", "ContainerPort", "Protocol", "HostIP". Mappings with an IPv6 hostIP are skipped, as the upstream
 // portmap plugin skips them for an IPv4 container: kdive's pods are
 // IPv4-only. Keys it does not use are ignored: runtimes write this list, not
 // people, and may add fields. The error is a *types.Error with code
@@ -345,7 +349,7 @@ func parsePortMapping(path string, obj map[string]any) (m PortMapping, skip bool
 		name string
 		dst  *uint16
 	}{{"hostPort", &m.HostPort}, {"containerPort", &m.ContainerPort}} {
-		v, ok := obj[f.name]
+		v, ok := jsonField(obj, f.name)
 		if !ok || v == nil {
 			return m, false, fmt.Errorf("%s.%s: required", path, f.name)
 		}
@@ -358,7 +362,8 @@ func parsePortMapping(path string, obj map[string]any) (m PortMapping, skip bool
 		}
 		*f.dst = uint16(n)
 	}
-	proto, err := jsonString(path+".protocol", obj["protocol"])
+	protocol, _ := jsonField(obj, "protocol")
+	proto, err := jsonString(path+".protocol", protocol)
 	if err != nil {
 		return m, false, err
 	}
@@ -369,7 +374,8 @@ func parsePortMapping(path string, obj map[string]any) (m PortMapping, skip bool
 	default:
 		return m, false, fmt.Errorf("%s.protocol: %q is not tcp, udp or sctp", path, proto)
 	}
-	s, err := jsonString(path+".hostIP", obj["hostIP"])
+	hostIP, _ := jsonField(obj, "hostIP")
+	s, err := jsonString(path+".hostIP", hostIP)
 	if err != nil || s == "" {
 		return m, false, err
 	}
@@ -383,14 +389,31 @@ func parsePortMapping(path string, obj map[string]any) (m PortMapping, skip bool
 	switch addr = addr.Unmap(); {
 	case addr.IsUnspecified():
 		return m, false, nil // 0.0.0.0: every node address.
-	case addr.IsLoopback():
-		return m, false, fmt.Errorf("%s.hostIP: %s is a loopback address; kdive does not serve hostPorts on 127.0.0.0/8 "+
-			"(it would need route_localnet, cf. CVE-2020-8558)", path, addr)
 	case addr.IsMulticast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return m, false, fmt.Errorf("%s.hostIP: %s is not a unicast address", path, addr)
 	}
 	m.HostIP = addr
 	return m, false, nil
+}
+
+// jsonField is obj's key name as encoding/json finds a struct field's:
+// the exact key, else the first in sorted order that equals it in any
+// case.
+func jsonField(obj map[string]any, name string) (any, bool) {
+	if v, ok := obj[name]; ok {
+		return v, true
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		if strings.EqualFold(k, name) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, false
+	}
+	slices.Sort(keys)
+	return obj[keys[0]], true
 }
 
 // jsonInt reads an integral JSON number as decoded into an any: int64 by

@@ -10,7 +10,8 @@ package cni
 //	  map hostports-ip  hostIP . proto . port -> podIP . containerPort
 //	  set hairpin       podIP . podIP
 //	  chain prerouting  nat, dstnat - 1: fib daddr type local, not 127.0.0.0/8: jump hostports
-//	  chain output      the same for the node's own connections
+//	  chain output      the same for the node's own connections, and to
+//	                    127.0.0.0/8 through @hostports-ip only
 //	  chain hostports   dnat through @hostports-ip, then through @hostports
 //	  chain postrouting nat, srcnat - 1: ct status dnat, saddr . daddr in @hairpin: masquerade
 //	}
@@ -18,8 +19,11 @@ package cni
 // The chains run just before kube-proxy-like service rules (dstnat), so a
 // hostPort wins over a service port on a node address. A map lookup that
 // misses ends the rule, so the second dnat rule is the fallback of the
-// first. Loopback destinations are excluded: route_localnet stays off
-// (CVE-2020-8558). The hairpin set masquerades a pod reaching its own
+// first. Loopback destinations are excluded but for the node's own
+// connections to a hostPort whose hostIP is loopback (upstream's
+// conformance test connects so, from a node address): route_localnet stays
+// off (CVE-2020-8558), so nothing from outside the node, and no
+// connection from a loopback source, is ever forwarded. The hairpin set masquerades a pod reaching its own
 // hostPort through a node address; without it the pod would answer itself
 // from its own address and drop the reply.
 //
@@ -90,6 +94,7 @@ func hostPortSkeleton() string {
 		"add rule " + t + " hostports meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @" + hostPortMap,
 		"add rule " + t + " prerouting fib daddr type local ip daddr != 127.0.0.0/8 jump hostports",
 		"add rule " + t + " output fib daddr type local ip daddr != 127.0.0.0/8 jump hostports",
+		"add rule " + t + " output ip daddr 127.0.0.0/8 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @" + hostPortIPMap,
 		"add rule " + t + " postrouting ct status dnat ip saddr . ip daddr @" + hairpinSet + " masquerade",
 	} {
 		b.WriteString(l + "\n")

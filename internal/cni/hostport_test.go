@@ -62,6 +62,14 @@ func TestPortMappings(t *testing.T) {
 				{HostIP: hip, Protocol: "tcp", HostPort: 80, ContainerPort: 81}}},
 		{"unused keys ignored", []any{map[string]any{"hostPort": 80, "containerPort": 80, "name": "http"}},
 			[]cni.PortMapping{{Protocol: "tcp", HostPort: 80, ContainerPort: 80}}},
+		// containerd's go-cni has no JSON tags; the portmap plugin's
+		// encoding/json matches keys in any case.
+		{"keys as containerd writes them", []any{map[string]any{"HostPort": 54323, "ContainerPort": 8080, "Protocol": "TCP", "HostIP": "192.0.2.1"}},
+			[]cni.PortMapping{{HostIP: hip, Protocol: "tcp", HostPort: 54323, ContainerPort: 8080}}},
+		{"the exact key wins", []any{map[string]any{"hostPort": 80, "HostPort": 81, "containerPort": 80}},
+			[]cni.PortMapping{{Protocol: "tcp", HostPort: 80, ContainerPort: 80}}},
+		{"loopback host IP", []any{pm(54323, 8080, "tcp", "127.0.0.1")},
+			[]cni.PortMapping{{HostIP: netip.MustParseAddr("127.0.0.1"), Protocol: "tcp", HostPort: 54323, ContainerPort: 8080}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			conf := []byte(routedConf)
@@ -100,7 +108,6 @@ func TestPortMappingsErrors(t *testing.T) {
 			"runtimeConfig.portMappings[0].protocol: 6 is not a string"},
 		{"host IP", []any{pm(80, 80, "tcp", "node-1")}, `runtimeConfig.portMappings[0].hostIP: "node-1" is not an IP address`},
 		{"host IP zone", []any{pm(80, 80, "tcp", "fe80::1%eth0")}, `runtimeConfig.portMappings[0].hostIP: "fe80::1%eth0" is not an IP address`},
-		{"host IP loopback", []any{pm(80, 80, "tcp", "127.0.0.1")}, "runtimeConfig.portMappings[0].hostIP: 127.0.0.1 is a loopback address"},
 		{"host IP multicast", []any{pm(80, 80, "tcp", "224.0.0.1")}, "runtimeConfig.portMappings[0].hostIP: 224.0.0.1 is not a unicast address"},
 		{"host IP not a string", []any{map[string]any{"hostPort": 80, "containerPort": 80, "hostIP": []any{"192.0.2.1"}}},
 			`runtimeConfig.portMappings[0].hostIP: ["192.0.2.1"] is not a string`},
@@ -225,6 +232,24 @@ func ask(ns *kernel.NetNS, network, addr string) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
+// askFrom asks over TCP from the local address src.
+func askFrom(ns *kernel.NetNS, src netip.Addr, addr string) (string, error) {
+	var line string
+	err := ns.Do(func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Timeout: 2 * time.Second}
+		conn, err := d.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		line, err = bufio.NewReader(conn).ReadString('\n')
+		line = strings.TrimSpace(line)
+		return err
+	})
+	return line, err
+}
+
 // mustAsk fails the test unless the answer comes from wantSrc (any source
 // but notSrc when wantSrc is invalid).
 func mustAsk(t *testing.T, what string, ns *kernel.NetNS, network, addr string, wantSrc, notSrc netip.Addr) {
@@ -296,7 +321,8 @@ func hostPorts(t *testing.T, mode model.Interface) {
 	client := h.newClient()
 	a := withPorts(h.newPod("pod-a"),
 		map[string]any{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
-		map[string]any{"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": clientNodeAddr.String()})
+		map[string]any{"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": clientNodeAddr.String()},
+		map[string]any{"HostPort": 8090, "ContainerPort": 80, "Protocol": "TCP", "HostIP": "127.0.0.1"})
 	h.mustAdd(a)
 	ip := a.ip(t)
 	serveTCP(t, a.ns, 80)
@@ -322,9 +348,16 @@ func hostPorts(t *testing.T, mode model.Interface) {
 	mustAsk(t, "client to the other node address:8080", client, "tcp", netip.AddrPortFrom(clientNodeAddr, 8080).String(), clientAddr, netip.Addr{})
 	mustAsk(t, "client to hostIP:5353/udp", client, "udp", netip.AddrPortFrom(clientNodeAddr, 5353).String(), clientAddr, netip.Addr{})
 	mustBeRefused(t, "5353/udp is bound to its hostIP only", client, "udp", netip.AddrPortFrom(nodeAddr, 5353).String())
-	// From the node itself (output chain), but never through loopback.
+	// From the node itself (output chain), but never through loopback
+	// unless the hostIP is loopback, and then only from a node address.
 	mustAsk(t, "node to node:8080", h.node, "tcp", node8080, netip.Addr{}, ip)
 	mustBeRefused(t, "node to 127.0.0.1:8080", h.node, "tcp", "127.0.0.1:8080")
+	if got, err := askFrom(h.node, nodeAddr, "127.0.0.1:8090"); err != nil || !strings.HasPrefix(got, nodeAddr.String()+":") {
+		t.Errorf("node from %s to hostIP 127.0.0.1:8090: %q, %v; want the pod to see the node address", nodeAddr, got, err)
+	}
+	if got, err := askFrom(client, clientAddr, netip.AddrPortFrom(nodeAddr, 8090).String()); err == nil {
+		t.Errorf("client to node:8090 (hostIP 127.0.0.1 only) answered %q", got)
+	}
 	// Hairpin: the pod reaches itself through the node, masqueraded.
 	mustAsk(t, "pod to its own hostPort", a.ns, "tcp", node8080, netip.Addr{}, ip)
 

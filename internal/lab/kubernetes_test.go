@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,16 @@ func requireKubernetes(t *testing.T) {
 // lab down.
 func TestKubernetesLab(t *testing.T) {
 	requireKubernetes(t)
-	testKubernetesLab(t, "kdt-kube", "D")
+	testKubernetesLab(t, "kdt-kube", Source{Preset: "D"})
+}
+
+// TestKubernetesLabCloudPods runs the same checks with kdive as the
+// service proxy only (podNetwork.interface none): the CNI reference
+// plugins attach the pods, the router routes the pod blocks, and kdive
+// writes no CNI config and programs no pod route on any node.
+func TestKubernetesLabCloudPods(t *testing.T) {
+	requireKubernetes(t)
+	testKubernetesLab(t, "kdt-kcloud", Source{Preset: "D", Interface: InterfaceNone})
 }
 
 // TestKubernetesLabIPVS runs the same checks on preset A (routed veths,
@@ -64,15 +74,15 @@ func TestKubernetesLabIPVS(t *testing.T) {
 	requireKubernetes(t)
 	ktest.RequireFeature(t, kernel.FeatureIPIP)
 	ktest.RequireFeature(t, kernel.FeatureIPVS)
-	testKubernetesLab(t, "kdt-kipvs", "A")
+	testKubernetesLab(t, "kdt-kipvs", Source{Preset: "A"})
 }
 
-// testKubernetesLab is TestKubernetesLab on preset as lab name.
-func testKubernetesLab(t *testing.T, name, preset string) {
+// testKubernetesLab is TestKubernetesLab on src as lab name.
+func testKubernetesLab(t *testing.T, name string, src Source) {
 	subtree := cgroupSubtreeControl(t)
-	s, took, progress := upKubeLab(t, name, preset)
+	s, took, progress := upKubeLabFrom(t, name, src)
 	p := s.Plan
-	t.Logf("lab up --kubernetes --preset %s (%d nodes) took %s:\n%s", preset, len(p.Nodes), took.Round(100*time.Millisecond), progress)
+	t.Logf("lab up --kubernetes --preset %s --interface %s (%d nodes) took %s:\n%s", src.Preset, p.PodNetwork.Interface, len(p.Nodes), took.Round(100*time.Millisecond), progress)
 	downed := false
 	t.Cleanup(func() {
 		if !downed {
@@ -161,6 +171,26 @@ func testKubernetesLab(t *testing.T, name, preset string) {
 			}
 			if out := labExec(t, s, n.Name, "nft", "list", "tables"); strings.Contains(out, "kube-proxy") {
 				t.Errorf("%s: kube-proxy's nftables table exists:\n%s", n.Name, out)
+			}
+		}
+	})
+
+	t.Run("the pod network of the lab file", func(t *testing.T) {
+		// kdive's own writes its conflist and owns the pod routes (proto
+		// agent); the cloud's is the reference plugins' bridge, and kdive
+		// touches nothing of it.
+		cloud := p.PodNetwork.Interface == InterfaceNone
+		for _, n := range p.Nodes {
+			confs := labExec(t, s, n.Name, "ls", "/etc/cni/net.d")
+			if has := strings.Contains(confs, "10-kdive.conflist"); has == cloud {
+				t.Errorf("%s: CNI configs %q: kdive's present %v, want %v", n.Name, strings.Fields(confs), has, !cloud)
+			}
+			if has := strings.Contains(confs, "10-lab-cloud.conflist"); has != cloud {
+				t.Errorf("%s: CNI configs %q: the reference plugins' present %v, want %v", n.Name, strings.Fields(confs), has, cloud)
+			}
+			routes := labExec(t, s, n.Name, "ip", "route", "show", "proto", strconv.Itoa(kernel.RouteProtocolAgent))
+			if has := strings.TrimSpace(routes) != ""; has == cloud {
+				t.Errorf("%s: kdive's pod routes present %v, want %v:\n%s", n.Name, has, !cloud, routes)
 			}
 		}
 	})
@@ -364,8 +394,15 @@ func cgroupSubtreeControl(t *testing.T) string {
 // it reported on its way.
 func upKubeLab(tb testing.TB, name, preset string) (*State, time.Duration, string) {
 	tb.Helper()
+	return upKubeLabFrom(tb, name, Source{Preset: preset})
+}
+
+// upKubeLabFrom is upKubeLab of any source.
+func upKubeLabFrom(tb testing.TB, name string, src Source) (*State, time.Duration, string) {
+	tb.Helper()
 	_ = Down(name)
-	p, raw, err := Prepare(name, Source{Preset: preset, Kubernetes: true})
+	src.Kubernetes = true
+	p, raw, err := Prepare(name, src)
 	if err != nil {
 		tb.Fatal(err)
 	}
