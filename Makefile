@@ -24,7 +24,7 @@ VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 VM_KUBE_RUN := Kubernetes.*(IPIP|IPVS)
 VMKUBETEST := KDIVE_VM_MEMORY=8192 KDIVE_VM_TIMEOUT=40m go test -count=1 -p 1 -timeout 40m -exec $(CURDIR)/hack/vmexec
 
-.PHONY: all deps build apiserver kubernetes image images demo test test-native bench-smoke test-vm test-kubernetes-vm vet clean
+.PHONY: all deps build apiserver kubernetes image images demo test test-native bench-smoke test-e2e conformance test-vm test-kubernetes-vm vet clean
 
 all: build
 
@@ -138,17 +138,17 @@ bin/images/pause.tar: bin/pause bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(PAUSE_IMAGE) -file bin/pause:/pause -entrypoint /pause
 
-# agnhost's upstream image is Alpine with bind-tools, curl, netcat-openbsd,
+# agnhost's upstream image is Alpine (musl's getent) with bind-tools, curl, netcat-openbsd,
 # iproute2, bash and socat, which the e2e tests run in it; these are
 # Debian's, with their libraries, and busybox for the rest. sh is bash:
 # Debian's static busybox shell runs its own applets (nc among them) before
 # any program on PATH.
-AGNHOST_HOST := /usr/bin/dig /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
+AGNHOST_HOST := /usr/bin/dig /usr/bin/getent /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
 bin/images/agnhost.tar: bin/agnhost bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(AGNHOST_IMAGE) -file bin/agnhost:/agnhost -busybox /bin/busybox:/bin -dir /tmp:1777 \
 	  $(addprefix -host ,$(AGNHOST_HOST)) -symlink nc.openbsd:/usr/bin/nc -symlink bash:/bin/sh -symlink agnhost:/agnhost-2 -dir /uploads \
-	  -file hack/image/etc/agnhost-passwd:/etc/passwd -file hack/image/etc/agnhost-group:/etc/group \
+	  -file hack/image/etc/agnhost-passwd:/etc/passwd -file hack/image/etc/agnhost-group:/etc/group -file hack/image/etc/nsswitch.conf:/etc/nsswitch.conf \
 	  -entrypoint /agnhost -cmd pause
 
 bin/images/busybox.tar: bin/mkimage FORCE
@@ -191,7 +191,7 @@ FORCE:
 demo: deps build
 	hack/demo.sh
 
-test: deps build kubernetes vet test-native bench-smoke test-vm
+test: deps build kubernetes vet test-native bench-smoke test-e2e test-vm
 
 vet:
 	go vet ./...
@@ -210,6 +210,18 @@ bench-smoke:
 test-vm:
 	$(VMTEST) ./internal/kernel/...
 	KDIVE_TEST_BINDIR=$(CURDIR)/bin $(VMTEST) -run '$(VM_RUN)' -skip '$(VM_KUBE_RUN)' $(VM_PKGS)
+
+# Upstream's e2e suite on a Kubernetes lab (hack/conformance, hack/e2e):
+# make test runs the sig-network Services and Networking conformance tests
+# in nftables mode with routed veths; make conformance all 47 sig-network
+# conformance tests in every mode this kernel has, each on a fresh lab
+# (docs/conformance.md has the tables and the wider runs).
+E2E_SMOKE := \[sig-network\] (Services|Networking).*\[Conformance\]
+test-e2e:
+	hack/conformance -f '$(E2E_SMOKE)' nftables/routed
+
+conformance: build kubernetes
+	hack/conformance
 
 # Preset A (IPIP, IPVS) as a real Kubernetes cluster in the test VM.
 test-kubernetes-vm: build kubernetes

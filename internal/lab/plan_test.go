@@ -195,6 +195,7 @@ func TestBadLabFiles(t *testing.T) {
 		{"reserved node name", "{name: n3, subnet: b,", "{name: router, subnet: b,", []string{"spec.nodes[2].name", "reserved"}},
 		{"bad encap", "encap: vxlan", "encap: geneve", []string{`spec.podNetwork.encap: Unsupported value: "geneve"`, `"ipip"`}},
 		{"bad proxy mode", "mode: nftables", "mode: ebpf", []string{`spec.proxy.mode: Unsupported value: "ebpf"`}},
+		{"no pod network without Kubernetes", "interface: routed", "interface: none", []string{`spec.podNetwork.interface: Invalid value: "none": none needs spec.kubernetes`}},
 		{"host bits", "podCIDR: 10.0.0.0/16", "podCIDR: 10.0.0.1/16", []string{"spec.podCIDR", "did you mean 10.0.0.0/16"}},
 		{"too few blocks", "blockSize: 24", "blockSize: 17", []string{"spec.podCIDR", "too few /17 blocks for 3 nodes"}},
 		{"typo in field", "podCIDR: 10.0.0.0/16", "podCIRD: 10.0.0.0/16", []string{`unknown field "spec.podCIRD"`}},
