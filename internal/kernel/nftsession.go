@@ -55,7 +55,8 @@ func (n *NetNS) NftSession() *NftSession { return &NftSession{ns: n} }
 func (s *NftSession) start() error {
 	cmd := exec.Command("nft", "-i")
 	// No history file: interactive nft reads and writes $HOME/.nft.history.
-	cmd.Env = []string{"HOME=/nonexistent", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	// A dumb terminal: its line editor looks the terminal up in terminfo.
+	cmd.Env = []string{"HOME=/nonexistent", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TERM=dumb"}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
@@ -151,6 +152,9 @@ func (s *NftSession) Apply(ctx context.Context, commands []string) error {
 				return
 			}
 			l = strings.TrimSuffix(l, "\n")
+			if editorNoise[l] {
+				continue
+			}
 			if l != sentinel {
 				out = append(out, l)
 				continue
@@ -181,6 +185,14 @@ func (s *NftSession) Apply(ctx context.Context, commands []string) error {
 		}
 		return nil
 	}
+}
+
+// editorNoise are the lines interactive nft's line editor (libedit) writes
+// to stderr at start where there is no terminfo database (a minimal
+// container image): a warning, not nft refusing anything.
+var editorNoise = map[string]bool{
+	"Cannot read termcap database;": true,
+	"using dumb terminal settings.": true,
 }
 
 // nftError reads nft's complaints about a line of commands: each is

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,4 +69,36 @@ func TestNftSession(t *testing.T) {
 		t.Logf("Apply with a cancelled context = %v (it may finish first)", err)
 	}
 	must(t, s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.97 }"}))
+}
+
+// TestNftSessionWithoutTerminfo: in a container image without a terminfo
+// database, interactive nft's line editor warns on stderr at start; that
+// is no refusal, and the first transaction must apply. (A wrapper first on
+// PATH stands for such an nft: it writes libedit's warning, then runs the
+// real one.)
+func TestNftSessionWithoutTerminfo(t *testing.T) {
+	ktest.RequireFeature(t, kernel.FeatureNFTables)
+	real, err := exec.LookPath("nft")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	wrapper := "#!/bin/sh\nprintf 'Cannot read termcap database;\\nusing dumb terminal settings.\\n' >&2\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "nft"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	ns := ktest.NewNetNS(t)
+	ctx := context.Background()
+	must(t, ns.Nft(ctx, "table ip kdive-t {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n}\n"))
+	s := ns.NftSession()
+	t.Cleanup(func() { s.Close() })
+	if err := s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.1 }"}); err != nil {
+		t.Fatalf("first Apply after the editor's warning: %v", err)
+	}
+	out, err := ns.Run(ctx, "", real, "list", "set", "ip", "kdive-t", "s")
+	must(t, err)
+	if !strings.Contains(out, "192.0.2.1") {
+		t.Errorf("set after Apply:\n%s", out)
+	}
 }

@@ -304,6 +304,7 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 		out, err := exec.Command(testBins.Kdive, "verify", "--lab", name).CombinedOutput()
 		if err != nil {
 			t.Errorf("kdive verify --lab %s: %v\n%s", name, err, out)
+			logKdivePods(t, cs)
 		}
 		t.Logf("kdive verify --lab %s: %s, %d checks passed", name, time.Since(start).Round(100*time.Millisecond), strings.Count(string(out), "✓"))
 	})
@@ -387,6 +388,22 @@ func cgroupSubtreeControl(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// logKdivePods logs the end of every kdive pod's log, for a failure.
+func logKdivePods(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kdive"})
+	if err != nil {
+		t.Logf("kdive pods: %v", err)
+		return
+	}
+	tail := int64(40)
+	for _, p := range pods.Items {
+		b, err := cs.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: "agent", TailLines: &tail}).DoRaw(ctx)
+		t.Logf("kdive pod %s on %s (%v):\n%s", p.Name, p.Spec.NodeName, err, b)
+	}
 }
 
 // upKubeLab brings up preset as Kubernetes lab name (an earlier one of
