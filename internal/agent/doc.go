@@ -6,6 +6,9 @@
 // network config, and the proxy mode's backend (internal/proxy/...) for
 // Services. This node's Pods (a field selector on spec.nodeName) feed only
 // a report of IPAM addresses no pod holds; the datapath never waits on them.
+// With podNetwork.interface none the agent is the service proxy alone,
+// beside another CNI: no pod network, no Pods, and of its Node only the
+// InternalIP (no spec.podCIDR, no peers).
 //
 // Against a real API server it is tested in kube_test.go (a kube-apiserver
 // and etcd from internal/source/kubetest, RBAC with deploy/kdive.yaml's

@@ -34,6 +34,10 @@
 // EndpointSlices: the store, or the API server), PodNetNSPath (a pod's
 // network namespace), LastChange, and the node paths of paths.go; Apply
 // and Delete of a Kubernetes lab go through its API server (apply_kube.go).
+// Its router routes the nodes' pod blocks for the control plane, and with
+// podNetwork.interface none for the pods too: the cloud's pod network, the
+// CNI reference plugins on each node, kdive as the service proxy only
+// (kubernetes_podroutes.go).
 //
 // Naming: lab L's namespaces are kdive-L.<node>, kdive-L.router,
 // kdive-L.external and kdive-L.pod.<namespace>.<name>; the underlay links
