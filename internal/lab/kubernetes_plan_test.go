@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -84,5 +85,56 @@ func TestRestartOnKubernetesLabSaysHow(t *testing.T) {
 	_, err = RestartAgent(context.Background(), "kr", "node-2", RestartOptions{})
 	if err == nil || !strings.Contains(err.Error(), "delete pod -l k8s-app=kdive --field-selector spec.nodeName=node-2") {
 		t.Errorf("restart on a Kubernetes lab: %v, want how to restart the node's kdive pod", err)
+	}
+}
+
+// TestKubernetesPlanPodBlocks: the router lets the control plane reach pod
+// blocks in every Kubernetes lab, but pods of different nodes reach each
+// other through it only on the cloud's pod network (interface none); nft
+// accepts both rulesets.
+func TestKubernetesPlanPodBlocks(t *testing.T) {
+	kdive, _, err := Prepare("kp", Source{Preset: "D", Kubernetes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cloud, _, err := Prepare("kp", Source{Preset: "D", Kubernetes: true, Interface: InterfaceNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kdive.cloudPodNetwork() || !cloud.cloudPodNetwork() {
+		t.Fatalf("cloudPodNetwork: kdive's %v, none %v", kdive.cloudPodNetwork(), cloud.cloudPodNetwork())
+	}
+	podToPod := "ip saddr @pod_sources ip daddr @pod_blocks"
+	cp := kdive.Kubernetes.ControlPlane
+	node := kdive.Nodes[0]
+	rs := kdive.routerRuleset()
+	if !strings.Contains(rs, "elements = { "+cp.MAC+" . "+cp.IP.String()+" }") || strings.Contains(rs, podToPod) {
+		t.Errorf("kdive's pod network: pod_peers must be the control plane alone, and no pod-to-pod rule:\n%s", rs)
+	}
+	rs = cloud.routerRuleset()
+	if !strings.Contains(rs, node.MAC+" . "+node.IP.String()+", ") || !strings.Contains(rs, podToPod) {
+		t.Errorf("the cloud's pod network: nodes must be pod peers, and pods reach other nodes' pods:\n%s", rs)
+	}
+	peers, _, _ := strings.Cut(rs[strings.Index(rs, "set pod_peers"):], "}")
+	if strings.Contains(peers, cloud.External.MAC) {
+		t.Errorf("the external client may not reach pods: %s", peers)
+	}
+	if _, err := exec.LookPath("nft"); err == nil && os.Geteuid() == 0 {
+		for _, p := range []*Plan{kdive, cloud} {
+			cmd := exec.Command("nft", "-c", "-f", "-")
+			cmd.Stdin = strings.NewReader(strings.Replace(p.routerRuleset(), "delete table inet "+RouterTable+"\n", "", 1))
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("nft -c refuses the router ruleset (interface %s): %v\n%s", p.PodNetwork.Interface, err, out)
+			}
+		}
+	}
+	conf, err := cloud.referenceConfList(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"type": "bridge"`, `"type": "host-local"`, `"subnet": "` + node.PodCIDR.String() + `"`, `"type": "portmap"`, `"portMappings": true`} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("%s's CNI config lacks %s:\n%s", node.Name, want, conf)
+		}
 	}
 }
