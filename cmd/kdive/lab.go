@@ -106,6 +106,12 @@ kube-controller-manager and kube-scheduler on a control-plane host, containerd
 and a kubelet on every node, kdive installed by deploy/kdive.yaml (no
 kube-proxy), CoreDNS as kube-system/kube-dns; needs make kubernetes.
 
+--interface and --proxy-mode replace the lab file's modes (a preset in another
+mode). --interface none, with --kubernetes, gives the lab the cloud's pod
+network instead of kdive's: the CNI reference plugins (bridge, host-local,
+portmap) attach pods, the router routes the nodes' pod blocks, and kdive is
+the service proxy only.
+
 --print prints the lab file instead of building it: start your own from it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
