@@ -142,15 +142,17 @@ bin/images/pause.tar: bin/pause bin/mkimage FORCE
 # iproute2, bash and socat, which the e2e tests run in it; these are
 # Debian's, with their libraries, and busybox for the rest. sh is bash:
 # Debian's static busybox shell runs its own applets (nc among them) before
-# any program on PATH.
+# any program on PATH. wget is GNU's: with glibc's NSS modules in the image,
+# static busybox's resolver crashes (SIGSEGV) as it loads them. /coredns is
+# CoreDNS, as upstream's image has it (the DNS configMap tests run it).
 # Its TLS servers (porter, netexec) read /localhost.crt and /localhost.key.
 AGNHOST_DIR = $(shell cd hack/kubernetes && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
-AGNHOST_HOST := /usr/bin/dig /usr/bin/getent /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
-bin/images/agnhost.tar: bin/agnhost bin/mkimage FORCE
+AGNHOST_HOST := /usr/bin/dig /usr/bin/getent /usr/bin/wget /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
+bin/images/agnhost.tar: bin/agnhost bin/coredns bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(AGNHOST_IMAGE) -file bin/agnhost:/agnhost -busybox /bin/busybox:/bin -dir /tmp:1777 \
 	  $(addprefix -host ,$(AGNHOST_HOST)) -symlink nc.openbsd:/usr/bin/nc -symlink bash:/bin/sh -symlink agnhost:/agnhost-2 -dir /uploads \
-	  -file $(AGNHOST_DIR)/porter/localhost.crt:/localhost.crt -file $(AGNHOST_DIR)/porter/localhost.key:/localhost.key \
+	  -file bin/coredns:/coredns -file $(AGNHOST_DIR)/porter/localhost.crt:/localhost.crt -file $(AGNHOST_DIR)/porter/localhost.key:/localhost.key \
 	  -file hack/image/etc/agnhost-passwd:/etc/passwd -file hack/image/etc/agnhost-group:/etc/group -file hack/image/etc/nsswitch.conf:/etc/nsswitch.conf \
 	  -entrypoint /agnhost -cmd pause
 
