@@ -316,7 +316,7 @@ func TestExposure(t *testing.T) {
 func checkExposure(t *testing.T, mode string) {
 	b := newExposureBed(t)
 	stop := b.runAgent(t, b.config(t, mode, nil))
-	b.checkDefaults(t)
+	b.checkDefaults(t, mode)
 	sink := b.localnetAttacker(t)
 	t.Run("a neighbour cannot reach 127.0.0.1 (CVE-2020-8558)", func(t *testing.T) {
 		if n := sink.arrivals(t, b.lan); n > 0 {
@@ -407,7 +407,7 @@ func (b *exposureBed) wantHealthCheck(t *testing.T, from *kernel.NetNS, ip strin
 
 // checkDefaults checks NodePorts, source ranges and the servers under the
 // default configuration (nodePortAddresses 192.0.2.0/24).
-func (b *exposureBed) checkDefaults(t *testing.T) {
+func (b *exposureBed) checkDefaults(t *testing.T, mode string) {
 	t.Run("NodePorts only on nodePortAddresses", func(t *testing.T) {
 		wantAnswer(t, b.node, "192.0.2.10:30080")
 		wantAnswer(t, b.lan, "192.0.2.10:30080")
@@ -439,6 +439,17 @@ func (b *exposureBed) checkDefaults(t *testing.T) {
 	t.Run("metrics on 127.0.0.1, health on every address by default", func(t *testing.T) {
 		if code, err := exposureGet(b.node, "http://127.0.0.1:10249/metrics"); code != 200 {
 			t.Errorf("metrics on 127.0.0.1 from the node: %d %v", code, err)
+		}
+		// kube-proxy's /proxyMode, on the same port (upstream's e2e asks it).
+		c := http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: b.node.DialContext}}
+		if resp, err := c.Get("http://127.0.0.1:10249/proxyMode"); err != nil {
+			t.Errorf("/proxyMode: %v", err)
+		} else {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != mode {
+				t.Errorf("/proxyMode: %d %q, want 200 %q", resp.StatusCode, body, mode)
+			}
 		}
 		if code, err := exposureGet(b.lan, "http://192.0.2.10:10249/metrics"); err == nil {
 			t.Errorf("metrics answered on the node's address: %d; want them on 127.0.0.1 only", code)

@@ -114,6 +114,12 @@ func (a *Agent) serve(ctx context.Context) (func(), error) {
 	mm := http.NewServeMux()
 	mm.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mm.Handle("/healthz", a.health.handler(true))
+	// kube-proxy's status port says its mode; tools and upstream's e2e
+	// ("Networking should check kube-proxy urls") ask it.
+	mm.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, a.cfg.Proxy.Mode)
+	})
 	if err := start(a.cfg.HealthzBindAddress, hm); err != nil {
 		stop()
 		return nil, err

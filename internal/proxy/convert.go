@@ -213,9 +213,11 @@ func endpointsFor(svc, portName string, proto corev1.Protocol, slices []*discove
 				IP: a, Port: port, NodeName: deref(e.NodeName), Zone: deref(e.Zone),
 				Ready: ready, Serving: serving, Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
 			}
-			if ep.Terminating {
-				ep.Ready = false // a terminating endpoint is never ready
-			}
+			// Ready is taken as the EndpointSlice says, as kube-proxy takes
+			// it: the controller clears it for a terminating pod, except
+			// for a Service with publishNotReadyAddresses, whose
+			// terminating pods stay in use (upstream's e2e "Services should
+			// create endpoints for unready pods").
 			if e.Hints != nil {
 				for _, z := range e.Hints.ForZones {
 					ep.ZoneHints = append(ep.ZoneHints, z.Name)

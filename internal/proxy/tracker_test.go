@@ -79,6 +79,22 @@ func TestServicePortsMergesSlices(t *testing.T) {
 	}
 }
 
+// TestServicePortsTerminatingButReady: with publishNotReadyAddresses the
+// EndpointSlice controller keeps a terminating pod ready, and it stays in
+// use for cluster traffic, as in kube-proxy.
+func TestServicePortsTerminatingButReady(t *testing.T) {
+	svc := service("web", "10.1.0.2", func(s *corev1.Service) { s.Spec.PublishNotReadyAddresses = true })
+	sl := slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, false, true))
+	ports, err := ServicePorts(svc, []*discoveryv1.EndpointSlice{sl})
+	if err != nil || len(ports) != 1 {
+		t.Fatalf("ports = %+v, %v", ports, err)
+	}
+	p := Resolve(ports[0], Node{Name: "node-2"})
+	if len(p.Cluster) != 1 || p.Cluster[0].IP.String() != "10.0.1.2" || !p.HasEndpoints {
+		t.Errorf("cluster endpoints of a ready terminating pod = %+v, want 10.0.1.2", p.Cluster)
+	}
+}
+
 func TestServicePortsSkipsAndRejects(t *testing.T) {
 	for _, c := range []struct {
 		svc  *corev1.Service
