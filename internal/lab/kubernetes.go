@@ -105,11 +105,16 @@ func upKubernetes(ctx context.Context, s *State, opts UpOptions) error {
 	if err := s.save(); err != nil {
 		return err
 	}
+	if err := p.routePodBlocks(ctx); err != nil {
+		return err
+	}
 	if p.cloudPodNetwork() {
 		say.say("pod network: the cloud's (CNI reference plugins bridge, host-local, portmap; pod blocks routed by the router)")
-	}
-	if err := p.routePodBlocks(ctx, opts.Binaries); err != nil {
-		return err
+		for _, n := range p.Nodes {
+			if err := p.installReferenceCNI(n, opts.Binaries); err != nil {
+				return err
+			}
+		}
 	}
 	say.say("kdive: deploy/kdive.yaml (%s proxy, %s pods, %s %s)", p.Proxy.Mode, p.PodNetwork.Interface, p.PodNetwork.Encap, p.PodNetwork.EncapPolicy)
 	if err := p.installKdive(ctx, cs); err != nil {

@@ -86,9 +86,8 @@ func (p *Plan) installReferenceCNI(n NodePlan, bins Binaries) error {
 
 // routePodBlocks routes the nodes' pod blocks (known once every kubelet has
 // registered) through the router and from the control plane, and on a
-// cloud pod network from each node to the others', and installs the
-// reference plugins' config on each node.
-func (p *Plan) routePodBlocks(ctx context.Context, bins Binaries) error {
+// cloud pod network from each node to the others'.
+func (p *Plan) routePodBlocks(ctx context.Context) error {
 	router, err := kernel.OpenNetNS(p.Router.NetNS)
 	if err != nil {
 		return err
@@ -127,9 +126,6 @@ func (p *Plan) routePodBlocks(ctx context.Context, bins Binaries) error {
 			routes = append(routes, kernel.Route{Dst: m.PodCIDR, Gateway: via, Dev: "eth0"})
 		}
 		if err := addRoutes(n.HostPlan, routes...); err != nil {
-			return err
-		}
-		if err := p.installReferenceCNI(n, bins); err != nil {
 			return err
 		}
 	}

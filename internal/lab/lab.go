@@ -67,10 +67,7 @@ func (s Source) load() (*File, string, error) {
 		s.kubernetes(f)
 		return f, "", nil
 	}
-	preset := s.Preset
-	if preset == "" {
-		preset = DefaultPreset
-	}
+	preset := s.presetName()
 	b, err := PresetYAML(preset)
 	if err != nil {
 		return nil, "", err
