@@ -56,6 +56,7 @@ multi-node cluster out of network namespaces on this machine:
 		newAgentCmd(),
 		newInstallCNICmd(),
 		newEchoCmd(),
+		newProbeCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -23,24 +23,40 @@ var ErrVerifyFailed = errors.New("verification failed")
 func newVerifyCmd() *cobra.Command {
 	var (
 		labName, output      string
+		kubeconfig, kctx     string
+		image                string
 		keep                 bool
 		checks               []string
 		timeout, syncTimeout time.Duration
 	)
 	var list strings.Builder
 	for _, c := range verify.Checks() {
-		fmt.Fprintf(&list, "  %-30s %s\n", c.Name, c.About)
+		about := c.About
+		if c.On != "" {
+			about += " (" + c.On + " only)"
+		}
+		fmt.Fprintf(&list, "  %-30s %s\n", c.Name, about)
 	}
 	cmd := &cobra.Command{
-		Use:   "verify --lab NAME [-o table|json] [--keep] [--check NAME,...]",
+		Use:   "verify [--lab NAME | --kubeconfig FILE --context NAME] [-o table|json] [--keep] [--check NAME,...]",
 		Short: "Verify connectivity and load balancing by sending real traffic (exit status 1 when a check fails)",
-		Long: `Verify applies a workload to the lab (namespace ` + verify.Namespace + `: echo pods on every
-node, ClusterIP, NodePort, LoadBalancer and session-affinity Services), waits
-until it is in place (in a Kubernetes lab: its pods running and ready, their
-EndpointSlices, the LoadBalancer IPs) and every agent has programmed it, sends
-real traffic from pods, nodes and the lab's external client, and reports each
-check with ✓ or ✗ and the reason of a failure. The workload is removed
-afterwards unless --keep.
+		Long: `Verify applies a workload (namespace ` + verify.Namespace + `: echo pods on every node,
+ClusterIP, NodePort, LoadBalancer and session-affinity Services), waits until
+it is in place (its pods running and ready, their EndpointSlices, in a lab the
+LoadBalancer IPs) and every node's proxy has programmed it, sends real traffic
+from pods and nodes, and reports each check with ✓ or ✗ and the reason of a
+failure. The workload is removed afterwards unless --keep.
+
+With --lab it verifies a lab: traffic starts in the lab's namespaces, also from
+its external client, and each node's tables are read back from its kernel.
+
+Without --lab it verifies the cluster of the kubeconfig (--kubeconfig, else
+$KUBECONFIG or ~/.kube/config; --context) through its API server only, as
+cilium connectivity test does: the pods run --image (kdive's, which has the
+echo server and the probe), a host-network pod on every node sends the node's
+traffic, and every request is sent by ` + "`kdive probe`" + ` exec'd in a pod. What needs
+the lab (an external client, the nodes' subnets, their kernels) is reported
+as skipped, with the reason.
 
 Checks:
 ` + list.String(),
@@ -49,17 +65,21 @@ Checks:
 			if output != "table" && output != "json" {
 				return fmt.Errorf("--output %q: must be table or json", output)
 			}
-			if labName == "" {
-				return fmt.Errorf("kdive verify of this machine (without --lab): %w", errNotImplemented)
-			}
-			bins, err := lab.FindBinaries("")
-			if err != nil {
-				return err
+			var bins lab.Binaries
+			if labName != "" {
+				if kubeconfig != "" || kctx != "" || image != "" {
+					return fmt.Errorf("--lab verifies a lab; --kubeconfig, --context and --image are for a cluster")
+				}
+				var err error
+				if bins, err = lab.FindBinaries(""); err != nil {
+					return err
+				}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			rep, err := verify.Run(ctx, verify.Options{
-				Lab: labName, Binaries: bins, Checks: checks, Keep: keep,
+				Lab: labName, Kubeconfig: kubeconfig, Context: kctx, Image: image,
+				Binaries: bins, Checks: checks, Keep: keep,
 				Inspect: diag.InspectProxy, RequestTimeout: timeout, SyncTimeout: syncTimeout,
 			})
 			if rep != nil {
@@ -77,11 +97,14 @@ Checks:
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&labName, "lab", "", "lab to verify (default: this machine)")
+	cmd.Flags().StringVar(&labName, "lab", "", "lab to verify (default: the cluster of the kubeconfig)")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster to verify (default $KUBECONFIG, else ~/.kube/config)")
+	cmd.Flags().StringVar(&kctx, "context", "", "kubeconfig context (default the current one)")
+	cmd.Flags().StringVar(&image, "image", "", "image of the workload's pods on a cluster (default kdive's, as deploy/kdive.yaml names it)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
-	cmd.Flags().BoolVar(&keep, "keep", false, "leave the workload in the lab afterwards")
+	cmd.Flags().BoolVar(&keep, "keep", false, "leave the workload in place afterwards")
 	cmd.Flags().StringSliceVar(&checks, "check", nil, "run only these checks (comma-separated names)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "timeout of each request")
-	cmd.Flags().DurationVar(&syncTimeout, "sync-timeout", 0, "how long to wait for the workload to run and every agent to program it (default 1m; 3m on a Kubernetes lab)")
+	cmd.Flags().DurationVar(&syncTimeout, "sync-timeout", 0, "how long to wait for the workload to run and every agent to program it (default 1m; 3m on a Kubernetes lab or a cluster)")
 	return cmd
 }

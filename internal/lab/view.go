@@ -121,6 +121,13 @@ func LastChange(s *State, snap *labstore.Snapshot, namespace string) (time.Time,
 		}
 		return fi.ModTime(), nil
 	}
+	return LastObjectChange(snap, namespace), nil
+}
+
+// LastObjectChange is when the Services and EndpointSlices of namespace in
+// a snapshot of an API server last changed: their creation or the latest
+// time of their managed fields (which the API server stamps in seconds).
+func LastObjectChange(snap *labstore.Snapshot, namespace string) time.Time {
 	var last time.Time
 	note := func(m *metav1.ObjectMeta) {
 		if m.Namespace != namespace {
@@ -142,5 +149,5 @@ func LastChange(s *State, snap *labstore.Snapshot, namespace string) (time.Time,
 	for i := range snap.EndpointSlices {
 		note(&snap.EndpointSlices[i].ObjectMeta)
 	}
-	return last, nil
+	return last
 }

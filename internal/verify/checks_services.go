@@ -7,9 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-
-	"github.com/kdive/kdive/internal/kernel"
-	"github.com/kdive/kdive/internal/lab"
 )
 
 // Checks of the service proxy: traffic to cluster IPs, NodePorts and
@@ -24,20 +21,16 @@ func (e *env) echoPods() []string {
 }
 
 // clientProbes probe addr from one client pod per node (nodes without
-// one are left out), running ask in the pod's namespace.
-func (e *env) clientProbes(to string, addr netip.AddrPort, ask func(ctx context.Context, ns *kernel.NetNS, src podRef) error) []probe {
+// one are left out), running ask from the pod.
+func (e *env) clientProbes(to string, addr netip.AddrPort, ask func(ctx context.Context, src podRef) error) []probe {
 	var probes []probe
-	for _, n := range e.plan.Nodes {
+	for _, n := range e.nodes {
 		src, ok := e.w.client(n.Name)
 		if !ok {
 			continue
 		}
 		probes = append(probes, probe{from: podName(src), to: to, addr: addr.String(), run: func(ctx context.Context) error {
-			ns, err := e.netns(src.NetNS)
-			if err != nil {
-				return err
-			}
-			return ask(ctx, ns, src)
+			return ask(ctx, src)
 		}})
 	}
 	return probes
@@ -46,11 +39,11 @@ func (e *env) clientProbes(to string, addr netip.AddrPort, ask func(ctx context.
 func checkPodToClusterIP(ctx context.Context, e *env) Result {
 	addr := e.w.svc[svcEcho].addr("http")
 	echoes := e.w.echoNames()
-	probes := e.clientProbes("ClusterIP "+Namespace+"/"+svcEcho, addr, func(ctx context.Context, ns *kernel.NetNS, src podRef) error {
-		r, err := e.askHTTP(ctx, ns, addr, nil)
+	probes := e.clientProbes("ClusterIP "+Namespace+"/"+svcEcho, addr, func(ctx context.Context, src podRef) error {
+		r, err := e.askHTTP(ctx, src.from, addr, 0)
 		switch {
 		case err != nil:
-			return fmt.Errorf("%s", e.describe(err))
+			return err
 		case r.Namespace != Namespace || !echoes[r.Pod]:
 			return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
 		case r.Pod != src.Name && clientIP(r) != src.IP:
@@ -65,33 +58,47 @@ func checkPodToClusterIP(ctx context.Context, e *env) Result {
 func checkNodeToClusterIP(ctx context.Context, e *env) Result {
 	addr := e.w.svc[svcEcho].addr("http")
 	var probes []probe
-	for _, n := range e.plan.Nodes {
-		probes = append(probes, e.answeredBy(n.Name, n.NetNS, addr, "ClusterIP "+Namespace+"/"+svcEcho, nil, e.echoPods()...))
+	for _, n := range e.nodes {
+		probes = append(probes, e.answeredBy(n.Name, n.host, addr, "ClusterIP "+Namespace+"/"+svcEcho, 0, e.echoPods()...))
 	}
 	return runProbes(ctx, probes, "nodes answered through the ClusterIP")
 }
 
-// nodePortProbes ask the NodePort of the nodes that match from outside;
-// the pinned pod, its only endpoint, must answer.
-func (e *env) nodePortProbes(match func(n lab.NodePlan) bool) []probe {
+// checkNodeToNodePort: every node asks the NodePort of every node (its
+// own included); the pinned pod, the only endpoint, must answer.
+func checkNodeToNodePort(ctx context.Context, e *env) Result {
 	np := e.w.svc[svcNodePort].Ports["http"].NodePort
 	var probes []probe
-	for _, n := range e.plan.Nodes {
+	for _, from := range e.nodes {
+		for _, n := range e.nodes {
+			addr := netip.AddrPortFrom(n.IP, uint16(np))
+			probes = append(probes, e.answeredBy(from.Name, from.host, addr, "NodePort of "+n.Name, 0, e.w.local.Name))
+		}
+	}
+	return runProbes(ctx, probes, "nodes answered by "+e.w.local.String()+" through every node's NodePort")
+}
+
+// nodePortProbes ask the NodePort of the nodes that match from outside;
+// the pinned pod, its only endpoint, must answer.
+func (e *env) nodePortProbes(match func(n nodeRef) bool) []probe {
+	np := e.w.svc[svcNodePort].Ports["http"].NodePort
+	var probes []probe
+	for _, n := range e.nodes {
 		if match(n) {
 			addr := netip.AddrPortFrom(n.IP, uint16(np))
-			probes = append(probes, e.answeredBy(lab.ExternalName, e.plan.External.NetNS, addr, "NodePort of "+n.Name, nil, e.w.local.Name))
+			probes = append(probes, e.answeredBy(e.external.Name, e.external.host, addr, "NodePort of "+n.Name, 0, e.w.local.Name))
 		}
 	}
 	return probes
 }
 
 func checkNodePortLocal(ctx context.Context, e *env) Result {
-	probes := e.nodePortProbes(func(n lab.NodePlan) bool { return n.Name == e.w.local.Node })
+	probes := e.nodePortProbes(func(n nodeRef) bool { return n.Name == e.w.local.Node })
 	return runProbes(ctx, probes, "answered by "+e.w.local.String()+" on its own node")
 }
 
 func checkNodePortRemote(ctx context.Context, e *env) Result {
-	probes := e.nodePortProbes(func(n lab.NodePlan) bool { return n.Name != e.w.local.Node })
+	probes := e.nodePortProbes(func(n nodeRef) bool { return n.Name != e.w.local.Node })
 	if len(probes) == 0 {
 		return skip("the lab has one node")
 	}
@@ -105,8 +112,8 @@ func (e *env) lbAddr(svc string) netip.AddrPort {
 
 func checkLoadBalancer(ctx context.Context, e *env) Result {
 	addr := e.lbAddr(svcLBLocal)
-	p := e.answeredBy(lab.ExternalName, e.plan.External.NetNS, addr, "LoadBalancer "+Namespace+"/"+svcLBLocal, nil, e.w.local.Name)
-	return runProbes(ctx, []probe{p}, fmt.Sprintf("the external client %s (in loadBalancerSourceRanges) was answered", e.plan.External.IP))
+	p := e.answeredBy(e.external.Name, e.external.host, addr, "LoadBalancer "+Namespace+"/"+svcLBLocal, 0, e.w.local.Name)
+	return runProbes(ctx, []probe{p}, fmt.Sprintf("the external client %s (in loadBalancerSourceRanges) was answered", e.external.IP))
 }
 
 // checkSourceRanges: a source outside a service's loadBalancerSourceRanges
@@ -117,23 +124,20 @@ func checkLoadBalancer(ctx context.Context, e *env) Result {
 // have: the client is the source outside the ranges.
 func checkSourceRanges(ctx context.Context, e *env) Result {
 	addr := e.lbAddr(svcLBClosed)
-	ext, err := e.netns(e.plan.External.NetNS)
-	if err != nil {
-		return fail(err.Error())
-	}
-	closed := e.plan.External.IP.Next()
+	ext := e.external.IP
+	closed := ext.Next()
 	details := []string{
 		fmt.Sprintf("from a second address of the external client: skipped: the lab's router forwards only %s, the client's own address, so a packet from another one would be dropped before any node's proxy saw it",
-			e.plan.External.IP),
+			ext),
 	}
-	r, err := e.askHTTP(ctx, ext, addr, nil)
+	r, err := e.askHTTP(ctx, e.external.host, addr, 0)
 	switch {
 	case err == nil:
-		return fail(fmt.Sprintf("%s answered %s although loadBalancerSourceRanges admit only %s/32", r.Pod, e.plan.External.IP, closed), details...)
+		return fail(fmt.Sprintf("%s answered %s although loadBalancerSourceRanges admit only %s/32", r.Pod, ext, closed), details...)
 	case !isTimeout(err):
-		return fail(fmt.Sprintf("%s (%s) was refused with %q; the proxy should drop it silently", addr, svcLBClosed, e.describe(err)), details...)
+		return fail(fmt.Sprintf("%s (%s) was refused with %q; the proxy should drop it silently", addr, svcLBClosed, err), details...)
 	}
-	details = append(details, fmt.Sprintf("from %s to %s (%s, admits only %s/32): dropped, %s", e.plan.External.IP, addr, svcLBClosed, closed, e.describe(err)))
+	details = append(details, fmt.Sprintf("from %s to %s (%s, admits only %s/32): dropped, %s", ext, addr, svcLBClosed, closed, err))
 	res := pass(fmt.Sprintf("the external client was dropped by %s, whose ranges do not admit it; sending from a second client address: skipped, the lab's router forwards only the client's own address", svcLBClosed))
 	res.Details = details
 	return res
@@ -147,12 +151,13 @@ const affinityRequests = 10
 func checkAffinity(ctx context.Context, e *env) Result {
 	addr := e.w.svc[svcAffinity].addr("http")
 	echoes := e.w.echoNames()
-	probes := e.clientProbes("ClusterIP "+Namespace+"/"+svcAffinity, addr, func(ctx context.Context, ns *kernel.NetNS, _ podRef) error {
+	probes := e.clientProbes("ClusterIP "+Namespace+"/"+svcAffinity, addr, func(ctx context.Context, src podRef) error {
 		got := map[string]int{}
-		for range affinityRequests {
-			r, err := e.askHTTP(ctx, ns, addr, nil)
+		answers := src.from.probe(ctx, ProbeRequest{URL: "http://" + addr.String() + "/", Count: affinityRequests, Parallel: 1, Timeout: e.opts.RequestTimeout})
+		for _, a := range answers {
+			r, err := echoReply(a, true)
 			if err != nil {
-				return fmt.Errorf("%s", e.describe(err))
+				return err
 			}
 			if !echoes[r.Pod] {
 				return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
@@ -169,16 +174,12 @@ func checkAffinity(ctx context.Context, e *env) Result {
 
 func checkETPLocal(ctx context.Context, e *env) Result {
 	addr := e.lbAddr(svcLBLocal)
-	ext := e.plan.External.IP
-	p := probe{from: lab.ExternalName, to: "LoadBalancer " + Namespace + "/" + svcLBLocal, addr: addr.String(), run: func(ctx context.Context) error {
-		ns, err := e.netns(e.plan.External.NetNS)
-		if err != nil {
-			return err
-		}
-		r, err := e.askHTTP(ctx, ns, addr, nil)
+	ext := e.external.IP
+	p := probe{from: e.external.Name, to: "LoadBalancer " + Namespace + "/" + svcLBLocal, addr: addr.String(), run: func(ctx context.Context) error {
+		r, err := e.askHTTP(ctx, e.external.host, addr, 0)
 		switch {
 		case err != nil:
-			return fmt.Errorf("%s", e.describe(err))
+			return err
 		case clientIP(r) != ext:
 			return fmt.Errorf("%s saw the source %s, not the client's %s: masqueraded under externalTrafficPolicy Local", r.Pod, r.Client, ext)
 		}
@@ -203,7 +204,7 @@ func checkHealthCheck(ctx context.Context, e *env) Result {
 	}
 	var probes []probe
 	without := 0
-	for _, n := range e.plan.Nodes {
+	for _, n := range e.nodes {
 		local := n.Name == e.w.local.Node
 		wantCode, wantN := http.StatusServiceUnavailable, 0
 		if local {
@@ -211,16 +212,14 @@ func checkHealthCheck(ctx context.Context, e *env) Result {
 		} else {
 			without++
 		}
+		from := e.outside(n)
 		url := fmt.Sprintf("http://%s/healthz", netip.AddrPortFrom(n.IP, uint16(port)))
-		probes = append(probes, probe{from: lab.ExternalName, to: "health check of " + n.Name, addr: url, run: func(ctx context.Context) error {
-			ns, err := e.netns(e.plan.External.NetNS)
-			if err != nil {
+		probes = append(probes, probe{from: from.Name, to: "health check of " + n.Name, addr: url, run: func(ctx context.Context) error {
+			a := from.host.probe(ctx, ProbeRequest{URL: url, Timeout: e.opts.RequestTimeout})[0]
+			if err := a.Err(); err != nil {
 				return err
 			}
-			code, body, err := httpDo(ctx, ns, "GET", url, nil, e.opts.RequestTimeout)
-			if err != nil {
-				return fmt.Errorf("%s", e.describe(err))
-			}
+			code, body := a.Code, a.Body
 			var h healthReply
 			if err := json.Unmarshal(body, &h); err != nil {
 				return fmt.Errorf("HTTP %d, not kube-proxy's health check JSON: %q", code, strings.TrimSpace(string(body)))
@@ -247,18 +246,18 @@ func checkHairpin(ctx context.Context, e *env) Result {
 	// The pinned pod is the only endpoint of the NodePort service.
 	self := e.w.local
 	addr := e.w.svc[svcNodePort].addr("http")
-	p := e.answeredBy(podName(self), self.NetNS, addr, "its own service "+Namespace+"/"+svcNodePort, nil, self.Name)
+	p := e.answeredBy(podName(self), self.from, addr, "its own service "+Namespace+"/"+svcNodePort, 0, self.Name)
 	return runProbes(ctx, []probe{p}, "the pod reached itself through its service's ClusterIP")
 }
 
 func checkUDP(ctx context.Context, e *env) Result {
 	addr := e.w.svc[svcEcho].addr("udp")
 	echoes := e.w.echoNames()
-	probes := e.clientProbes("UDP ClusterIP "+Namespace+"/"+svcEcho, addr, func(ctx context.Context, ns *kernel.NetNS, _ podRef) error {
-		r, err := e.askUDP(ctx, ns, addr)
+	probes := e.clientProbes("UDP ClusterIP "+Namespace+"/"+svcEcho, addr, func(ctx context.Context, src podRef) error {
+		r, err := e.askUDP(ctx, src.from, addr)
 		switch {
 		case err != nil:
-			return fmt.Errorf("%s", e.describe(err))
+			return err
 		case !echoes[r.Pod]:
 			return fmt.Errorf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod)
 		}

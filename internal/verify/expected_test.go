@@ -95,7 +95,11 @@ func TestExpectedTables(t *testing.T) {
 
 func TestWorkloadYAML(t *testing.T) {
 	p := testPlan(t)
-	y := string(workloadYAML(p))
+	spec := workloadSpec{External: p.External.IP}
+	for _, n := range p.Nodes {
+		spec.Nodes = append(spec.Nodes, n.Name)
+	}
+	y := string(workloadYAML(spec))
 	docs, err := lab.SplitYAML([]byte(y))
 	// Six echo pods round the nodes, local-0 on the first, five Services.
 	if err != nil || len(docs) != 12 {
@@ -105,6 +109,24 @@ func TestWorkloadYAML(t *testing.T) {
 		"[198.51.100.10/32]", "[198.51.100.11/32]", "externalTrafficPolicy: Local"} {
 		if !strings.Contains(y, want) {
 			t.Errorf("workload lacks %q", want)
+		}
+	}
+	// On a cluster: a host-network pod per node, no source ranges, no
+	// lb-closed.
+	spec.External, spec.Hosts = netip.Addr{}, true
+	y = string(workloadYAML(spec))
+	docs, err = lab.SplitYAML([]byte(y))
+	if err != nil || len(docs) != 14 {
+		t.Fatalf("cluster workload: %d documents, %v\n%s", len(docs), err, y)
+	}
+	for _, want := range []string{"name: host-2,", "hostNetwork: true", "name: lb-local,"} {
+		if !strings.Contains(y, want) {
+			t.Errorf("cluster workload lacks %q", want)
+		}
+	}
+	for _, unwanted := range []string{"loadBalancerSourceRanges", "lb-closed"} {
+		if strings.Contains(y, unwanted) {
+			t.Errorf("cluster workload has %q", unwanted)
 		}
 	}
 }

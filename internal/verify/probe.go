@@ -19,114 +19,207 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/echo"
-	"github.com/kdive/kdive/internal/kernel"
 )
 
 // maxReply bounds what is read of an answer.
 const maxReply = 64 << 10
 
-// httpDo sends one request from inside ns, on a connection of its own
-// (no keep-alive: each request is a new connection, so a new load
-// balancing decision). The transport dials through ns.DialContext: an
-// http.Client's own goroutines are not in the namespace.
-func httpDo(ctx context.Context, ns *kernel.NetNS, method, url string, body []byte, timeout time.Duration) (int, []byte, error) {
-	tr := &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: timeout}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
+// ProbeRequest is what a source is asked to send: Count requests to an
+// HTTP URL (or datagrams to a UDP address), each on a new connection, so
+// each a new load-balancing decision. It is also what `kdive probe` reads
+// from its flags inside a pod of a cluster.
+type ProbeRequest struct {
+	// URL is http://HOST:PORT/PATH for HTTP; UDPAddr a HOST:PORT to send
+	// datagrams to instead.
+	URL     string
+	UDPAddr string
+	// BodySize > 0 POSTs a body of that many bytes (largeBody's pattern).
+	BodySize int
+	// Count is the number of requests (at least 1), Parallel how many
+	// are in flight at once (at least 1).
+	Count, Parallel int
+	// Timeout bounds each request.
+	Timeout time.Duration
+}
+
+// ProbeAnswer is one request's outcome: the HTTP status and body, the
+// datagram answered, or the error in words (Timeout set when it was one).
+// Its JSON is what `kdive probe` prints, one answer per line.
+type ProbeAnswer struct {
+	Code    int    `json:"code,omitempty"`
+	Body    []byte `json:"body,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Timeout bool   `json:"timeout,omitempty"`
+}
+
+// Err is the answer's error, nil when there was an answer.
+func (a ProbeAnswer) Err() error {
+	if a.Error == "" {
+		return nil
 	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	return &probeError{msg: a.Error, timeout: a.Timeout}
+}
+
+type probeError struct {
+	msg     string
+	timeout bool
+}
+
+func (e *probeError) Error() string { return e.msg }
+
+// DialFunc dials from wherever the probe runs: a lab namespace's
+// DialContext, or a net.Dialer's inside a pod.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Probe sends what r asks through dial and returns one answer per request,
+// in order. It never fails as a whole: each answer carries its error.
+func Probe(ctx context.Context, dial DialFunc, r ProbeRequest) []ProbeAnswer {
+	count, parallel := max(r.Count, 1), max(min(r.Parallel, r.Count), 1)
+	out := make([]ProbeAnswer, count)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if r.UDPAddr != "" {
+					out[i] = probeUDP(ctx, dial, r)
+				} else {
+					out[i] = probeHTTP(ctx, dial, r)
+				}
+			}
+		}()
+	}
+	for i := range count {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return out
+}
+
+// probeHTTP sends one request on a connection of its own (no keep-alive).
+// The transport dials through dial: an http.Client's own goroutines are
+// not in a lab's namespace.
+func probeHTTP(ctx context.Context, dial DialFunc, r ProbeRequest) ProbeAnswer {
+	tr := &http.Transport{DialContext: dial, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: r.Timeout}
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	method, body := "GET", io.Reader(nil)
+	if r.BodySize > 0 {
+		method, body = "POST", bytes.NewReader(largeBytes(r.BodySize))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, r.URL, body)
 	if err != nil {
-		return 0, nil, err
+		return failed(err, r.Timeout)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return failed(err, r.Timeout)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
-	return resp.StatusCode, b, err
+	if err != nil {
+		return failed(err, r.Timeout)
+	}
+	return ProbeAnswer{Code: resp.StatusCode, Body: b}
 }
 
-// askHTTP sends a request to an echo server at addr (a POST of body when
-// it is not nil) and returns its reply.
-func (e *env) askHTTP(ctx context.Context, from *kernel.NetNS, addr netip.AddrPort, body []byte) (echo.Reply, error) {
-	method := "GET"
-	if body != nil {
-		method = "POST"
-	}
-	var r echo.Reply
-	code, b, err := httpDo(ctx, from, method, "http://"+addr.String()+"/", body, e.opts.RequestTimeout)
+// probeUDP sends datagrams until one is answered, at most three, each
+// waiting a third of the timeout.
+func probeUDP(ctx context.Context, dial DialFunc, r ProbeRequest) ProbeAnswer {
+	c, err := dial(ctx, "udp", r.UDPAddr)
 	if err != nil {
-		return r, err
-	}
-	if code != http.StatusOK {
-		return r, fmt.Errorf("HTTP %d: %s", code, strings.TrimSpace(string(b)))
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("not an echo reply: %q", b)
-	}
-	return r, nil
-}
-
-// askUDP sends datagrams to an echo server at addr until one is answered,
-// at most three, each waiting a third of the request timeout.
-func (e *env) askUDP(ctx context.Context, from *kernel.NetNS, addr netip.AddrPort) (echo.Reply, error) {
-	var r echo.Reply
-	c, err := from.DialContext(ctx, "udp", addr.String())
-	if err != nil {
-		return r, err
+		return failed(err, r.Timeout)
 	}
 	defer c.Close()
 	buf := make([]byte, maxReply)
 	for range 3 {
-		_ = c.SetDeadline(time.Now().Add(e.opts.RequestTimeout / 3))
+		_ = c.SetDeadline(time.Now().Add(r.Timeout / 3))
 		if _, err = c.Write([]byte("kdive verify")); err != nil {
-			return r, err
+			return failed(err, r.Timeout)
 		}
 		var n int
 		if n, err = c.Read(buf); err == nil {
-			if err := json.Unmarshal(buf[:n], &r); err != nil {
-				return r, fmt.Errorf("not an echo reply: %q", buf[:n])
-			}
-			return r, nil
+			return ProbeAnswer{Body: slices.Clone(buf[:n])}
 		}
 	}
-	return r, err
+	return failed(err, r.Timeout)
 }
 
-// describe turns a request error into a short reason.
-func (e *env) describe(err error) string {
+// largeBytes is a body of n bytes of a repeating alphabet.
+func largeBytes(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + i%26)
+	}
+	return b
+}
+
+// failed turns a request error into an answer with a short reason.
+func failed(err error, timeout time.Duration) ProbeAnswer {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
 	var ne net.Error
+	msg := err.Error()
 	switch {
 	case isTimeout(err):
-		return fmt.Sprintf("no answer within %s", e.opts.RequestTimeout)
+		return ProbeAnswer{Error: fmt.Sprintf("no answer within %s", timeout), Timeout: true}
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
+		msg = "connection refused"
 	case errors.Is(err, syscall.ECONNRESET):
-		return "connection reset"
+		msg = "connection reset"
 	case errors.Is(err, syscall.ENETUNREACH):
-		return "network unreachable"
+		msg = "network unreachable"
 	case errors.Is(err, syscall.EHOSTUNREACH):
-		return "host unreachable"
+		msg = "host unreachable"
 	case errors.As(err, &ne):
-		return ne.Error()
+		msg = ne.Error()
 	}
-	return err.Error()
+	return ProbeAnswer{Error: msg}
 }
 
 func isTimeout(err error) bool {
 	var ne net.Error
+	var pe *probeError
+	if errors.As(err, &pe) {
+		return pe.timeout
+	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
 		(errors.As(err, &ne) && ne.Timeout())
+}
+
+// echoReply reads an echo server's answer.
+func echoReply(a ProbeAnswer, http bool) (echo.Reply, error) {
+	var r echo.Reply
+	if err := a.Err(); err != nil {
+		return r, err
+	}
+	if http && a.Code != 200 {
+		return r, fmt.Errorf("HTTP %d: %s", a.Code, strings.TrimSpace(string(a.Body)))
+	}
+	if err := json.Unmarshal(a.Body, &r); err != nil {
+		return r, fmt.Errorf("not an echo reply: %q", a.Body)
+	}
+	return r, nil
+}
+
+// askHTTP sends a request to an echo server at addr from a source (a POST
+// of bodySize bytes when it is not 0) and returns its reply.
+func (e *env) askHTTP(ctx context.Context, from origin, addr netip.AddrPort, bodySize int) (echo.Reply, error) {
+	a := from.probe(ctx, ProbeRequest{URL: "http://" + addr.String() + "/", BodySize: bodySize, Timeout: e.opts.RequestTimeout})
+	return echoReply(a[0], true)
+}
+
+// askUDP sends datagrams to an echo server at addr until one is answered.
+func (e *env) askUDP(ctx context.Context, from origin, addr netip.AddrPort) (echo.Reply, error) {
+	a := from.probe(ctx, ProbeRequest{UDPAddr: addr.String(), Timeout: e.opts.RequestTimeout})
+	return echoReply(a[0], false)
 }
 
 // clientIP is the address part of an echo reply's client field.

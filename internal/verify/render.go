@@ -55,8 +55,16 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if !r.OK {
 		verdict = "FAILED"
 	}
-	_, err := fmt.Fprintf(w, "\nlab %s (%s): %d checks, %d passed, %d failed, %d skipped: %s\n",
-		r.Lab, r.ProxyMode, passed+failed+skipped, passed, failed, skipped, verdict)
+	what := "lab " + r.Lab
+	if r.Lab == "" {
+		what = "cluster " + r.Cluster
+	}
+	mode := r.ProxyMode
+	if mode == "" {
+		mode = "proxy mode unknown"
+	}
+	_, err := fmt.Fprintf(w, "\n%s (%s): %d checks, %d passed, %d failed, %d skipped: %s\n",
+		what, mode, passed+failed+skipped, passed, failed, skipped, verdict)
 	return err
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"sync"
 )
 
 // The spread check: new connections to a ClusterIP must be spread evenly
@@ -18,47 +17,26 @@ const (
 )
 
 func checkSpread(ctx context.Context, e *env) Result {
-	src, ok := e.w.client(e.plan.Nodes[0].Name)
+	src, ok := e.w.client(e.nodes[0].Name)
 	if !ok {
-		return fail("no client pod on " + e.plan.Nodes[0].Name)
-	}
-	ns, err := e.netns(src.NetNS)
-	if err != nil {
-		return fail(err.Error())
+		return fail("no client pod on " + e.nodes[0].Name)
 	}
 	addr := e.w.svc[svcEcho].addr("http")
 	echoes := e.w.echoNames()
-	var (
-		mu       sync.Mutex
-		counts   = map[string]int{}
-		failures []string
-		wg       sync.WaitGroup
-		next     = make(chan struct{})
-	)
-	for range parallelism {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range next {
-				r, err := e.askHTTP(ctx, ns, addr, nil)
-				mu.Lock()
-				switch {
-				case err != nil:
-					failures = append(failures, e.describe(err))
-				case !echoes[r.Pod]:
-					failures = append(failures, fmt.Sprintf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod))
-				default:
-					counts[r.Pod]++
-				}
-				mu.Unlock()
-			}
-		}()
+	counts := map[string]int{}
+	var failures []string
+	answers := src.from.probe(ctx, ProbeRequest{URL: "http://" + addr.String() + "/", Count: spreadRequests, Parallel: parallelism, Timeout: e.opts.RequestTimeout})
+	for _, a := range answers {
+		r, err := echoReply(a, true)
+		switch {
+		case err != nil:
+			failures = append(failures, err.Error())
+		case !echoes[r.Pod]:
+			failures = append(failures, fmt.Sprintf("answered by %s/%s, not an endpoint", r.Namespace, r.Pod))
+		default:
+			counts[r.Pod]++
+		}
 	}
-	for range spreadRequests {
-		next <- struct{}{}
-	}
-	close(next)
-	wg.Wait()
 
 	names := e.echoPods()
 	sort.Strings(names)

@@ -30,7 +30,10 @@ const Namespace = "kdive-verify"
 // checks need. Every pod names its node (spec.nodeName, as a DaemonSet's
 // pods do): the checks need each node's pods where they are and by their
 // names, whether the lab places them itself or a scheduler would.
-// Ports: HTTP on 8080/TCP, datagrams on 5353/UDP.
+// Ports: HTTP on 8080/TCP, datagrams on 5353/UDP. On a cluster a
+// host-network pod on every node (host-N) sends the nodes' traffic, and
+// there is no external client: lb-local admits every source and lb-closed
+// is left out.
 var workloadTmpl = template.Must(template.New("workload").Parse(`
 {{- range .Pods}}
 ---
@@ -47,6 +50,18 @@ spec:
 {{- if eq .App "echo"}}
     - {name: udp, containerPort: 5353, protocol: UDP}
 {{- end}}
+{{- end}}
+{{- range .Hosts}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: {{.Name}}, namespace: {{$.NS}}, labels: {app: {{.App}}}}
+spec:
+  nodeName: {{.Node}}
+  hostNetwork: true
+  containers:
+  - name: probe
+    image: kdive-echo
 {{- end}}
 ---
 apiVersion: v1
@@ -83,10 +98,13 @@ metadata: {name: lb-local, namespace: {{.NS}}}
 spec:
   type: LoadBalancer
   externalTrafficPolicy: Local
+{{- if .Admitted}}
   loadBalancerSourceRanges: [{{.Admitted}}]
+{{- end}}
   selector: {app: local}
   ports:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+{{- if .Closed}}
 ---
 apiVersion: v1
 kind: Service
@@ -97,6 +115,7 @@ spec:
   selector: {app: echo}
   ports:
   - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+{{- end}}
 `))
 
 // Names of the workload's objects: pods are named echo-N (on node N mod
@@ -104,6 +123,7 @@ spec:
 const (
 	podsEcho    = "echo"
 	podsLocal   = "local"
+	podsHost    = "host"
 	svcEcho     = "echo"
 	svcAffinity = "affinity"
 	svcNodePort = "nodeport"
@@ -112,32 +132,59 @@ const (
 	echoPort    = 8080
 )
 
-// workloadYAML renders the workload for a lab: two echo pods per node,
-// so every node has a pod and a second one to talk to, and local-0 on the
-// first node. lb-local admits exactly the external client; lb-closed
-// admits only the address after it, which nothing uses.
-func workloadYAML(p *lab.Plan) []byte {
-	type pod struct{ Name, App, Node string }
-	var pods []pod
-	for i := range min(2*len(p.Nodes), 100) {
-		pods = append(pods, pod{fmt.Sprintf("%s-%d", podsEcho, i), podsEcho, p.Nodes[i%len(p.Nodes)].Name})
+// workloadSpec is what the workload is rendered from: the nodes, by name,
+// and the lab's external client (invalid on a cluster).
+type workloadSpec struct {
+	Nodes    []string
+	External netip.Addr
+	// Hosts adds a host-network pod on every node (on a cluster: its
+	// nodes' own traffic starts there).
+	Hosts bool
+}
+
+func (e *env) spec() workloadSpec {
+	w := workloadSpec{Hosts: e.kind == onCluster}
+	for _, n := range e.nodes {
+		w.Nodes = append(w.Nodes, n.Name)
 	}
-	pods = append(pods, pod{podsLocal + "-0", podsLocal, p.Nodes[0].Name})
+	if e.external != nil {
+		w.External = e.external.IP
+	}
+	return w
+}
+
+// workloadYAML renders the workload: two echo pods per node, so every
+// node has a pod and a second one to talk to, and local-0 on the first
+// node. In a lab lb-local admits exactly the external client and lb-closed
+// only the address after it, which nothing uses.
+func workloadYAML(w workloadSpec) []byte {
+	type pod struct{ Name, App, Node string }
+	var pods, hosts []pod
+	for i := range min(2*len(w.Nodes), 100) {
+		pods = append(pods, pod{fmt.Sprintf("%s-%d", podsEcho, i), podsEcho, w.Nodes[i%len(w.Nodes)]})
+	}
+	pods = append(pods, pod{podsLocal + "-0", podsLocal, w.Nodes[0]})
+	if w.Hosts {
+		for i, n := range w.Nodes {
+			hosts = append(hosts, pod{fmt.Sprintf("%s-%d", podsHost, i), podsHost, n})
+		}
+	}
+	params := map[string]any{"NS": Namespace, "Pods": pods, "Hosts": hosts, "Admitted": "", "Closed": ""}
+	if w.External.IsValid() {
+		params["Admitted"] = netip.PrefixFrom(w.External, 32).String()
+		params["Closed"] = netip.PrefixFrom(w.External.Next(), 32).String()
+	}
 	var b bytes.Buffer
-	_ = workloadTmpl.Execute(&b, map[string]any{
-		"NS": Namespace, "Pods": pods,
-		"Admitted": netip.PrefixFrom(p.External.IP, 32).String(),
-		"Closed":   netip.PrefixFrom(p.External.IP.Next(), 32).String(),
-	})
+	_ = workloadTmpl.Execute(&b, params)
 	return b.Bytes()
 }
 
 // podRef is a pod of the workload.
 type podRef struct {
-	Name  string // "echo-0"
-	Node  string
-	IP    netip.Addr
-	NetNS string
+	Name string // "echo-0"
+	Node string
+	IP   netip.Addr
+	from origin
 }
 
 func (p podRef) String() string { return Namespace + "/" + p.Name }
@@ -160,6 +207,7 @@ type workload struct {
 	local  podRef              // the pod pinned to the first node
 	onNode map[string][]podRef // every workload pod by node: echo pods first
 	svc    map[string]svcRef
+	host   map[string]origin // a cluster's host-network pods, by node
 }
 
 // echoNames is the set of echo pods, the endpoints of svcEcho.
@@ -185,21 +233,25 @@ func (w *workload) client(node string) (podRef, bool) {
 // and, when anything changed, until every node's agent has synced it. Its
 // Result is the suite's first row, named "workload".
 func (e *env) deploy(ctx context.Context) Result {
-	before, err := lab.Snapshot(ctx, e.st)
+	before, err := e.target.snapshot(ctx)
 	if err != nil {
-		return fail("read the lab's objects: " + err.Error())
+		return fail("read the objects: " + err.Error())
 	}
-	changes, err := lab.Apply(ctx, e.plan.Name, workloadYAML(e.plan), e.opts.Binaries)
+	spec := e.spec()
+	changes, err := e.target.apply(ctx, spec)
 	if err != nil {
 		return fail("apply the workload: "+err.Error(), changes...)
 	}
 	start := time.Now()
-	after, err := e.waitWorkload(ctx)
+	after, err := e.waitWorkload(ctx, spec)
 	if err != nil {
 		return fail(err.Error())
 	}
-	summary := fmt.Sprintf("%d pods on %d nodes, %d services in namespace %s", len(e.w.echo)+1, len(e.plan.Nodes), len(e.w.svc), Namespace)
-	if e.plan.Kubernetes != nil {
+	summary := fmt.Sprintf("%d pods on %d nodes, %d services in namespace %s", len(e.w.echo)+1, len(e.nodes), len(e.w.svc), Namespace)
+	if len(e.w.host) > 0 {
+		summary += ", a host-network pod on each node"
+	}
+	if e.target.settles() {
 		summary += fmt.Sprintf(", ready after %.1fs", time.Since(start).Seconds())
 	}
 	if sameObjects(before, after) {
@@ -207,32 +259,45 @@ func (e *env) deploy(ctx context.Context) Result {
 	}
 	// Agents must have synced after the last change (one may well have
 	// synced it before Apply returned).
-	changedAt, err := lab.LastChange(e.st, after, Namespace)
+	changedAt, err := e.target.lastChange(after)
 	if err != nil {
 		return fail(err.Error())
 	}
-	took, err := e.waitSynced(ctx, changedAt)
+	took, unwatched, err := e.waitSynced(ctx, changedAt)
 	if err != nil {
 		return fail(err.Error())
 	}
-	return pass(fmt.Sprintf("%s; every agent synced it within %.1fs of the last change", summary, took.Seconds()))
+	if len(unwatched) == len(e.nodes) {
+		return pass(fmt.Sprintf("%s; no node serves a proxy health check to wait for: %s", summary, strings.Join(unwatched, "; ")))
+	}
+	summary = fmt.Sprintf("%s; every agent synced it within %.1fs of the last change", summary, took.Seconds())
+	if len(unwatched) > 0 {
+		summary += "; not waited for: " + strings.Join(unwatched, "; ")
+	}
+	return pass(summary)
 }
 
 // waitWorkload reads the workload back until it is in place: at once in
-// a plain lab, whose apply returns when it is; a Kubernetes lab's
-// controllers, kubelets and cloud take their time (pods to start, their
-// EndpointSlices, the LoadBalancer IPs), bounded by SyncTimeout.
-func (e *env) waitWorkload(ctx context.Context) (*labstore.Snapshot, error) {
+// a plain lab, whose apply returns when it is; a Kubernetes lab's or a
+// cluster's controllers, kubelets and cloud take their time (pods to
+// start, their EndpointSlices, the LoadBalancer IPs), bounded by
+// SyncTimeout.
+func (e *env) waitWorkload(ctx context.Context, spec workloadSpec) (*labstore.Snapshot, error) {
 	deadline := time.Now().Add(e.opts.SyncTimeout)
 	for {
-		snap, err := lab.Snapshot(ctx, e.st)
+		snap, err := e.target.snapshot(ctx)
 		if err == nil {
-			e.w, err = readWorkload(e.st, snap)
+			e.w, err = readWorkload(e.target, snap, spec)
 			if err == nil {
+				for i := range e.nodes {
+					if o, ok := e.w.host[e.nodes[i].Name]; ok {
+						e.nodes[i].host = o
+					}
+				}
 				return snap, nil
 			}
 		}
-		if e.plan.Kubernetes == nil {
+		if !e.target.settles() {
 			return nil, err
 		}
 		if time.Now().After(deadline) {
@@ -267,12 +332,12 @@ func sameObjects(a, b *labstore.Snapshot) bool {
 	return pick(a) == pick(b)
 }
 
-// readWorkload finds the workload in a snapshot of the lab, and says what
-// is not in place yet: a pod not running and ready (or still terminating),
-// a Service without its cluster IP or LoadBalancer IP, a Service whose
-// ready endpoints are not exactly its pods.
-func readWorkload(s *lab.State, snap *labstore.Snapshot) (*workload, error) {
-	w := &workload{onNode: map[string][]podRef{}, svc: map[string]svcRef{}}
+// readWorkload finds the workload in a snapshot, and says what is not in
+// place yet: a pod not running and ready (or still terminating), a
+// Service without its cluster IP or (in a lab) LoadBalancer IP, a Service
+// whose ready endpoints are not exactly its pods.
+func readWorkload(t target, snap *labstore.Snapshot, spec workloadSpec) (*workload, error) {
+	w := &workload{onNode: map[string][]podRef{}, svc: map[string]svcRef{}, host: map[string]origin{}}
 	var pending []string
 	for i := range snap.Pods {
 		pod := &snap.Pods[i]
@@ -284,33 +349,46 @@ func readWorkload(s *lab.State, snap *labstore.Snapshot) (*workload, error) {
 			pending = append(pending, fmt.Sprintf("%s (%s)", pod.Name, podState(pod)))
 			continue
 		}
-		netns, err := lab.PodNetNSPath(s, pod)
+		from, err := t.podOrigin(pod)
 		if err != nil {
 			pending = append(pending, fmt.Sprintf("%s (%v)", pod.Name, err))
 			continue
 		}
-		ref := podRef{Name: pod.Name, Node: pod.Spec.NodeName, IP: ip, NetNS: netns}
+		ref := podRef{Name: pod.Name, Node: pod.Spec.NodeName, IP: ip, from: from}
 		switch {
 		case strings.HasPrefix(pod.Name, podsEcho+"-"):
 			w.echo = append(w.echo, ref)
 		case strings.HasPrefix(pod.Name, podsLocal+"-"):
 			w.local = ref
+		case strings.HasPrefix(pod.Name, podsHost+"-"):
+			w.host[ref.Node] = from
 		}
 	}
 	if len(pending) > 0 {
 		return nil, fmt.Errorf("pods of the workload not running and ready: %s", strings.Join(pending, ", "))
 	}
 	if len(w.echo) == 0 || w.local.Name == "" {
-		return nil, fmt.Errorf("the workload's pods are not in the lab")
+		return nil, fmt.Errorf("the workload's pods are not there")
+	}
+	if spec.Hosts {
+		for _, n := range spec.Nodes {
+			if w.host[n] == nil {
+				return nil, fmt.Errorf("no host-network pod of the workload on %s", n)
+			}
+		}
 	}
 	slices.SortFunc(w.echo, func(a, b podRef) int { return ordinal(a.Name) - ordinal(b.Name) })
 	for _, pod := range append(slices.Clone(w.echo), w.local) {
 		w.onNode[pod.Node] = append(w.onNode[pod.Node], pod)
 	}
-	for _, name := range []string{svcEcho, svcAffinity, svcNodePort, svcLBLocal, svcLBClosed} {
+	names := []string{svcEcho, svcAffinity, svcNodePort, svcLBLocal}
+	if spec.External.IsValid() {
+		names = append(names, svcLBClosed)
+	}
+	for _, name := range names {
 		i := slices.IndexFunc(snap.Services, func(s corev1.Service) bool { return s.Namespace == Namespace && s.Name == name })
 		if i < 0 {
-			return nil, fmt.Errorf("service %s/%s is not in the lab", Namespace, name)
+			return nil, fmt.Errorf("service %s/%s is not there", Namespace, name)
 		}
 		svc := &snap.Services[i]
 		ref := svcRef{Ports: map[string]corev1.ServicePort{}, HealthCheckNodePort: int(svc.Spec.HealthCheckNodePort)}
@@ -321,7 +399,10 @@ func readWorkload(s *lab.State, snap *labstore.Snapshot) (*workload, error) {
 		if ing := svc.Status.LoadBalancer.Ingress; len(ing) > 0 {
 			ref.LBIP, _ = netip.ParseAddr(ing[0].IP)
 		}
-		if !ref.ClusterIP.IsValid() || (svc.Spec.Type == corev1.ServiceTypeLoadBalancer && !ref.LBIP.IsValid()) {
+		// Only a lab is sure to have a cloud that gives LoadBalancer IPs
+		// (and only its external client uses them).
+		needLB := svc.Spec.Type == corev1.ServiceTypeLoadBalancer && spec.External.IsValid()
+		if !ref.ClusterIP.IsValid() || (needLB && !ref.LBIP.IsValid()) {
 			return nil, fmt.Errorf("service %s/%s has no cluster IP or LoadBalancer IP", Namespace, name)
 		}
 		want := w.echo
@@ -396,16 +477,31 @@ const agentHealthz = "http://127.0.0.1:10256/healthz"
 
 // waitSynced waits until every node's agent has synced successfully after
 // changedAt and then not again for syncGrace, reading lastUpdated from the
-// agents' /healthz, as a kube-proxy health check would.
-func (e *env) waitSynced(ctx context.Context, changedAt time.Time) (time.Duration, error) {
+// agents' /healthz from the node's own namespace, as a kube-proxy health
+// check would. It returns how long after changedAt the last agent synced.
+// On a cluster a node whose health check port refuses (its proxy serves
+// none there, or is not kube-proxy's kind) is not waited for but named in
+// unwatched.
+func (e *env) waitSynced(ctx context.Context, changedAt time.Time) (took time.Duration, unwatched []string, err error) {
 	deadline := time.Now().Add(e.opts.SyncTimeout)
+	every := 100 * time.Millisecond
+	if e.kind == onCluster {
+		every = time.Second // each read is an exec
+	}
+	refused := map[string]bool{}
 	var last map[string]time.Time
 	var stableSince time.Time
 	for {
 		cur, lag := map[string]time.Time{}, []string{}
-		for _, n := range e.plan.Nodes {
-			h, err := e.agentHealth(ctx, n.NetNS)
+		for _, n := range e.nodes {
+			if refused[n.Name] {
+				continue
+			}
+			h, err := e.agentHealth(ctx, n.host)
 			switch {
+			case err != nil && e.kind == onCluster && strings.Contains(err.Error(), "connection refused"):
+				refused[n.Name] = true
+				unwatched = append(unwatched, fmt.Sprintf("%s (%s: %v)", n.Name, agentHealthz, err))
 			case err != nil:
 				lag = append(lag, fmt.Sprintf("%s: %v", n.Name, err))
 			case !h.LastUpdated.After(changedAt):
@@ -422,6 +518,8 @@ func (e *env) waitSynced(ctx context.Context, changedAt time.Time) (time.Duratio
 		switch {
 		case len(lag) > 0:
 			stableSince = time.Time{}
+		case len(cur) == 0:
+			return 0, unwatched, nil
 		case !sameTimes(cur, last):
 			stableSince = now
 		case now.Sub(stableSince) >= syncGrace:
@@ -431,19 +529,19 @@ func (e *env) waitSynced(ctx context.Context, changedAt time.Time) (time.Duratio
 					latest = t
 				}
 			}
-			return latest.Sub(changedAt), nil
+			return latest.Sub(changedAt), unwatched, nil
 		}
 		last = cur
 		if now.After(deadline) {
 			if len(lag) == 0 {
 				lag = []string{"the agents kept syncing"}
 			}
-			return 0, fmt.Errorf("agents did not program the workload within %s: %s", e.opts.SyncTimeout, strings.Join(lag, "; "))
+			return 0, nil, fmt.Errorf("agents did not program the workload within %s: %s", e.opts.SyncTimeout, strings.Join(lag, "; "))
 		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+			return 0, nil, ctx.Err()
+		case <-time.After(every):
 		}
 	}
 }
@@ -465,21 +563,31 @@ type agentHealth struct {
 	LastError   string    `json:"lastError"`
 }
 
-func (e *env) agentHealth(ctx context.Context, netns string) (agentHealth, error) {
+func (e *env) agentHealth(ctx context.Context, from origin) (agentHealth, error) {
 	var h agentHealth
-	ns, err := e.netns(netns)
-	if err != nil {
-		return h, err
-	}
 	// 503 (a pending change) still carries lastUpdated.
-	_, body, err := httpDo(ctx, ns, "GET", agentHealthz, nil, time.Second)
-	if err != nil {
+	a := from.probe(ctx, ProbeRequest{URL: agentHealthz, Timeout: time.Second})[0]
+	if err := a.Err(); err != nil {
 		return h, err
 	}
-	if err := json.Unmarshal(body, &h); err != nil {
+	if err := json.Unmarshal(a.Body, &h); err != nil {
 		return h, fmt.Errorf("agent /healthz: %w", err)
 	}
 	return h, nil
+}
+
+// proxyMetricsMode is kube-proxy's /proxyMode on its metrics port, which
+// kdive's agent serves too.
+const proxyMetricsMode = "http://127.0.0.1:10249/proxyMode"
+
+// proxyMode asks the first node's proxy its mode; empty when it does not
+// say.
+func (e *env) proxyMode(ctx context.Context) string {
+	a := e.nodes[0].host.probe(ctx, ProbeRequest{URL: proxyMetricsMode, Timeout: time.Second})[0]
+	if a.Err() != nil || a.Code != 200 || len(a.Body) > 32 {
+		return ""
+	}
+	return strings.TrimSpace(string(a.Body))
 }
 
 // removeWorkload deletes the workload's objects that are there: its
