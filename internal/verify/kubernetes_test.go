@@ -3,8 +3,10 @@ package verify_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kdive/kdive/internal/diag"
 	"github.com/kdive/kdive/internal/kernel"
@@ -89,8 +95,8 @@ func TestKubernetesLabTools(t *testing.T) {
 				t.Errorf("%s skipped: %s", r.Name, r.Reason)
 			}
 		}
-		if len(rep.Results) != len(verify.Checks())+1 {
-			t.Errorf("%d results, want the workload and %d checks", len(rep.Results), len(verify.Checks()))
+		if len(rep.Results) != len(verify.ChecksOn("lab"))+1 {
+			t.Errorf("%d results, want the workload and %d checks", len(rep.Results), len(verify.ChecksOn("lab")))
 		}
 		snap, err := lab.Snapshot(ctx, s)
 		if err != nil {
@@ -102,7 +108,165 @@ func TestKubernetesLabTools(t *testing.T) {
 			}
 		}
 	})
+	t.Run("verify through the API", func(t *testing.T) { checkClusterVerify(t, s) })
 	t.Run("apply and delete", func(t *testing.T) { checkKubeApplyDelete(t, s) })
+}
+
+// checkClusterVerify runs `kdive verify --kubeconfig` on the lab as on a
+// cluster it does not own: through the API server only (the lab's host
+// kubeconfig), no lab namespace. Every check a cluster can have passes;
+// the lab-only ones are skipped, saying why. Then faults are injected from
+// the lab's side (verify does not know about them) and verify must fail,
+// naming where: one pod's default route deleted, one node's service
+// chain flushed.
+func checkClusterVerify(t *testing.T, s *lab.State) {
+	ctx := context.Background()
+	kubeconfig := s.Plan.KubeconfigFile()
+	run := func(t *testing.T, keep bool, checks ...string) (*verify.Report, int) {
+		t.Helper()
+		args := []string{"verify", "--kubeconfig", kubeconfig, "-o", "json", "--timeout", "2s"}
+		if keep {
+			args = append(args, "--keep")
+		}
+		if len(checks) > 0 {
+			args = append(args, "--check", strings.Join(checks, ","))
+		}
+		cmd := exec.Command(testBins.Kdive, args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		start := time.Now()
+		out, err := cmd.Output()
+		code := 0
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var rep verify.Report
+		if err := json.Unmarshal(out, &rep); err != nil {
+			t.Fatalf("kdive %s: exit %d, %v\n%s\n%s", strings.Join(args, " "), code, err, out, stderr.String())
+		}
+		var b strings.Builder
+		_ = rep.WriteTable(&b)
+		t.Logf("kdive verify --kubeconfig %s (%.1fs, exit %d):\n%s", strings.Join(checks, ","), time.Since(start).Seconds(), code, b.String())
+		return &rep, code
+	}
+
+	rep, code := run(t, true)
+	if code != 0 || !rep.OK {
+		t.Errorf("exit status %d, ok %v", code, rep.OK)
+	}
+	if rep.Lab != "" || !strings.Contains(rep.Cluster, "127.0.0.1") || rep.ProxyMode != s.Plan.Proxy.Mode {
+		t.Errorf("report of lab %q, cluster %q, proxy mode %q; want the cluster at the host's forwarder in %s mode", rep.Lab, rep.Cluster, rep.ProxyMode, s.Plan.Proxy.Mode)
+	}
+	if len(rep.Results) != len(verify.ChecksOn("cluster"))+1 {
+		t.Errorf("%d results, want the workload and %d checks", len(rep.Results), len(verify.ChecksOn("cluster")))
+	}
+	for _, c := range verify.ChecksOn("cluster") {
+		r := result(rep, c.Name)
+		switch {
+		case !r.OK:
+			t.Errorf("%s failed: %s\n  %s", r.Name, r.Reason, strings.Join(r.Details, "\n  "))
+		case c.On == "lab" && (!r.Skipped || r.Reason == ""):
+			t.Errorf("%s (lab only): skipped %v, reason %q; want skipped with the reason", c.Name, r.Skipped, r.Reason)
+		case c.On != "lab" && r.Skipped:
+			t.Errorf("%s skipped: %s", r.Name, r.Reason)
+		}
+	}
+	if t.Failed() {
+		return // the faults below need a working cluster
+	}
+
+	// echo-1 runs on node-2 (echo-N on node N mod 3, 0-based).
+	snap, err := lab.Snapshot(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(snap.Pods, func(p corev1.Pod) bool { return p.Namespace == verify.Namespace && p.Name == "echo-1" })
+	if i < 0 {
+		t.Fatal("no pod echo-1")
+	}
+	path, err := lab.PodNetNSPath(s, &snap.Pods[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("a pod's default route deleted", func(t *testing.T) {
+		pod := openNS(t, path)
+		route, ok := findRoute(t, pod, netip.Prefix{})
+		if !ok {
+			t.Fatal("echo-1 has no default route")
+		}
+		if err := pod.DeleteRoute(route); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := pod.ReplaceRoute(route); err != nil {
+				t.Errorf("restore %s: %v", route, err)
+			}
+		}()
+		rep, code := run(t, true, "pod-to-pod-same-node", "pod-to-pod-other-node", "node-to-pod")
+		if code != 1 {
+			t.Errorf("exit status %d, want 1", code)
+		}
+		// On its bridge echo-1 still reaches its node's pods; nothing
+		// beyond.
+		wantPass(t, rep, "pod-to-pod-same-node")
+		wantFailure(t, rep, "pod-to-pod-other-node", verify.Namespace+"/echo-1 (node-2)")
+		wantFailure(t, rep, "node-to-pod", verify.Namespace+"/echo-1 (node-2)")
+	})
+
+	t.Run("a node's service chain flushed", func(t *testing.T) {
+		n2 := openNS(t, s.Plan.Nodes[1].NetNS)
+		// The agent repairs it at its next periodic sync (every 30 s),
+		// which may fall into a run: then flush and run again.
+		for attempt := 1; ; attempt++ {
+			flushServices(t, n2)
+			rep, code := run(t, true, "pod-to-clusterip", "node-to-clusterip")
+			if result(rep, "pod-to-clusterip").OK && attempt < 3 {
+				t.Logf("the agent repaired the chain during attempt %d; again", attempt)
+				continue
+			}
+			if code != 1 {
+				t.Errorf("exit status %d, want 1", code)
+			}
+			wantFailure(t, rep, "pod-to-clusterip", verify.Namespace+"/echo-1 (node-2)", "no answer")
+			wantFailure(t, rep, "node-to-clusterip", "node-2 → ClusterIP")
+			return
+		}
+	})
+
+	// Without --keep the workload goes, namespace and all.
+	if rep, code := run(t, false, "hairpin"); code != 0 || !rep.OK {
+		t.Errorf("last run: exit status %d, ok %v", code, rep.OK)
+	}
+	cs, done, err := lab.KubeClient(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, verify.Namespace, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("namespace %s after a run without --keep: %v, want it gone", verify.Namespace, err)
+	}
+}
+
+// flushServices empties KUBE-SERVICES, the iptables proxy's entry chain
+// for cluster IPs and NodePorts, in whichever iptables the node's agent
+// uses.
+func flushServices(t *testing.T, ns *kernel.NetNS) {
+	t.Helper()
+	ctx := context.Background()
+	for _, bin := range []string{"iptables-nft", "iptables-legacy"} {
+		out, err := ns.Run(ctx, "", bin+"-save", "-t", "nat")
+		if err != nil || !strings.Contains(out, "-A KUBE-SERVICES") {
+			continue
+		}
+		if _, err := ns.Run(ctx, "", bin, "-w", "-t", "nat", "-F", "KUBE-SERVICES"); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatal("no iptables of the node has rules in KUBE-SERVICES")
 }
 
 func checkKubeStatus(t *testing.T, s *lab.State) {

@@ -103,8 +103,8 @@ func TestVerifyPresetDFaults(t *testing.T) {
 			}
 		}
 	}
-	if len(rep.Results) != len(verify.Checks())+1 {
-		t.Errorf("%d results, want the workload and %d checks", len(rep.Results), len(verify.Checks()))
+	if len(rep.Results) != len(verify.ChecksOn("lab"))+1 {
+		t.Errorf("%d results, want the workload and %d checks", len(rep.Results), len(verify.ChecksOn("lab")))
 	}
 	if t.Failed() {
 		return // the faults below need a working lab

@@ -280,7 +280,40 @@ func runProbes(ctx context.Context, probes []probe, summary string) Result {
 	if len(details) == 0 {
 		return pass(fmt.Sprintf("%d of %d: %s", len(probes), len(probes), summary))
 	}
-	return fail(fmt.Sprintf("%d of %d failed, from %s to %s: %v", len(details), len(probes), listOf(sources), listOf(targets), first), details...)
+	reason := fmt.Sprintf("%d of %d failed, from %s to %s: %v", len(details), len(probes), listOf(sources), listOf(targets), first)
+	if common := commonEnd(probes, errs); common != "" && len(details) > 1 {
+		reason = fmt.Sprintf("%d of %d failed, each from or to %s (from %s to %s): %v", len(details), len(probes), common, listOf(sources), listOf(targets), first)
+	}
+	return fail(reason, details...)
+}
+
+// commonEnd is the source or target that every failed probe has, when
+// there is one and not every probe of the check has it: the likely cause
+// ("each from or to kdive-verify/echo-1 (node-2)").
+func commonEnd(probes []probe, errs []error) string {
+	var common []string
+	first := true
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
+		ends := []string{probes[i].from, probes[i].to}
+		if first {
+			common, first = ends, false
+			continue
+		}
+		common = slices.DeleteFunc(common, func(c string) bool { return !slices.Contains(ends, c) })
+	}
+	for _, c := range common {
+		all := true
+		for _, p := range probes {
+			all = all && (p.from == c || p.to == c)
+		}
+		if !all {
+			return c
+		}
+	}
+	return ""
 }
 
 // maxListed bounds the names a reason lists.
