@@ -4,7 +4,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -12,22 +11,13 @@ import (
 )
 
 // Exit statuses.
-const (
-	exitError          = 1
-	exitNotImplemented = 2
-)
-
-// errNotImplemented marks commands of the stable command line that this
-// build does not have yet.
-var errNotImplemented = errors.New("not implemented yet")
+// exitError is the exit status of a command that failed.
+const exitError = 1
 
 func main() {
 	root := newRootCmd()
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "kdive:", err)
-		if errors.Is(err, errNotImplemented) {
-			os.Exit(exitNotImplemented)
-		}
 		os.Exit(exitError)
 	}
 }
@@ -60,12 +50,4 @@ multi-node cluster out of network namespaces on this machine:
 		newVersionCmd(),
 	)
 	return root
-}
-
-// notImplemented is the RunE of commands that are registered (the command
-// line is stable) but not built yet.
-func notImplemented(what string) func(*cobra.Command, []string) error {
-	return func(*cobra.Command, []string) error {
-		return fmt.Errorf("%s: %w", what, errNotImplemented)
-	}
 }

@@ -70,17 +70,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestNotImplementedYet(t *testing.T) {
-	for _, args := range [][]string{
-		{"verify"}, // a live node's verify; labs have it
-	} {
-		_, errOut, code := run(t, "", args...)
-		if code != 2 || !strings.Contains(errOut, "not implemented yet") {
-			t.Errorf("kdive %s: exit %d, stderr %q; want 2 and 'not implemented yet'", strings.Join(args, " "), code, errOut)
-		}
-	}
-}
-
 func TestUsageErrors(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -92,6 +81,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"lab", "down"}, "give a lab name or --all"},
 		{[]string{"lab", "status", "kdt-no-such-lab"}, "no such lab"},
 		{[]string{"echo", "--listen", "tcp:80x"}, `port "80x"`},
+		{[]string{"verify", "--kubeconfig", "/nonexistent/kubeconfig"}, "/nonexistent/kubeconfig"},
+		{[]string{"verify", "--lab", "x", "--context", "y"}, "--lab verifies a lab"},
+		{[]string{"verify", "--check", "pod-to-everywhere"}, "unknown check pod-to-everywhere"},
+		{[]string{"probe", "ftp", "x"}, "want http URL, udp HOST:PORT or idle"},
+		{[]string{"verify", "--kubeconfig", "/dev/null"}, "give --lab NAME to verify a lab"},
 	} {
 		_, errOut, code := run(t, "", c.args...)
 		if code != 1 || !strings.Contains(errOut, c.want) {

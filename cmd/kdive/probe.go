@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,7 +43,7 @@ waits for SIGTERM, the process of verify's host-network pods.`,
 			case args[0] == "udp" && len(args) == 2:
 				r.UDPAddr = args[1]
 			default:
-				return cmd.Usage()
+				return fmt.Errorf("probe %s: want http URL, udp HOST:PORT or idle", strings.Join(args, " "))
 			}
 			var d net.Dialer
 			enc := json.NewEncoder(cmd.OutOrStdout())

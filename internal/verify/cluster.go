@@ -47,6 +47,9 @@ func (e *env) openCluster(ctx context.Context, rep *Report) error {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg, err := cc.ClientConfig()
+	if clientcmd.IsEmptyConfig(err) {
+		return fmt.Errorf("no cluster in the kubeconfig (--kubeconfig, else $KUBECONFIG or ~/.kube/config): give --lab NAME to verify a lab")
+	}
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
