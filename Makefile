@@ -139,7 +139,7 @@ bin/images/pause.tar: bin/pause bin/mkimage FORCE
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(PAUSE_IMAGE) -file bin/pause:/pause -entrypoint /pause
 
 # agnhost's upstream image is Alpine (musl's getent) with bind-tools, curl, netcat-openbsd,
-# iproute2, bash and socat, which the e2e tests run in it; these are
+# iproute2, bash, socat and iperf (2), which the e2e tests run in it; these are
 # Debian's, with their libraries, and busybox for the rest. sh is bash:
 # Debian's static busybox shell runs its own applets (nc among them) before
 # any program on PATH. wget is GNU's: with glibc's NSS modules in the image,
@@ -147,7 +147,7 @@ bin/images/pause.tar: bin/pause bin/mkimage FORCE
 # CoreDNS, as upstream's image has it (the DNS configMap tests run it).
 # Its TLS servers (porter, netexec) read /localhost.crt and /localhost.key.
 AGNHOST_DIR = $(shell cd hack/kubernetes && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
-AGNHOST_HOST := /usr/bin/dig /usr/bin/getent /usr/bin/wget /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash
+AGNHOST_HOST := /usr/bin/dig /usr/bin/getent /usr/bin/wget /usr/bin/curl /usr/bin/nc.openbsd /usr/bin/socat /usr/sbin/ip /usr/bin/bash /usr/bin/iperf
 bin/images/agnhost.tar: bin/agnhost bin/coredns bin/mkimage FORCE
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(AGNHOST_IMAGE) -file bin/agnhost:/agnhost -busybox /bin/busybox:/bin -dir /tmp:1777 \

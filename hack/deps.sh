@@ -4,12 +4,12 @@
 set -euo pipefail
 # runc and util-linux (nsenter) run the lab's Kubernetes nodes (make
 # kubernetes builds the rest); busybox-static is also the shell of the
-# images it builds; bind9-dnsutils, netcat-openbsd, socat and wget give the
-# e2e tests' images (agnhost, glibc-dns-testing) the dig, nc, socat and wget
-# their upstream Alpine images carry.
+# images it builds; bind9-dnsutils, netcat-openbsd, socat, wget and iperf
+# give the e2e tests' images (agnhost, glibc-dns-testing) the dig, nc,
+# socat, wget and iperf (2) their upstream Alpine images carry.
 pkgs=(iproute2 nftables iptables ipset conntrack ipvsadm curl kmod
       qemu-system-x86 linux-image-amd64 busybox-static runc util-linux
-      bind9-dnsutils netcat-openbsd socat wget)
+      bind9-dnsutils netcat-openbsd socat wget iperf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
