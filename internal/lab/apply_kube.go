@@ -53,10 +53,10 @@ func applyKube(ctx context.Context, s *State, objs Objects, fp *field.Path) ([]s
 		return nil, err
 	}
 	for i := range objs.Deployments {
-		echoContainers(&objs.Deployments[i].Spec.Template.Spec, image)
+		EchoContainers(&objs.Deployments[i].Spec.Template.Spec, image)
 	}
 	for i := range objs.Pods {
-		echoContainers(&objs.Pods[i].Spec, image)
+		EchoContainers(&objs.Pods[i].Spec, image)
 	}
 	return kubeApply(ctx, cs, &objs)
 }

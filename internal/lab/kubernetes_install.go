@@ -300,19 +300,21 @@ func (p *Plan) kubeObjects(labFile string) (*Objects, error) {
 	}
 	for _, d := range objs.Deployments {
 		if !owned[d.Namespace+"/"+d.Name] {
-			echoContainers(&d.Spec.Template.Spec, image)
+			EchoContainers(&d.Spec.Template.Spec, image)
 			out.Deployments = append(out.Deployments, d)
 		}
 	}
 	for _, pod := range objs.Pods {
-		echoContainers(&pod.Spec, image)
+		EchoContainers(&pod.Spec, image)
 		out.Pods = append(out.Pods, pod)
 	}
 	return out, nil
 }
 
-// echoContainers makes every kdive-echo container run kdive's echo server.
-func echoContainers(spec *corev1.PodSpec, image string) {
+// EchoContainers makes every kdive-echo container of spec run kdive's echo
+// server from image, on its container ports, with its identity from the
+// downward API, ready once it answers.
+func EchoContainers(spec *corev1.PodSpec, image string) {
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
 		if c.Image != EchoImage {

@@ -444,7 +444,7 @@ func echoTemplate(tb testing.TB, labels map[string]string) corev1.PodTemplateSpe
 		ObjectMeta: metav1.ObjectMeta{Labels: labels},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "echo", Image: EchoImage}}},
 	}
-	echoContainers(&tmpl.Spec, image)
+	EchoContainers(&tmpl.Spec, image)
 	return tmpl
 }
 

@@ -17,7 +17,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -237,36 +236,20 @@ func (t *clusterTarget) namespace(ctx context.Context, changes *[]string) error 
 	}
 }
 
-// runKdive makes a workload pod run kdive's image: echo containers its
-// echo server on their ports (ready once it answers), the host-network
-// pods' probe container `kdive probe idle`. Every pod tolerates every
+// runKdive makes a workload pod run kdive's image: the host-network pods'
+// probe container `kdive probe idle`, the others kdive's echo server, as
+// in a Kubernetes lab (lab.EchoContainers). Every pod tolerates every
 // taint: it names its node, and must stay there.
 func (t *clusterTarget) runKdive(p *corev1.Pod) {
 	p.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
 	grace := int64(1)
 	p.Spec.TerminationGracePeriodSeconds = &grace
 	for i := range p.Spec.Containers {
-		c := &p.Spec.Containers[i]
-		c.Image = t.image
-		c.ImagePullPolicy = corev1.PullIfNotPresent
-		if c.Name == "probe" {
-			c.Command = []string{"kdive", "probe", "idle"}
-			continue
-		}
-		c.Command = []string{"kdive", "echo"}
-		for _, port := range c.Ports {
-			c.Args = append(c.Args, fmt.Sprintf("--listen=%s:%d", strings.ToLower(string(port.Protocol)), port.ContainerPort))
-		}
-		env := func(name, path string) corev1.EnvVar {
-			return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
-		}
-		c.Env = []corev1.EnvVar{env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace"),
-			env("NODE_NAME", "spec.nodeName"), env("POD_IP", "status.podIP")}
-		c.ReadinessProbe = &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(echoPort)}},
-			PeriodSeconds: 1,
+		if c := &p.Spec.Containers[i]; c.Name == "probe" {
+			c.Image, c.Command = t.image, []string{"kdive", "probe", "idle"}
 		}
 	}
+	lab.EchoContainers(&p.Spec, t.image)
 }
 
 func (t *clusterTarget) podOrigin(pod *corev1.Pod) (origin, error) {
