@@ -17,6 +17,16 @@ import (
 // them, as kube-proxy does.
 const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 
+// ignored says whether kube-proxy leaves an object alone by its labels (its
+// informers select !service-proxy-name,!headless, for Services and
+// EndpointSlices alike): another proxy's, or marked headless (an
+// EndpointSlice so labelled no longer serves its Service's cluster IP).
+func ignored(labels map[string]string) bool {
+	_, other := labels[LabelServiceProxyName]
+	_, headless := labels[corev1.IsHeadlessService]
+	return other || headless
+}
+
 // AnnotationIPVSScheduler chooses a service's IPVS scheduler in ipvs mode.
 const AnnotationIPVSScheduler = "kdive.dev/ipvs-scheduler"
 
@@ -31,7 +41,7 @@ const defaultAffinityTimeout = 10800
 // never takes the rest down.
 func ServicePorts(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]model.ServicePort, error) {
 	name := svc.Namespace + "/" + svc.Name
-	if svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Labels[LabelServiceProxyName] != "" {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName || ignored(svc.Labels) {
 		return nil, nil
 	}
 	ips := svc.Spec.ClusterIPs
@@ -180,7 +190,7 @@ func endpointsFor(svc, portName string, proto corev1.Protocol, slices []*discove
 	}
 	byAddr := map[netip.AddrPort]model.Endpoint{}
 	for _, sl := range slices {
-		if sl.AddressType != discoveryv1.AddressTypeIPv4 || sl.Labels[discoveryv1.LabelServiceName] != svc {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 || sl.Labels[discoveryv1.LabelServiceName] != svc || ignored(sl.Labels) {
 			continue
 		}
 		port := -1

@@ -95,6 +95,26 @@ func TestServicePortsTerminatingButReady(t *testing.T) {
 	}
 }
 
+// TestServicePortsIgnoredSlices: an EndpointSlice labelled headless or
+// another proxy's is not the service's, as kube-proxy's informers never
+// see it (upstream's "should implement service.kubernetes.io/headless"
+// relabels the only slice and wants the cluster IP to stop answering).
+func TestServicePortsIgnoredSlices(t *testing.T) {
+	svc := service("web", "10.1.0.2")
+	for _, label := range []string{corev1.IsHeadlessService, LabelServiceProxyName} {
+		sl := slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false))
+		ports, err := ServicePorts(svc, []*discoveryv1.EndpointSlice{sl})
+		if err != nil || len(ports) != 1 || len(ports[0].Endpoints) != 1 {
+			t.Fatalf("ports = %+v, %v; want one with its endpoint", ports, err)
+		}
+		sl.Labels[label] = ""
+		ports, err = ServicePorts(svc, []*discoveryv1.EndpointSlice{sl})
+		if err != nil || len(ports) != 1 || len(ports[0].Endpoints) != 0 {
+			t.Errorf("slice labelled %s: ports = %+v, %v; want the port without endpoints", label, ports, err)
+		}
+	}
+}
+
 func TestServicePortsSkipsAndRejects(t *testing.T) {
 	for _, c := range []struct {
 		svc  *corev1.Service
@@ -103,6 +123,8 @@ func TestServicePortsSkipsAndRejects(t *testing.T) {
 		{service("headless", "None"), ""},
 		{service("ext", "", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeExternalName }), ""},
 		{service("other-proxy", "10.1.0.3", func(s *corev1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "x"} }), ""},
+		{service("empty-proxy-name", "10.1.0.3", func(s *corev1.Service) { s.Labels = map[string]string{LabelServiceProxyName: ""} }), ""},
+		{service("marked-headless", "10.1.0.3", func(s *corev1.Service) { s.Labels = map[string]string{corev1.IsHeadlessService: ""} }), ""},
 		{service("bad-ip", "10.1.0.300"), `service default/bad-ip: spec.clusterIPs[0]: "10.1.0.300" is not an IP address`},
 		{service("bad-proto", "10.1.0.4", func(s *corev1.Service) { s.Spec.Ports[0].Protocol = "ICMP" }), `spec.ports[0].protocol: unsupported protocol "ICMP"`},
 		{service("bad-port", "10.1.0.5", func(s *corev1.Service) { s.Spec.Ports[0].Port = 0 }), "spec.ports[0].port: 0 is outside 1-65535"},
