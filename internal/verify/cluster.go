@@ -217,7 +217,12 @@ func (t *clusterTarget) namespace(ctx context.Context, changes *[]string) error 
 		ns, err := t.cs.CoreV1().Namespaces().Get(ctx, Namespace, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
-			ns = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "kdive-verify"}}}
+			// The host-network pods need Pod Security's privileged level
+			// where a cluster enforces another by default.
+			ns = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{
+				"app.kubernetes.io/managed-by":       "kdive-verify",
+				"pod-security.kubernetes.io/enforce": "privileged",
+			}}}
 			_, err = t.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 			if err := created(err, "namespace/"+Namespace, changes); err != nil {
 				return err
