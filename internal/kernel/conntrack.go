@@ -19,13 +19,14 @@ type ConntrackFilter struct {
 	// the service address the client sent to.
 	OrigDst     netip.Addr
 	OrigDstPort uint16
-	// ReplySrc matches the reply direction's source: the endpoint the
-	// connection was DNATed to.
-	ReplySrc netip.Addr
+	// ReplySrc and ReplySrcPort match the reply direction's source: the
+	// endpoint the connection was DNATed to.
+	ReplySrc     netip.Addr
+	ReplySrcPort uint16
 }
 
 func (f ConntrackFilter) String() string {
-	return fmt.Sprintf("proto %d orig-dst %v:%d reply-src %v", f.Protocol, f.OrigDst, f.OrigDstPort, f.ReplySrc)
+	return fmt.Sprintf("proto %d orig-dst %v:%d reply-src %v:%d", f.Protocol, f.OrigDst, f.OrigDstPort, f.ReplySrc, f.ReplySrcPort)
 }
 
 func (f ConntrackFilter) matches(fl conntrack.Flow) bool {
@@ -33,7 +34,8 @@ func (f ConntrackFilter) matches(fl conntrack.Flow) bool {
 	return (f.Protocol == 0 || o.Proto.Protocol == f.Protocol) &&
 		(!f.OrigDst.IsValid() || o.IP.DestinationAddress == f.OrigDst) &&
 		(f.OrigDstPort == 0 || o.Proto.DestinationPort == f.OrigDstPort) &&
-		(!f.ReplySrc.IsValid() || r.IP.SourceAddress == f.ReplySrc)
+		(!f.ReplySrc.IsValid() || r.IP.SourceAddress == f.ReplySrc) &&
+		(f.ReplySrcPort == 0 || r.Proto.SourcePort == f.ReplySrcPort)
 }
 
 // DeleteConntrack deletes the connection-tracking entries matching any of

@@ -37,7 +37,12 @@ func TestDeleteConntrack(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("deleted %d entries, %v; want the one to port 5353", n, err)
 	}
-	n, err = a.DeleteConntrack(kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, ReplySrc: netip.MustParseAddr("192.0.2.2")})
+	// The reply's source port is the endpoint's: another port matches none.
+	n, err = a.DeleteConntrack(kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, ReplySrc: netip.MustParseAddr("192.0.2.2"), ReplySrcPort: 5353})
+	if err != nil || n != 0 {
+		t.Fatalf("deleted %d entries by reply source port 5353, %v; want none (the one left answers from 5354)", n, err)
+	}
+	n, err = a.DeleteConntrack(kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, ReplySrc: netip.MustParseAddr("192.0.2.2"), ReplySrcPort: 5354})
 	if err != nil || n != 1 {
 		t.Fatalf("deleted %d entries by reply source, %v; want the one left", n, err)
 	}

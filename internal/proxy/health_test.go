@@ -193,9 +193,29 @@ func TestStaleConntrack(t *testing.T) {
 	// The UDP endpoint 10.0.2.3 goes; the TCP port's endpoints do not count.
 	dns.Cluster = dns.Cluster[:1]
 	got := proxy.StaleConntrack(prev, next)
-	want := kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, OrigDst: netip.MustParseAddr("10.1.0.10"), OrigDstPort: 53, ReplySrc: netip.MustParseAddr("10.0.2.3")}
+	want := kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, OrigDst: netip.MustParseAddr("10.1.0.10"), OrigDstPort: 53, ReplySrc: netip.MustParseAddr("10.0.2.3"), ReplySrcPort: uint16(prevEndpoint(prev, "10.0.2.3").Port)}
 	if len(got) != 1 || got[0] != want {
 		t.Errorf("stale after removing an endpoint = %v, want [%v]", got, want)
+	}
+	// The same endpoint on another port (the Service's targetPort
+	// changed): the flows to the old port go, as upstream's "cleanup
+	// conntrack entries when UDP service target port changes" wants.
+	moved := proxytest.Fixture()
+	for _, p := range moved.Services {
+		if p.Name.String() == "kube-system/kube-dns:dns" {
+			for i := range p.Cluster {
+				p.Cluster[i].Port += 1000
+			}
+		}
+	}
+	got = proxy.StaleConntrack(prev, moved)
+	if len(got) != 2 {
+		t.Errorf("stale after the target port changed = %v, want both old endpoints' flows", got)
+	}
+	for _, f := range got {
+		if f.OrigDstPort != 53 || f.ReplySrcPort == 0 || f.ReplySrcPort != uint16(prevEndpoint(prev, f.ReplySrc.String()).Port) {
+			t.Errorf("stale after the target port changed: %v, want the old endpoint's port", f)
+		}
 	}
 	// A UDP port that had no endpoints gets some: flush its flows.
 	empty := proxytest.Fixture()
@@ -211,4 +231,18 @@ func TestStaleConntrack(t *testing.T) {
 	if got := proxy.StaleConntrack(nil, next); got != nil {
 		t.Errorf("stale without a previous state = %v", got)
 	}
+}
+
+// prevEndpoint is the kube-dns UDP endpoint at ip in a fixture.
+func prevEndpoint(d *proxy.Desired, ip string) model.Endpoint {
+	for _, p := range d.Services {
+		if p.Name.String() == "kube-system/kube-dns:dns" {
+			for _, e := range p.Cluster {
+				if e.IP.String() == ip {
+					return e
+				}
+			}
+		}
+	}
+	return model.Endpoint{}
 }

@@ -10,11 +10,13 @@ import (
 )
 
 // StaleConntrack lists the connection-tracking entries to delete after
-// moving from prev to next: for UDP ports, the flows to an endpoint that
-// left (a DNS client would keep sending to a dead pod until the entry
-// times out), and every flow to a port that had no endpoints and now has
-// some (its packets were rejected or dropped, and the entry would keep
-// them from being load-balanced). prev may be nil (nothing is stale).
+// moving from prev to next: for UDP ports, the flows to an endpoint (an
+// address and port) that left, also when only its port changed (a DNS
+// client would keep sending to a dead pod, or a port nothing listens on,
+// until the entry times out), and every flow to a port that had no
+// endpoints and now has some (its packets were rejected or dropped, and
+// the entry would keep them from being load-balanced). prev may be nil
+// (nothing is stale).
 func StaleConntrack(prev, next *Desired) []kernel.ConntrackFilter {
 	if prev == nil {
 		return nil
@@ -39,22 +41,25 @@ func StaleConntrack(prev, next *Desired) []kernel.ConntrackFilter {
 	}
 	for name, o := range old {
 		n := nextPorts[name]
-		now := map[netip.Addr]bool{}
+		now := map[netip.AddrPort]bool{}
 		if n != nil {
 			for _, e := range usable(n) {
-				now[e.IP] = true
+				now[netip.AddrPortFrom(e.IP, uint16(e.Port))] = true
 			}
 		}
 		for _, e := range usable(o) {
-			if now[e.IP] {
+			if now[netip.AddrPortFrom(e.IP, uint16(e.Port))] {
 				continue
 			}
+			gone := kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, ReplySrc: e.IP, ReplySrcPort: uint16(e.Port)}
 			for _, a := range serviceAddrs(o) {
-				add(kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, OrigDst: a, OrigDstPort: uint16(o.Port), ReplySrc: e.IP})
+				gone.OrigDst, gone.OrigDstPort = a, uint16(o.Port)
+				add(gone)
 			}
 			if o.NodePort != 0 {
 				for _, a := range prev.NodePortIPs {
-					add(kernel.ConntrackFilter{Protocol: unix.IPPROTO_UDP, OrigDst: a, OrigDstPort: uint16(o.NodePort), ReplySrc: e.IP})
+					gone.OrigDst, gone.OrigDstPort = a, uint16(o.NodePort)
+					add(gone)
 				}
 			}
 		}
