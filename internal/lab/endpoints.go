@@ -100,7 +100,10 @@ func newSlice(svc *corev1.Service, name string) discoveryv1.EndpointSlice {
 // port may differ per pod), at most maxEndpointsPerSlice per slice.
 func slicesFor(svc *corev1.Service, pods []corev1.Pod, zones map[string]string) []discoveryv1.EndpointSlice {
 	sel := labels.SelectorFromSet(svc.Spec.Selector)
-	preferClose := svc.Spec.TrafficDistribution != nil && *svc.Spec.TrafficDistribution == corev1.ServiceTrafficDistributionPreferClose
+	var td string
+	if svc.Spec.TrafficDistribution != nil {
+		td = *svc.Spec.TrafficDistribution
+	}
 	groups := map[string][]discoveryv1.Endpoint{}
 	groupPorts := map[string][]discoveryv1.EndpointPort{}
 	for i := range pods {
@@ -124,8 +127,13 @@ func slicesFor(svc *corev1.Service, pods []corev1.Pod, zones map[string]string) 
 		}
 		if z := zones[pod.Spec.NodeName]; z != "" {
 			ep.Zone = ptr.To(z)
-			if preferClose {
+			// As the EndpointSlice controller hints them: each endpoint
+			// for its own zone, and for PreferSameNode its own node too.
+			switch td {
+			case corev1.ServiceTrafficDistributionPreferClose, corev1.ServiceTrafficDistributionPreferSameZone:
 				ep.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: z}}}
+			case corev1.ServiceTrafficDistributionPreferSameNode:
+				ep.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: z}}, ForNodes: []discoveryv1.ForNode{{Name: pod.Spec.NodeName}}}
 			}
 		}
 		groups[key] = append(groups[key], ep)

@@ -47,6 +47,9 @@ type Endpoint struct {
 	// ZoneHints are the zones the EndpointSlice controller hinted this
 	// endpoint for (topology aware routing, trafficDistribution).
 	ZoneHints []string `json:"zoneHints,omitempty"`
+	// NodeHints are the nodes it was hinted for (trafficDistribution
+	// PreferSameNode).
+	NodeHints []string `json:"nodeHints,omitempty"`
 	// Pod is "namespace/name" of the pod behind it, when known.
 	Pod string `json:"pod,omitempty"`
 }

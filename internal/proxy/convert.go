@@ -232,6 +232,9 @@ func endpointsFor(svc, portName string, proto corev1.Protocol, slices []*discove
 				for _, z := range e.Hints.ForZones {
 					ep.ZoneHints = append(ep.ZoneHints, z.Name)
 				}
+				for _, n := range e.Hints.ForNodes {
+					ep.NodeHints = append(ep.NodeHints, n.Name)
+				}
 			}
 			if r := e.TargetRef; r != nil && r.Kind == "Pod" {
 				ep.Pod = r.Namespace + "/" + r.Name

@@ -104,15 +104,15 @@ func (p *Port) usesLocal() bool {
 
 // Resolve chooses a port's endpoints for this node, as upstream
 // kube-proxy's CategorizeEndpoints does: cluster endpoints are the ready
-// ones (only those hinted for this node's zone when topology applies),
-// falling back to serving-terminating ones when none is ready; local
-// endpoints are this node's ready ones, else its serving-terminating ones.
+// ones (only those hinted for this node, or this node's zone, when the
+// hints apply: topology), falling back to serving-terminating ones when
+// none is ready; local endpoints are this node's ready ones, else its
+// serving-terminating ones.
 func Resolve(sp model.ServicePort, node Node) *Port {
 	p := &Port{ServicePort: sp}
 	eps := sp.Endpoints
 	if p.usesCluster() {
-		hinted := useZoneHints(sp, node.Zone)
-		inZone := func(e model.Endpoint) bool { return !hinted || slices.Contains(e.ZoneHints, node.Zone) }
+		inZone := topology(sp, node)
 		p.Cluster = filter(eps, func(e model.Endpoint) bool { return e.Ready && inZone(e) })
 		if len(p.Cluster) == 0 {
 			p.Cluster = filter(eps, func(e model.Endpoint) bool { return e.Serving && e.Terminating && inZone(e) })
@@ -144,25 +144,33 @@ func Resolve(sp model.ServicePort, node Node) *Port {
 	return p
 }
 
-// useZoneHints says whether topology aware routing applies: the service
-// prefers close endpoints, the node has a zone, every ready endpoint has
-// hints and at least one is hinted for this zone (else all zones are used,
-// as upstream does, rather than black-holing the zone).
-func useZoneHints(sp model.ServicePort, zone string) bool {
-	if !sp.PreferClose || zone == "" {
-		return false
-	}
-	found := false
+// topology says which endpoints this node may use by their hints, as
+// upstream's topologyModeFromHints: the EndpointSlice controller hints
+// endpoints only for a Service that asks (trafficDistribution
+// PreferSameNode, PreferSameZone or PreferClose, or the topology-mode
+// annotation), so the hints alone decide. When every ready endpoint has
+// node hints and one is for this node, those for this node (PreferSameNode);
+// else when every ready endpoint has zone hints and one is for this
+// node's zone, those for the zone; else all (rather than black-holing the
+// node or zone).
+func topology(sp model.ServicePort, node Node) func(model.Endpoint) bool {
+	allNode, forNode, allZone, forZone := true, false, true, false
 	for _, e := range sp.Endpoints {
 		if !e.Ready {
 			continue
 		}
-		if len(e.ZoneHints) == 0 {
-			return false
-		}
-		found = found || slices.Contains(e.ZoneHints, zone)
+		allNode = allNode && len(e.NodeHints) > 0
+		forNode = forNode || slices.Contains(e.NodeHints, node.Name)
+		allZone = allZone && len(e.ZoneHints) > 0
+		forZone = forZone || (node.Zone != "" && slices.Contains(e.ZoneHints, node.Zone))
 	}
-	return found
+	switch {
+	case allNode && forNode:
+		return func(e model.Endpoint) bool { return slices.Contains(e.NodeHints, node.Name) }
+	case allZone && forZone:
+		return func(e model.Endpoint) bool { return slices.Contains(e.ZoneHints, node.Zone) }
+	}
+	return func(model.Endpoint) bool { return true }
 }
 
 func filter(eps []model.Endpoint, keep func(model.Endpoint) bool) []model.Endpoint {

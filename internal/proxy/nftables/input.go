@@ -53,7 +53,8 @@ func portEqual(a, b *proxy.Port) bool {
 
 func endpointEqual(a, b model.Endpoint) bool {
 	return a.IP == b.IP && a.Port == b.Port && a.NodeName == b.NodeName && a.Zone == b.Zone && a.Ready == b.Ready &&
-		a.Serving == b.Serving && a.Terminating == b.Terminating && slices.Equal(a.ZoneHints, b.ZoneHints) && a.Pod == b.Pod
+		a.Serving == b.Serving && a.Terminating == b.Terminating && slices.Equal(a.ZoneHints, b.ZoneHints) &&
+		slices.Equal(a.NodeHints, b.NodeHints) && a.Pod == b.Pod
 }
 
 // clonePort copies a port deeply, so that a caller reusing its Desired
@@ -77,6 +78,7 @@ func cloneEndpoints(eps []model.Endpoint) []model.Endpoint {
 	out := slices.Clone(eps)
 	for i := range out {
 		out[i].ZoneHints = slices.Clone(out[i].ZoneHints)
+		out[i].NodeHints = slices.Clone(out[i].NodeHints)
 	}
 	return out
 }

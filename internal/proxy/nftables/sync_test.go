@@ -354,7 +354,7 @@ func TestPortEqualSeesEveryField(t *testing.T) {
 	for typ, n := range map[reflect.Type]int{
 		reflect.TypeFor[proxy.Port]():        4,
 		reflect.TypeFor[model.ServicePort](): 14,
-		reflect.TypeFor[model.Endpoint]():    9,
+		reflect.TypeFor[model.Endpoint]():    10,
 	} {
 		if typ.NumField() != n {
 			t.Errorf("%s has %d fields, portEqual knows %d: update portEqual, clonePort and this test", typ, typ.NumField(), n)
@@ -376,6 +376,7 @@ func TestPortEqualSeesEveryField(t *testing.T) {
 		func(e *model.Endpoint) { e.Serving = !e.Serving },
 		func(e *model.Endpoint) { e.Terminating = !e.Terminating },
 		func(e *model.Endpoint) { e.ZoneHints = append(e.ZoneHints, "x") },
+		func(e *model.Endpoint) { e.NodeHints = append(e.NodeHints, "x") },
 		func(e *model.Endpoint) { e.Pod += "x" },
 	}
 	muts := []func(q *proxy.Port){

@@ -58,6 +58,8 @@ func terminating(serving bool) func(*model.Endpoint) {
 
 func hinted(e *model.Endpoint) { e.ZoneHints = []string{e.Zone} }
 
+func nodeHinted(e *model.Endpoint) { e.ZoneHints, e.NodeHints = []string{e.Zone}, []string{e.NodeName} }
+
 func port(ns, name, portName string, proto model.Protocol, clusterIP string, p int, eps ...model.Endpoint) model.ServicePort {
 	return model.ServicePort{
 		Name:       model.ServicePortName{Namespace: ns, Name: name, Port: portName, Protocol: proto},
@@ -110,9 +112,15 @@ func Fixture() *proxy.Desired {
 	close := port("default", "prefer-close", "", model.ProtocolTCP, "10.1.0.9", 80,
 		ep("10.0.2.9", 8080, "node-2", hinted), ep("10.0.3.9", 8080, "node-3", hinted))
 	close.PreferClose = true
+	// Hints alone decide, as upstream: the topology-mode annotation
+	// (Auto) sets them without trafficDistribution.
+	auto := port("default", "topology-auto", "", model.ProtocolTCP, "10.1.0.11", 80,
+		ep("10.0.2.11", 8080, "node-2", hinted), ep("10.0.3.11", 8080, "node-3", hinted))
+	sameNode := port("default", "same-node", "", model.ProtocolTCP, "10.1.0.12", 80,
+		ep("10.0.1.12", 8080, "node-1", nodeHinted), ep("10.0.2.12", 8080, "node-2", nodeHinted), ep("10.0.3.12", 8080, "node-3", nodeHinted))
 
 	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
-	for _, sp := range []model.ServicePort{web, webTLS, dnsUDP, dnsTCP, empty, local, localNone, itpLocal, affinity, term, close} {
+	for _, sp := range []model.ServicePort{web, webTLS, dnsUDP, dnsTCP, empty, local, localNone, itpLocal, affinity, term, close, auto, sameNode} {
 		d.Services = append(d.Services, proxy.Resolve(sp, node))
 	}
 	sort.Slice(d.Services, func(i, j int) bool { return d.Services[i].Name.String() < d.Services[j].Name.String() })
@@ -174,6 +182,8 @@ func Cases() []Case {
 		{"session affinity still balances new clients", tcp(LocalPod, "10.1.0.7", 80), dnat(false, "10.0.2.7:8080", "10.0.3.7:8080")},
 		{"serving-terminating fallback", tcp(LocalPod, "10.1.0.8", 80), dnat(false, "10.0.2.8:8080")},
 		{"PreferClose keeps to the zone", tcp(LocalPod, "10.1.0.9", 80), dnat(false, "10.0.2.9:8080")},
+		{"zone hints keep to the zone without trafficDistribution", tcp(LocalPod, "10.1.0.11", 80), dnat(false, "10.0.2.11:8080")},
+		{"PreferSameNode keeps to the node", tcp(LocalPod, "10.1.0.12", 80), dnat(false, "10.0.1.12:8080")},
 	}
 }
 
