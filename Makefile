@@ -59,7 +59,8 @@ K8S_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
                -X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) \
                -X main.Version=$(AGNHOST_VERSION)
 K8S_BUILD := cd hack/kubernetes && CGO_ENABLED=0 go build -ldflags '$(K8S_LDFLAGS)' -o $(CURDIR)/bin/
-K8S_BINS  := bin/kube-apiserver bin/etcd bin/kube-controller-manager bin/kube-scheduler bin/kubectl bin/kubelet bin/agnhost
+K8S_BINS  := bin/kube-apiserver bin/etcd bin/kube-controller-manager bin/kube-scheduler bin/kubectl bin/kubelet bin/agnhost \
+             bin/regression-issue-74839
 
 apiserver:
 	$(K8S_BUILD) ./etcd k8s.io/kubernetes/cmd/kube-apiserver
@@ -67,7 +68,7 @@ apiserver:
 # One `go build` for all of them, so they share its work.
 $(K8S_BINS) &: FORCE
 	$(K8S_BUILD) ./etcd $(addprefix k8s.io/kubernetes/cmd/,kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) \
-	  k8s.io/kubernetes/test/images/agnhost
+	  k8s.io/kubernetes/test/images/agnhost k8s.io/kubernetes/test/images/regression-issue-74839
 
 bin/containerd bin/containerd-shim-runc-v2 bin/ctr &: FORCE
 	cd hack/containerd && CGO_ENABLED=0 go build -tags 'no_btrfs no_devmapper no_zfs' \
@@ -102,8 +103,9 @@ BUSYBOX_IMAGE := registry.k8s.io/e2e-test-images/busybox:1.37.0-2
 COREDNS_IMAGE := registry.k8s.io/coredns/coredns:$(COREDNS_VERSION)
 GLIBC_DNS_IMAGE := registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
 NGINX_IMAGE   := registry.k8s.io/e2e-test-images/nginx:1.27.0-2
+REGRESSION_74839_IMAGE := registry.k8s.io/e2e-test-images/regression-issue-74839:1.5
 IMAGES := bin/images/pause.tar bin/images/agnhost.tar bin/images/busybox.tar bin/images/coredns.tar \
-          bin/images/glibc-dns-testing.tar bin/images/nginx.tar
+          bin/images/glibc-dns-testing.tar bin/images/nginx.tar bin/images/regression-issue-74839.tar
 MKIMAGE := bin/mkimage
 IMAGE_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -183,6 +185,13 @@ bin/images/nginx.tar: bin/deb/nginx/usr/sbin/nginx bin/mkimage FORCE
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(NGINX_IMAGE) -file bin/deb/nginx/usr/sbin/nginx:/usr/sbin/nginx \
 	  -file hack/image/etc/nginx.conf:/etc/nginx/nginx.conf -file hack/image/etc/passwd:/etc/passwd -file hack/image/etc/group:/etc/group -file hack/image/etc/index.html:/usr/share/nginx/html/index.html \
 	  -dir /var/log/nginx -dir /var/lib/nginx -dir /run -dir /tmp:1777 -busybox /bin/busybox:/bin -entrypoint /usr/sbin/nginx
+
+# The Conntrack test's "boom" server (a raw-socket program of the module's
+# test/images): the binary alone, as upstream's image on debian-base.
+bin/images/regression-issue-74839.tar: bin/regression-issue-74839 bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(REGRESSION_74839_IMAGE) -file bin/regression-issue-74839:/regression-issue-74839 \
+	  -dir /tmp:1777 -entrypoint /regression-issue-74839
 
 # Upstream's e2e suite (hack/e2e runs it against a Kubernetes lab).
 bin/e2e.test: FORCE
