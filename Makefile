@@ -24,7 +24,7 @@ VMTEST := go test -count=1 -p 1 -timeout 20m -exec $(CURDIR)/hack/vmexec
 VM_KUBE_RUN := Kubernetes.*(IPIP|IPVS)
 VMKUBETEST := KDIVE_VM_MEMORY=8192 KDIVE_VM_TIMEOUT=40m go test -count=1 -p 1 -timeout 40m -exec $(CURDIR)/hack/vmexec
 
-.PHONY: all deps build apiserver kubernetes image images demo test test-native bench-smoke test-e2e conformance test-vm test-kubernetes-vm vet clean
+.PHONY: all deps build apiserver kubernetes image images demo test test-native bench-smoke test-e2e conformance conformance-wide test-vm test-kubernetes-vm vet clean
 
 all: build
 
@@ -236,6 +236,11 @@ test-e2e:
 
 conformance: build kubernetes
 	hack/conformance
+
+# The wider sig-network run (hack/conformance -w) in the same modes: more
+# than an hour a mode on two cores.
+conformance-wide: build kubernetes
+	hack/conformance -w
 
 # Preset A (IPIP, IPVS) as a real Kubernetes cluster in the test VM.
 test-kubernetes-vm: build kubernetes
