@@ -104,8 +104,10 @@ COREDNS_IMAGE := registry.k8s.io/coredns/coredns:$(COREDNS_VERSION)
 GLIBC_DNS_IMAGE := registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1
 NGINX_IMAGE   := registry.k8s.io/e2e-test-images/nginx:1.27.0-2
 REGRESSION_74839_IMAGE := registry.k8s.io/e2e-test-images/regression-issue-74839:1.5
+DISTROLESS_IPTABLES_IMAGE := registry.k8s.io/build-image/distroless-iptables:v0.9.9
 IMAGES := bin/images/pause.tar bin/images/agnhost.tar bin/images/busybox.tar bin/images/coredns.tar \
-          bin/images/glibc-dns-testing.tar bin/images/nginx.tar bin/images/regression-issue-74839.tar
+          bin/images/glibc-dns-testing.tar bin/images/nginx.tar bin/images/regression-issue-74839.tar \
+          bin/images/distroless-iptables.tar
 MKIMAGE := bin/mkimage
 IMAGE_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -192,6 +194,13 @@ bin/images/regression-issue-74839.tar: bin/regression-issue-74839 bin/mkimage FO
 	@mkdir -p $(@D)
 	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(REGRESSION_74839_IMAGE) -file bin/regression-issue-74839:/regression-issue-74839 \
 	  -dir /tmp:1777 -entrypoint /regression-issue-74839
+
+# The KubeProxy CLOSE_WAIT test reads the node's conntrack table in it:
+# Debian's conntrack with its libraries, and busybox for the shell.
+bin/images/distroless-iptables.tar: bin/mkimage FORCE
+	@mkdir -p $(@D)
+	$(MKIMAGE) -o $@ -env PATH=$(IMAGE_PATH) -tag $(DISTROLESS_IPTABLES_IMAGE) -host /usr/sbin/conntrack \
+	  -busybox /bin/busybox:/bin -dir /tmp:1777 -cmd sh
 
 # Upstream's e2e suite (hack/e2e runs it against a Kubernetes lab).
 bin/e2e.test: FORCE
