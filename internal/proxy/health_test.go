@@ -54,6 +54,23 @@ func TestHealthServer(t *testing.T) {
 	if code != 200 || svc["namespace"] != "default" || svc["name"] != "local" || body["localEndpoints"] != 1.0 {
 		t.Errorf("with a local endpoint: %d %v", code, body)
 	}
+	// Only a terminating (still serving) local endpoint: traffic still
+	// goes to it, but the health check fails so the load balancer drains
+	// the node (upstream's "should fail health check node port if there
+	// are only terminating endpoints").
+	for _, p := range d.Services {
+		if p.Name.Name == "local" {
+			for i := range p.Local {
+				p.Local[i].Ready, p.Local[i].Terminating = false, true
+			}
+		}
+	}
+	if err := hs.Sync(d); err != nil {
+		t.Fatal(err)
+	}
+	if code, body = get(); code != 503 || body["localEndpoints"] != 0.0 {
+		t.Errorf("with only a terminating local endpoint: %d %v", code, body)
+	}
 	for _, p := range d.Services {
 		if p.Name.Name == "local" {
 			p.Local = nil

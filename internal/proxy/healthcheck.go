@@ -105,7 +105,17 @@ func (s *HealthServer) Sync(d *Desired) error {
 			s.servers[port] = hp
 		}
 		hp.mu.Lock()
-		hp.svc, hp.n = p.Name, len(p.Local)
+		// Only ready endpoints count, as kube-proxy's LocalReadyEndpoints:
+		// a node whose local endpoints are all terminating still serves
+		// them (p.Local falls back to them) but fails its health check,
+		// so that the load balancer drains it.
+		n := 0
+		for _, e := range p.Local {
+			if e.Ready {
+				n++
+			}
+		}
+		hp.svc, hp.n = p.Name, n
 		hp.mu.Unlock()
 		// Close before opening: a listener on 0.0.0.0 holds the port on
 		// the addresses that replace it.
