@@ -113,8 +113,23 @@ type ProxyConfig struct {
 	LocalhostNodePorts bool `json:"localhostNodePorts,omitempty"`
 	// MasqueradeAll masquerades all traffic to cluster IPs.
 	MasqueradeAll bool `json:"masqueradeAll,omitempty"`
+	// Conntrack sets the node's connection-tracking timeouts when the
+	// proxy starts, as kube-proxy's conntrack settings do.
+	Conntrack ConntrackConfig `json:"conntrack,omitempty"`
 	// IPVS configures ipvs mode.
 	IPVS IPVSConfig `json:"ipvs,omitempty"`
+}
+
+// ConntrackConfig are the node's TCP connection-tracking timeouts (the
+// network namespace's net.netfilter.nf_conntrack_tcp_timeout_*), with
+// kube-proxy's defaults; 0s leaves the kernel's value alone.
+type ConntrackConfig struct {
+	// TCPEstablishedTimeout: default 24h (the kernel's is 5 days).
+	TCPEstablishedTimeout *metav1.Duration `json:"tcpEstablishedTimeout,omitempty"`
+	// TCPCloseWaitTimeout: default 1h (the kernel's is 60s), so that a
+	// half-closed connection through a Service is not forgotten while
+	// its other side still sends.
+	TCPCloseWaitTimeout *metav1.Duration `json:"tcpCloseWaitTimeout,omitempty"`
 }
 
 // IPVSConfig configures ipvs mode.
@@ -133,6 +148,9 @@ const (
 	DefaultDataDir       = "/var/lib/cni/kdive"
 	DefaultSyncPeriod    = 30 * time.Second
 	DefaultMinSyncPeriod = 100 * time.Millisecond
+	// kube-proxy's conntrack defaults.
+	DefaultTCPEstablishedTimeout = 24 * time.Hour
+	DefaultTCPCloseWaitTimeout   = time.Hour
 )
 
 // LoadConfiguration reads a configuration file strictly: an unknown field
@@ -219,6 +237,12 @@ func (c *Configuration) Default() {
 	if c.MinSyncPeriod.Duration == 0 {
 		c.MinSyncPeriod.Duration = DefaultMinSyncPeriod
 	}
+	if c.Proxy.Conntrack.TCPEstablishedTimeout == nil {
+		c.Proxy.Conntrack.TCPEstablishedTimeout = &metav1.Duration{Duration: DefaultTCPEstablishedTimeout}
+	}
+	if c.Proxy.Conntrack.TCPCloseWaitTimeout == nil {
+		c.Proxy.Conntrack.TCPCloseWaitTimeout = &metav1.Duration{Duration: DefaultTCPCloseWaitTimeout}
+	}
 }
 
 // Validate checks a defaulted configuration; every error names its field.
@@ -275,6 +299,14 @@ func (c *Configuration) Validate() error {
 		}
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			bad(f, "%q is not HOST:PORT", a)
+		}
+	}
+	for f, d := range map[string]*metav1.Duration{
+		"proxy.conntrack.tcpEstablishedTimeout": c.Proxy.Conntrack.TCPEstablishedTimeout,
+		"proxy.conntrack.tcpCloseWaitTimeout":   c.Proxy.Conntrack.TCPCloseWaitTimeout,
+	} {
+		if d != nil && (d.Duration < 0 || d.Duration%time.Second != 0) {
+			bad(f, "%s must be whole seconds, 0 or more", d.Duration)
 		}
 	}
 	if c.SyncPeriod.Duration < time.Second {

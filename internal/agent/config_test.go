@@ -45,6 +45,8 @@ func TestConfigurationErrorsNameTheField(t *testing.T) {
 		{"podNetwrok: {encap: vxlan}", `unknown field "podNetwrok"`},
 		{"cni: {confdir: /x}", `unknown field "cni.confdir"`},
 		{"syncPeriod: soon", "syncPeriod"},
+		{"proxy: {conntrack: {tcpCloseWaitTimeout: -1s}}", "proxy.conntrack.tcpCloseWaitTimeout: -1s must be whole seconds, 0 or more"},
+		{"proxy: {conntrack: {tcpEstablishedTimeout: 1500ms}}", "proxy.conntrack.tcpEstablishedTimeout: 1.5s must be whole seconds"},
 	} {
 		cfg, err := ParseConfiguration([]byte("nodeName: n1\n" + c.yaml))
 		if err == nil {

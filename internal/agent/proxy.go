@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
@@ -201,6 +203,11 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 		}
 		a.log.Info("deleted stale UDP conntrack entries", "entries", n)
 	}
+	if pr.prev == nil {
+		// After the first sync, whose rules use conntrack: the timeouts
+		// exist in the namespace only once nf_conntrack is loaded.
+		a.setConntrack()
+	}
 	pr.prev = d
 	a.log.Debug("proxy synced", "mode", pr.backend.Mode(), "services", len(d.Services), "full", d.Changed == nil, "changed", len(d.Changed))
 	return errors.Join(errs...)
@@ -238,5 +245,29 @@ func (a *Agent) reportInvalid(errs []error) {
 func (a *Agent) closeProxy() {
 	if a.proxy != nil {
 		a.proxy.health.Close()
+	}
+}
+
+// setConntrack sets the node's TCP connection-tracking timeouts, once, as
+// kube-proxy does when it starts (its conntrack configuration): after the
+// first sync, whose rules load nf_conntrack. A node
+// where they cannot be set (no nf_conntrack yet, a read-only /proc/sys)
+// keeps the kernel's and the agent says so.
+func (a *Agent) setConntrack() {
+	c := a.cfg.Proxy.Conntrack
+	for _, s := range []struct {
+		key string
+		d   *metav1.Duration
+	}{
+		{"net/netfilter/nf_conntrack_tcp_timeout_established", c.TCPEstablishedTimeout},
+		{"net/netfilter/nf_conntrack_tcp_timeout_close_wait", c.TCPCloseWaitTimeout},
+	} {
+		if s.d == nil || s.d.Duration == 0 {
+			continue
+		}
+		secs := strconv.Itoa(int(s.d.Seconds()))
+		if err := a.opts.NetNS.Sysctl(s.key, secs); err != nil {
+			a.log.Warn("cannot set a conntrack timeout; the kernel's stays", "sysctl", s.key, "value", secs, "err", err)
+		}
 	}
 }
