@@ -88,3 +88,35 @@ func TestSelectChecks(t *testing.T) {
 		t.Errorf("no names select %d of %d checks", len(all), len(Checks()))
 	}
 }
+
+// TestChecksOn: a lab reports every check but the cluster-only ones (its
+// own checks cover them); a cluster reports them all, and every lab-only
+// check says why a cluster cannot have it.
+func TestChecksOn(t *testing.T) {
+	lab, cluster := ChecksOn(onLab), ChecksOn(onCluster)
+	if len(cluster) != len(Checks()) {
+		t.Errorf("a cluster reports %d of %d checks", len(cluster), len(Checks()))
+	}
+	for _, c := range lab {
+		if c.On == onCluster {
+			t.Errorf("a lab reports the cluster-only check %s", c.Name)
+		}
+	}
+	onlyCluster := 0
+	for _, c := range suite {
+		switch c.only {
+		case onLab:
+			if c.why == "" {
+				t.Errorf("lab-only check %s gives a cluster no reason", c.name)
+			}
+		case onCluster:
+			onlyCluster++
+		case "":
+		default:
+			t.Errorf("check %s: only %q", c.name, c.only)
+		}
+	}
+	if onlyCluster == 0 || len(lab) != len(Checks())-onlyCluster {
+		t.Errorf("a lab reports %d checks, want %d", len(lab), len(Checks())-onlyCluster)
+	}
+}
