@@ -4,8 +4,9 @@
 // netfilter tools (nft, also as a long-lived `nft -i` session; iptables
 // table info), a bridge port source guard (PortGuard: an nftables table of
 // the bridge family spoken over netlink), IPVS, ipsets and conntrack. Every other package asks this
-// one; none of them calls netlink, setns or execs `nft` itself (see
-// STYLE.md, "One narrow door to the OS"). The proxy backends build the
+// one; none of them calls netlink, setns or execs `nft` itself: one narrow
+// door to the OS, so what kdive does to a kernel is read in one package. The
+// proxy backends build the
 // iptables-restore input themselves but run the tools through NetNS.Run.
 //
 // A NetNS names a network namespace (bind-mounted under /run/netns like
