@@ -3,11 +3,11 @@
 // FDB and neighbour entries, dummy devices, sysctls and modules, the
 // netfilter tools (nft, also as a long-lived `nft -i` session; iptables
 // table info), a bridge port source guard (PortGuard: an nftables table of
-// the bridge family spoken over netlink), IPVS, ipsets and conntrack. Every other package asks this
-// one; none of them calls netlink, setns or execs `nft` itself: one narrow
-// door to the OS, so what kdive does to a kernel is read in one package. The
-// proxy backends build the
-// iptables-restore input themselves but run the tools through NetNS.Run.
+// the bridge family spoken over netlink), IPVS, ipsets and conntrack. Every
+// other package asks this one; none of them calls netlink, setns or execs
+// `nft` itself: one narrow door to the OS, so what kdive does to a kernel is
+// read in one package. The proxy backends build the iptables-restore input
+// themselves but run the tools through NetNS.Run.
 //
 // A NetNS names a network namespace (bind-mounted under /run/netns like
 // `ip netns add` does, so `ip netns exec` works on it too) and carries a
