@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,15 +11,18 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/kdive/kdive/internal/testbin"
 )
+
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 // TestVersionThroughLibcni builds the plugin and asks it for its versions
 // the way a container runtime does, through libcni and CNI_PATH.
 func TestVersionThroughLibcni(t *testing.T) {
 	dir := t.TempDir()
-	out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "kdive"), ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build kdive-cni: %v\n%s", err, out)
+	if err := os.Symlink(testbin.Path(t, testbin.KdiveCNI), filepath.Join(dir, "kdive")); err != nil {
+		t.Fatal(err)
 	}
 	cni := libcni.NewCNIConfig([]string{dir}, nil)
 	info, err := cni.GetVersionInfo(context.Background(), "kdive")

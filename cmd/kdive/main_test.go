@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -14,35 +13,18 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/lab"
+	"github.com/kdive/kdive/internal/testbin"
 )
 
 // The command line is stable (scripts depend on it), so these tests run the
 // built binary as a user would.
 
-var kdiveBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kdive-cli-test")
-	if err != nil {
-		panic(err)
-	}
-	// kdive-cni beside kdive, as make build puts them: the lab finds it there.
-	kdiveBin = filepath.Join(dir, "kdive")
-	for bin, pkg := range map[string]string{kdiveBin: ".", filepath.Join(dir, "kdive-cni"): "../kdive-cni"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			os.Stderr.Write(out)
-			panic(err)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 // run runs kdive and returns stdout, stderr and the exit status.
 func run(t *testing.T, stdin string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(kdiveBin, args...)
+	cmd := exec.Command(testbin.Path(t, testbin.Kdive), args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/testbin"
 )
 
 // workerEnv makes this test binary a sync worker (TestMain): RunSync's
@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(testbin.Main(m))
 }
 
 // testWorker is RunSync's Worker for tests: this binary, as a worker.
@@ -165,27 +165,13 @@ func TestSyncCleansUpAfterFailure(t *testing.T) {
 	requireNoNetNS(t, before)
 }
 
-// kdiveBinary is bin/kdive of `make build` (KDIVE_TEST_BINDIR), else
-// built once into a temporary directory.
-func kdiveBinary(t *testing.T) string {
-	t.Helper()
-	if dir := os.Getenv("KDIVE_TEST_BINDIR"); dir != "" {
-		return filepath.Join(dir, "kdive")
-	}
-	bin := filepath.Join(t.TempDir(), "kdive")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/kdive").CombinedOutput(); err != nil {
-		t.Fatalf("build kdive: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestSyncCLIJSON runs `kdive bench sync -o json` and checks every field
 // of every object.
 func TestSyncCLIJSON(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	before := listSyncNetNS(t)
 	const services, endpoints = 100, 2
-	cmd := exec.Command(kdiveBinary(t), "bench", "sync", "--mode", "nftables,iptables",
+	cmd := exec.Command(testbin.Path(t, testbin.Kdive), "bench", "sync", "--mode", "nftables,iptables",
 		"--services", fmt.Sprint(services), "--endpoints", fmt.Sprint(endpoints), "-o", "json")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

@@ -3,11 +3,9 @@ package cni_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,6 +22,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/testbin"
 )
 
 // Address plan of these tests (nothing leaves the namespaces they create):
@@ -38,30 +37,17 @@ var (
 	block    = netip.MustParsePrefix("10.0.1.0/24")
 )
 
-// pluginDir is the CNI_PATH holding kdive-cni installed as "kdive", built
-// once for the package's tests by TestMain.
-var pluginDir string
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "kdive-cni-bin-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, cni.PluginType),
-				"github.com/kdive/kdive/cmd/kdive-cni").CombinedOutput()
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "build kdive-cni: %v\n%s", err, out)
-				return 1
-			}
-			pluginDir = dir
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+// pluginDir is a CNI_PATH holding kdive-cni (testbin) as the plugin type
+// "kdive", which is what a runtime execs.
+func pluginDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Symlink(testbin.Path(t, testbin.KdiveCNI), filepath.Join(dir, cni.PluginType)); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // harness is a node namespace with kdive's conflist, driven through libcni
@@ -100,7 +86,7 @@ func newHarness(t *testing.T, mode model.Interface) *harness {
 // CNIConfig runs calls concurrently (as a runtime, or the lab, does).
 func newCNIConfig(t *testing.T) *libcni.CNIConfig {
 	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
-	return libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), exec)
+	return libcni.NewCNIConfigWithCacheDir([]string{pluginDir(t)}, t.TempDir(), exec)
 }
 
 // uplink gives the node its address, and the default route when withDefault.

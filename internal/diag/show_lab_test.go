@@ -17,23 +17,6 @@ import (
 	"github.com/kdive/kdive/internal/lab"
 )
 
-// showLabBins are kdive and kdive-cni for the lab: KDIVE_TEST_BINDIR's
-// (make test: bin/), else built once into a temporary directory.
-func showLabBins(t *testing.T) lab.Binaries {
-	t.Helper()
-	if dir := os.Getenv("KDIVE_TEST_BINDIR"); dir != "" {
-		return lab.Binaries{Kdive: filepath.Join(dir, "kdive"), KdiveCNI: filepath.Join(dir, "kdive-cni")}
-	}
-	dir := t.TempDir()
-	b := lab.Binaries{Kdive: filepath.Join(dir, "kdive"), KdiveCNI: filepath.Join(dir, "kdive-cni")}
-	for bin, pkg := range map[string]string{b.Kdive: "../../cmd/kdive", b.KdiveCNI: "../../cmd/kdive-cni"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", pkg, err, out)
-		}
-	}
-	return b
-}
-
 // TestShowLabPresetD brings up preset D (routed, VXLAN cross-subnet,
 // nftables) and checks show's view of node-1 against the lab's known
 // topology: node-2 (same subnet) is reached directly, node-3 (other
@@ -44,7 +27,7 @@ func TestShowLabPresetD(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureBridge)
 	ktest.RequireFeature(t, kernel.FeatureVXLAN)
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
-	bins := showLabBins(t)
+	bins := labBins(t)
 	const name = "kdt-show"
 	_ = lab.Down(name)
 	plan, raw, err := lab.Prepare(name, lab.Source{Preset: "D"})

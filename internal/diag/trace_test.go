@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,22 +14,6 @@ import (
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/lab"
 )
-
-// traceBins are the binaries a trace test's lab runs: from
-// KDIVE_TEST_BINDIR (make test), else built once.
-func traceBins(t *testing.T) lab.Binaries {
-	t.Helper()
-	dir := os.Getenv("KDIVE_TEST_BINDIR")
-	if dir == "" {
-		dir = t.TempDir()
-		for bin, pkg := range map[string]string{"kdive": "../../cmd/kdive", "kdive-cni": "../../cmd/kdive-cni"} {
-			if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg).CombinedOutput(); err != nil {
-				t.Fatalf("build %s: %v\n%s", bin, err, out)
-			}
-		}
-	}
-	return lab.Binaries{Kdive: filepath.Join(dir, "kdive"), KdiveCNI: filepath.Join(dir, "kdive-cni")}
-}
 
 // upPresetLab brings a preset up under name and tears it down at the end.
 func upPresetLab(t *testing.T, name, preset string) *lab.Status {
@@ -48,7 +30,7 @@ func upPresetLab(t *testing.T, name, preset string) *lab.Status {
 	for _, f := range p.Features() {
 		ktest.RequireFeature(t, f)
 	}
-	s, err := lab.Up(context.Background(), p, lab.UpOptions{LabFile: raw, Binaries: traceBins(t)})
+	s, err := lab.Up(context.Background(), p, lab.UpOptions{LabFile: raw, Binaries: diag.LabBins(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +142,7 @@ func TestTracePresetD(t *testing.T) {
 	t.Logf("show lb:\n%s", lbTable.String())
 
 	// The CLI, as a user runs it.
-	bin := traceBins(t).Kdive
+	bin := diag.LabBins(t).Kdive
 	cli, err := exec.Command(bin, "trace", "--lab", "trcd", "--from", client, "--to", "default/ingress:http", "--minimal").CombinedOutput()
 	if err != nil || !strings.Contains(string(cli), "lb=DNAT") {
 		t.Errorf("kdive trace --minimal: %v\n%s", err, cli)

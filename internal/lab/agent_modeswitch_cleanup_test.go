@@ -19,6 +19,7 @@ import (
 	"github.com/kdive/kdive/internal/cni"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/testbin"
 )
 
 // Switching proxy modes on a node, and `kdive agent --cleanup`, leave
@@ -341,7 +342,7 @@ func (b *switchBed) switchThrough(t *testing.T, seq []string) {
 		if i > 0 {
 			what = seq[i-1] + " -> " + mode
 			b.stopAgent(t)
-			if _, err := b.p.startAgent(b.node, testBins, mode); err != nil {
+			if _, err := b.p.startAgent(b.node, testBins(t), mode); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -381,7 +382,7 @@ func (b *switchBed) cleanupLeavesNothing(t *testing.T) {
 		t.Fatal("n1 has no tunnel to n2 before the cleanup; the lab should make one")
 	}
 	b.stopAgent(t)
-	cmd := exec.Command(testBins.Kdive, "agent", "--cleanup",
+	cmd := exec.Command(testbin.Path(t, testbin.Kdive), "agent", "--cleanup",
 		"--node-name", b.node.Name, "--cni-conf-dir", p.confDir(b.node.Name), "--cni-data-dir", p.ipamDir(b.node.Name),
 		"--interface", p.PodNetwork.Interface, "--encap", p.PodNetwork.Encap, "--encap-policy", p.PodNetwork.EncapPolicy)
 	var out strings.Builder

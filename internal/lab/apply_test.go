@@ -33,7 +33,7 @@ func TestApplyAndDelete(t *testing.T) {
 	s := upTestLab(t, "kdt-apply", podLab("bridge", "vxlan", "cross-subnet"))
 	ctx := context.Background()
 	name := s.Plan.Name
-	changes, err := Apply(ctx, name, []byte(applyObjects), testBins)
+	changes, err := Apply(ctx, name, []byte(applyObjects), testBins(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,11 +76,11 @@ func TestApplyAndDelete(t *testing.T) {
 	}
 	// Applying again changes nothing; scaling down removes pods; the
 	// service keeps its cluster IP and node port.
-	if changes, err := Apply(ctx, name, []byte(applyObjects), testBins); err != nil || strings.Join(changes, "|") != "deployment/default/web applied" {
+	if changes, err := Apply(ctx, name, []byte(applyObjects), testBins(t)); err != nil || strings.Join(changes, "|") != "deployment/default/web applied" {
 		t.Errorf("second apply: %v, %v", changes, err)
 	}
 	scaled := strings.Replace(applyObjects, "replicas: 3", "replicas: 1", 1)
-	if changes, err := Apply(ctx, name, []byte(scaled), testBins); err != nil || !strings.Contains(strings.Join(changes, "|"), "pod/default/web-2 deleted") {
+	if changes, err := Apply(ctx, name, []byte(scaled), testBins(t)); err != nil || !strings.Contains(strings.Join(changes, "|"), "pod/default/web-2 deleted") {
 		t.Errorf("scale down: %v, %v", changes, err)
 	}
 	if _, err := os.Stat("/run/netns/" + PodNetNS(name, "default", "web-2")); !os.IsNotExist(err) {
@@ -88,7 +88,7 @@ func TestApplyAndDelete(t *testing.T) {
 	}
 	// Bad objects change nothing and say which field is wrong.
 	bad := scaled + "---\napiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec: {ports: [{port: 53, protocol: ICMP}]}\n"
-	if _, err := Apply(ctx, name, []byte(strings.Replace(bad, "replicas: 1", "replicas: 2", 1)), testBins); err == nil ||
+	if _, err := Apply(ctx, name, []byte(strings.Replace(bad, "replicas: 1", "replicas: 2", 1)), testBins(t)); err == nil ||
 		!strings.Contains(err.Error(), "objects[Service default/dns].spec.ports[0].protocol") {
 		t.Errorf("bad apply: %v", err)
 	}

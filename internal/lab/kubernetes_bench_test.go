@@ -29,7 +29,7 @@ func BenchmarkKubernetesLab(b *testing.B) {
 	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
 		b.Skip("needs make kubernetes's binaries in KDIVE_TEST_BINDIR")
 	}
-	if err := CheckKubernetesBinaries(testBins); err != nil {
+	if err := CheckKubernetesBinaries(testBins(b)); err != nil {
 		b.Skip(err)
 	}
 	const name = "kdb-kube"

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/testbin"
 )
 
 // requireKubernetes skips unless this is root with the Kubernetes lab's
@@ -38,7 +39,7 @@ func requireKubernetes(t *testing.T) {
 	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
 		t.Skip("a Kubernetes lab needs the binaries and images of `make kubernetes`: set KDIVE_TEST_BINDIR to bin/ (make test does)")
 	}
-	if err := CheckKubernetesBinaries(testBins); err != nil {
+	if err := CheckKubernetesBinaries(testBins(t)); err != nil {
 		t.Skip(err)
 	}
 }
@@ -301,7 +302,7 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 			t.Skip(vmTooSlow)
 		}
 		start := time.Now()
-		out, err := exec.Command(testBins.Kdive, "verify", "--lab", name).CombinedOutput()
+		out, err := exec.Command(testbin.Path(t, testbin.Kdive), "verify", "--lab", name).CombinedOutput()
 		if err != nil {
 			t.Errorf("kdive verify --lab %s: %v\n%s", name, err, out)
 			logKdivePods(t, cs)
@@ -425,7 +426,7 @@ func upKubeLabFrom(tb testing.TB, name string, src Source) (*State, time.Duratio
 	}
 	var progress bytes.Buffer
 	start := time.Now()
-	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress, Timeout: kubeWait(0)})
+	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins(tb), Progress: &progress, Timeout: kubeWait(0)})
 	if err != nil {
 		tb.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
 	}

@@ -16,35 +16,18 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/testbin"
 )
 
 // These tests build real labs (root, network namespaces). Each uses its own
 // lab name so they never touch a lab someone else runs.
 
-// testBins are kdive and kdive-cni built for this test run (TestMain).
-var testBins Binaries
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-// With KDIVE_TEST_BINDIR (make test sets it to bin/), the tests use the
-// binaries there: in the test VM nothing can be built.
-func TestMain(m *testing.M) {
-	if dir := os.Getenv("KDIVE_TEST_BINDIR"); dir != "" {
-		testBins = Binaries{Kdive: dir + "/kdive", KdiveCNI: dir + "/kdive-cni"}
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "kdive-lab-test")
-	if err != nil {
-		panic(err)
-	}
-	testBins = Binaries{Kdive: dir + "/kdive", KdiveCNI: dir + "/kdive-cni"}
-	for bin, pkg := range map[string]string{testBins.Kdive: "../../cmd/kdive", testBins.KdiveCNI: "../../cmd/kdive-cni"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			os.Stderr.Write(out)
-			panic(err)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+// testBins are the kdive and kdive-cni the tests' labs run (testbin).
+func testBins(t testing.TB) Binaries {
+	t.Helper()
+	return Binaries{Kdive: testbin.Path(t, testbin.Kdive), KdiveCNI: testbin.Path(t, testbin.KdiveCNI)}
 }
 
 func upTestLab(t *testing.T, name, text string) *State {
@@ -54,7 +37,7 @@ func upTestLab(t *testing.T, name, text string) *State {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	_ = Down(name)
 	p := mustPlan(t, name, text)
-	s, err := Up(context.Background(), p, UpOptions{LabFile: []byte(text), Binaries: testBins})
+	s, err := Up(context.Background(), p, UpOptions{LabFile: []byte(text), Binaries: testBins(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +81,7 @@ func TestUpDownLeavesNothing(t *testing.T) {
 		}
 	}
 	// A second up of the same name is refused and breaks nothing.
-	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins}); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins(t)}); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second up: %v", err)
 	}
 	// A process started in a node (as agents and pods will be) dies with the lab.
@@ -136,7 +119,7 @@ func TestFailedUpLeavesNothing(t *testing.T) {
 	_ = Down(name)
 	p := mustPlan(t, name, testLab)
 	p.Nodes[2].RouterPort = p.Nodes[1].RouterPort // the kernel refuses the second link
-	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins}); err == nil {
+	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins(t)}); err == nil {
 		t.Fatal("up with a clashing link name succeeded")
 	}
 	if nss, _ := kernel.ListNetNS(NetNSPrefix(name)); len(nss) != 0 {

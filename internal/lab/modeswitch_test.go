@@ -48,7 +48,7 @@ func restartAgent(t *testing.T, p *Plan, node NodePlan, mode string) {
 	for i := 0; i < 100 && processAlive(pid); i++ {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := p.startAgent(node, testBins, mode); err != nil {
+	if _, err := p.startAgent(node, testBins(t), mode); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -58,7 +58,7 @@ func TestProxyModeSwitchLeavesNothing(t *testing.T) {
 	s := upTestLab(t, "kdt-switch", podLab("routed", "vxlan", "cross-subnet"))
 	p := s.Plan
 	svc := "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {run: none}, ports: [{port: 80}]}\n"
-	if _, err := Apply(context.Background(), p.Name, []byte(svc), testBins); err != nil {
+	if _, err := Apply(context.Background(), p.Name, []byte(svc), testBins(t)); err != nil {
 		t.Fatal(err)
 	}
 	n1 := openNS(t, p.Nodes[0].NetNS)

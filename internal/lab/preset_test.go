@@ -51,7 +51,7 @@ func checkPreset(t *testing.T, preset string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins})
+	s, err := Up(context.Background(), p, UpOptions{LabFile: raw, Binaries: testBins(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -243,7 +243,7 @@ func newRestartBed(t *testing.T, s *State) *restartBed {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	if _, err := Apply(context.Background(), p.Name, []byte(stickySvc), testBins); err != nil {
+	if _, err := Apply(context.Background(), p.Name, []byte(stickySvc), testBins(t)); err != nil {
 		t.Fatal(err)
 	}
 	waitToggle(t, b.pod, stickyIP+":80", true)
@@ -316,7 +316,7 @@ func (b *restartBed) restart(t *testing.T, c *restartCase) {
 	var err error
 	switch c.change {
 	case "apply":
-		_, err = Apply(ctx, b.p.Name, []byte(toggleSvc), testBins)
+		_, err = Apply(ctx, b.p.Name, []byte(toggleSvc), testBins(t))
 	case "delete":
 		_, err = Delete(ctx, b.p.Name, "service/rst-toggle")
 	}
@@ -352,7 +352,7 @@ func (b *restartBed) crash(t *testing.T) {
 		}
 	}
 	time.Sleep(500 * time.Millisecond)
-	if r, err := RestartAgent(ctx, b.p.Name, b.node.Name, RestartOptions{Binaries: testBins}); err != nil || r.OldPID != 0 {
+	if r, err := RestartAgent(ctx, b.p.Name, b.node.Name, RestartOptions{Binaries: testBins(t)}); err != nil || r.OldPID != 0 {
 		t.Fatalf("starting a crashed agent again: %+v, %v", r, err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/lab"
+	"github.com/kdive/kdive/internal/testbin"
 	"github.com/kdive/kdive/internal/verify"
 )
 
@@ -36,7 +37,7 @@ func requireKubernetes(t *testing.T) {
 	if os.Getenv("KDIVE_TEST_BINDIR") == "" {
 		t.Skip("a Kubernetes lab needs the binaries and images of `make kubernetes`: set KDIVE_TEST_BINDIR to bin/ (make test does)")
 	}
-	if err := lab.CheckKubernetesBinaries(testBins); err != nil {
+	if err := lab.CheckKubernetesBinaries(testBins(t)); err != nil {
 		t.Skip(err)
 	}
 }
@@ -64,7 +65,7 @@ func TestKubernetesLabTools(t *testing.T) {
 	}
 	var progress bytes.Buffer
 	start := time.Now()
-	s, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins, Progress: &progress})
+	s, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins(t), Progress: &progress})
 	if err != nil {
 		t.Fatalf("up: %v\nprogress:\n%s", err, progress.String())
 	}
@@ -80,7 +81,7 @@ func TestKubernetesLabTools(t *testing.T) {
 	t.Run("trace", func(t *testing.T) { checkKubeTrace(t, s) })
 	t.Run("verify", func(t *testing.T) {
 		start := time.Now()
-		rep, err := verify.Run(ctx, verify.Options{Lab: name, Binaries: testBins, Inspect: testInspect})
+		rep, err := verify.Run(ctx, verify.Options{Lab: name, Binaries: testBins(t), Inspect: testInspect})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +132,7 @@ func checkClusterVerify(t *testing.T, s *lab.State) {
 		if len(checks) > 0 {
 			args = append(args, "--check", strings.Join(checks, ","))
 		}
-		cmd := exec.Command(testBins.Kdive, args...)
+		cmd := exec.Command(testbin.Path(t, testbin.Kdive), args...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		start := time.Now()
@@ -394,7 +395,7 @@ func checkKubeShow(t *testing.T, s *lab.State) {
 			}
 		}
 		for _, r := range [][]string{{"routes", "--node", n.Name}, {"pods"}} {
-			out, err := exec.Command(testBins.Kdive, append([]string{"show"}, append(r, "--lab", s.Plan.Name)...)...).CombinedOutput()
+			out, err := exec.Command(testbin.Path(t, testbin.Kdive), append([]string{"show"}, append(r, "--lab", s.Plan.Name)...)...).CombinedOutput()
 			if err != nil {
 				t.Errorf("kdive show %s: %v\n%s", strings.Join(r, " "), err, out)
 			} else if n.Name == s.Plan.Nodes[0].Name {
@@ -431,7 +432,7 @@ func checkKubeTrace(t *testing.T, s *lab.State) {
 		}
 		t.Logf("trace (probe %v) %s -> %s:\n%s", probe, client, to, out.String())
 	}
-	out, err := exec.Command(testBins.Kdive, "trace", "--lab", s.Plan.Name, "--from", "node-1", "--to", "default/kubernetes:https").CombinedOutput()
+	out, err := exec.Command(testbin.Path(t, testbin.Kdive), "trace", "--lab", s.Plan.Name, "--from", "node-1", "--to", "default/kubernetes:https").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), lab.ControlPlaneName) {
 		t.Errorf("kdive trace node-1 -> default/kubernetes: %v\n%s", err, out)
 	}
@@ -465,25 +466,25 @@ spec:
 func checkKubeApplyDelete(t *testing.T, s *lab.State) {
 	ctx := context.Background()
 	name := s.Plan.Name
-	changes, err := lab.Apply(ctx, name, []byte(kubeApplyObjects), testBins)
+	changes, err := lab.Apply(ctx, name, []byte(kubeApplyObjects), testBins(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Join(changes, "|"); got != "namespace/kview created|service/kview/web created|deployment/kview/web created" {
 		t.Errorf("apply: %q", got)
 	}
-	if changes, err := lab.Apply(ctx, name, []byte(kubeApplyObjects), testBins); err != nil || len(changes) > 0 {
+	if changes, err := lab.Apply(ctx, name, []byte(kubeApplyObjects), testBins(t)); err != nil || len(changes) > 0 {
 		t.Errorf("apply again: %v, %v; want no change", changes, err)
 	}
 	bad := strings.Replace(kubeApplyObjects, "port: 80,", "port: 80, bogus: 1,", 1) + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: lone, namespace: kview}\nspec: {nodeName: node-9, containers: [{name: c, image: kdive-echo}]}\n"
 	var invalid *lab.InvalidError
-	if _, err := lab.Apply(ctx, name, []byte(bad), testBins); !errors.As(err, &invalid) {
+	if _, err := lab.Apply(ctx, name, []byte(bad), testBins(t)); !errors.As(err, &invalid) {
 		t.Errorf("apply of an invalid file: %v, want an InvalidError", err)
 	} else if !strings.Contains(err.Error(), "bogus") {
 		t.Errorf("apply of an invalid file: %v", err)
 	}
 	scaled := strings.Replace(kubeApplyObjects, "replicas: 2", "replicas: 3", 1)
-	if changes, err := lab.Apply(ctx, name, []byte(scaled), testBins); err != nil || strings.Join(changes, "|") != "deployment/kview/web configured" {
+	if changes, err := lab.Apply(ctx, name, []byte(scaled), testBins(t)); err != nil || strings.Join(changes, "|") != "deployment/kview/web configured" {
 		t.Errorf("apply scaled: %v, %v", changes, err)
 	}
 	webPods := func() ([]string, error) {

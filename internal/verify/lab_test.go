@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/lab"
 	"github.com/kdive/kdive/internal/source/labstore"
+	"github.com/kdive/kdive/internal/testbin"
 	"github.com/kdive/kdive/internal/verify"
 )
 
@@ -23,29 +23,12 @@ import (
 // run the suite on it, then break the lab in one way at a time and check
 // that the suite names what broke.
 
-var testBins lab.Binaries
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-// With KDIVE_TEST_BINDIR (make test sets it to bin/) the tests use the
-// binaries there; otherwise they build their own.
-func TestMain(m *testing.M) {
-	if dir := os.Getenv("KDIVE_TEST_BINDIR"); dir != "" {
-		testBins = lab.Binaries{Kdive: dir + "/kdive", KdiveCNI: dir + "/kdive-cni"}
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "kdive-verify-test")
-	if err != nil {
-		panic(err)
-	}
-	testBins = lab.Binaries{Kdive: dir + "/kdive", KdiveCNI: dir + "/kdive-cni"}
-	for bin, pkg := range map[string]string{testBins.Kdive: "../../cmd/kdive", testBins.KdiveCNI: "../../cmd/kdive-cni"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			os.Stderr.Write(out)
-			panic(err)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+// testBins are the kdive and kdive-cni the tests' labs run (testbin).
+func testBins(t testing.TB) lab.Binaries {
+	t.Helper()
+	return lab.Binaries{Kdive: testbin.Path(t, testbin.Kdive), KdiveCNI: testbin.Path(t, testbin.KdiveCNI)}
 }
 
 // documentedSkips are the checks that may be skipped on preset D, with a
@@ -66,7 +49,7 @@ func TestVerifyPresetDFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if _, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins}); err != nil {
+	if _, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins(t)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -80,7 +63,7 @@ func TestVerifyPresetDFaults(t *testing.T) {
 		t.Helper()
 		start := time.Now()
 		rep, err := verify.Run(ctx, verify.Options{
-			Lab: name, Binaries: testBins, Checks: checks, Keep: keep,
+			Lab: name, Binaries: testBins(t), Checks: checks, Keep: keep,
 			Inspect: testInspect, RequestTimeout: timeout,
 		})
 		if err != nil {
@@ -295,7 +278,7 @@ func TestVerifyIPIPPresets(t *testing.T) {
 			for _, f := range p.Features() {
 				ktest.RequireFeature(t, f)
 			}
-			if _, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins}); err != nil {
+			if _, err := lab.Up(ctx, p, lab.UpOptions{LabFile: raw, Binaries: testBins(t)}); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() {
@@ -303,7 +286,7 @@ func TestVerifyIPIPPresets(t *testing.T) {
 					t.Errorf("lab down %s: %v", name, err)
 				}
 			})
-			rep, err := verify.Run(ctx, verify.Options{Lab: name, Binaries: testBins, Inspect: testInspect})
+			rep, err := verify.Run(ctx, verify.Options{Lab: name, Binaries: testBins(t), Inspect: testInspect})
 			if err != nil {
 				t.Fatal(err)
 			}
