@@ -438,16 +438,12 @@ type monitors struct {
 
 func startMonitors(t *testing.T, ns *kernel.NetNS) *monitors {
 	t.Helper()
-	m := &monitors{nft: ktest.StartMonitor(t, ns, "nft", "monitor"), route: ktest.StartMonitor(t, ns, "ip", "monitor", "route")}
-	// Let them subscribe before anything happens.
-	time.Sleep(300 * time.Millisecond)
-	return m
+	return &monitors{nft: ktest.StartMonitor(t, ns, "nft", "monitor"), route: ktest.StartMonitor(t, ns, "ip", "monitor", "route")}
 }
 
 // stop ends the monitors and returns the changes they saw, each prefixed
 // with "nft:" or "route:".
 func (m *monitors) stop() []string {
-	time.Sleep(300 * time.Millisecond)
 	var lines []string
 	for _, f := range []struct {
 		pre string

@@ -364,7 +364,6 @@ func checkRestart(t *testing.T, s *State) {
 	b := newRestartBed(t, s)
 	nftMon := ktest.StartMonitor(t, b.n1, "nft", "monitor")
 	ipMon := ktest.StartMonitor(t, b.n1, "ip", "-o", "monitor", "route", "address")
-	time.Sleep(300 * time.Millisecond) // both monitors listen
 	streams := b.traffic()
 	var once sync.Once
 	stopStreams := func() {

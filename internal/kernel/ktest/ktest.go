@@ -1,8 +1,9 @@
 // Package ktest holds test helpers for code that needs real network
 // namespaces: throwaway namespaces that clean up after themselves, the
 // checks that skip a test (natively) or fail it (in the test VM) when root
-// or a kernel feature is missing, and Monitor, which records a namespace's
-// change feed (`nft monitor`, `ip monitor`).
+// or a kernel feature is missing, Monitor, which records a namespace's
+// change feed (`nft monitor`, `ip monitor`) from the moment it returns, and
+// Eventually, the one way tests wait for something.
 package ktest
 
 import (
