@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -45,17 +46,6 @@ func routesText(t *testing.T, ns *kernel.NetNS) string {
 		}
 	}
 	return strings.Join(out, "\n")
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestAgentReconcilesNodes(t *testing.T) {
@@ -113,19 +103,35 @@ func TestAgentReconcilesNodes(t *testing.T) {
 
 	// The CNI config: routed, this node's block, the pod MTU 1500-50.
 	conf := filepath.Join(cfg.CNI.ConfDir, cni.ConfListFile)
-	eventually(t, "the conflist", func() bool { _, err := os.Stat(conf); return err == nil })
-	b, _ := os.ReadFile(conf)
+	ktest.Eventually(t, 10*time.Second, "the conflist", func() error { _, err := os.Stat(conf); return err })
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{`"podCIDR": "10.244.1.0/24"`, `"mtu": 1450`, `"mode": "routed"`, `"type": "kdive"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("conflist lacks %s:\n%s", want, b)
 		}
 	}
-	hasRoute := func(want string) func() bool {
-		return func() bool { return strings.Contains(routesText(t, node), want) }
+	hasRoute := func(want string) func() error {
+		return func() error {
+			if rt := routesText(t, node); !strings.Contains(rt, want) {
+				return fmt.Errorf("routes:\n%s", rt)
+			}
+			return nil
+		}
 	}
-	eventually(t, "n2's block direct, same subnet", hasRoute("10.244.2.0/24 via 192.0.2.11 dev eth0"))
-	eventually(t, "n3's block over VXLAN, across subnets", hasRoute("10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink"))
-	eventually(t, "the blackhole for n1's own block", hasRoute("blackhole 10.244.1.0/24"))
+	lacks := func(text func() string, unwanted string) func() error {
+		return func() error {
+			if got := text(); strings.Contains(got, unwanted) {
+				return fmt.Errorf("%s still in:\n%s", unwanted, got)
+			}
+			return nil
+		}
+	}
+	ktest.Eventually(t, 10*time.Second, "n2's block direct, same subnet", hasRoute("10.244.2.0/24 via 192.0.2.11 dev eth0"))
+	ktest.Eventually(t, 10*time.Second, "n3's block over VXLAN, across subnets", hasRoute("10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink"))
+	ktest.Eventually(t, 10*time.Second, "the blackhole for n1's own block", hasRoute("blackhole 10.244.1.0/24"))
 
 	// n3's VTEP is known to the VXLAN device.
 	vxlanState := func() string {
@@ -141,23 +147,30 @@ func TestAgentReconcilesNodes(t *testing.T) {
 		return strings.Join(out, "\n")
 	}
 	n3VTEP := "0a:6b:c6:33:64:0a"
-	eventually(t, "n3's FDB entry and neighbour", func() bool {
-		v := vxlanState()
-		return strings.Contains(v, n3VTEP+" dst 198.51.100.10") && strings.Contains(v, "10.244.3.0 "+n3VTEP)
+	ktest.Eventually(t, 10*time.Second, "n3's FDB entry and neighbour", func() error {
+		if v := vxlanState(); !strings.Contains(v, n3VTEP+" dst 198.51.100.10") || !strings.Contains(v, "10.244.3.0 "+n3VTEP) {
+			return fmt.Errorf("FDB and neighbours:\n%s", v)
+		}
+		return nil
 	})
 
 	// A peer changes its address; another goes away, leaving nothing.
 	n2.Status.Addresses[0].Address = "192.0.2.12"
 	setNodes(n1, n2)
-	eventually(t, "n2's new address", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
-	eventually(t, "n3's route gone", func() bool { return !strings.Contains(routesText(t, node), "10.244.3.0/24") })
-	eventually(t, "n3's FDB entry and neighbour gone", func() bool { return !strings.Contains(vxlanState(), n3VTEP) })
+	ktest.Eventually(t, 10*time.Second, "n2's new address", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
+	ktest.Eventually(t, 10*time.Second, "n3's route gone", lacks(func() string { return routesText(t, node) }, "10.244.3.0/24"))
+	ktest.Eventually(t, 10*time.Second, "n3's FDB entry and neighbour gone", lacks(vxlanState, n3VTEP))
 
 	// n3 comes back with another block: only the new block is routed.
 	n3.Spec.PodCIDR = "10.244.7.0/24"
 	setNodes(n1, n2, n3)
-	eventually(t, "n3's new block", hasRoute("10.244.7.0/24 via 10.244.7.0 dev vxlan.kdive onlink"))
-	eventually(t, "n3's new neighbour", func() bool { return strings.Contains(vxlanState(), "10.244.7.0 "+n3VTEP) })
+	ktest.Eventually(t, 10*time.Second, "n3's new block", hasRoute("10.244.7.0/24 via 10.244.7.0 dev vxlan.kdive onlink"))
+	ktest.Eventually(t, 10*time.Second, "n3's new neighbour", func() error {
+		if v := vxlanState(); !strings.Contains(v, "10.244.7.0 "+n3VTEP) {
+			return fmt.Errorf("FDB and neighbours:\n%s", v)
+		}
+		return nil
+	})
 	if rt := routesText(t, node); strings.Contains(rt, "10.244.3.0") {
 		t.Errorf("stale route of n3's old block:\n%s", rt)
 	}
@@ -185,10 +198,12 @@ func TestAgentReconcilesNodes(t *testing.T) {
 	if err := node.DeleteRoute(kernel.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.12"), Dev: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the deleted route back", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
-	eventually(t, "the repair counted", func() bool {
-		_, m := getIn("http://127.0.0.1:10249/metrics")
-		return strings.Contains(m, `kdive_drift_repairs_total{part="podnet"} 1`)
+	ktest.Eventually(t, 10*time.Second, "the deleted route back", hasRoute("10.244.2.0/24 via 192.0.2.12 dev eth0"))
+	ktest.Eventually(t, 10*time.Second, "the repair counted", func() error {
+		if _, m := getIn("http://127.0.0.1:10249/metrics"); !strings.Contains(m, `kdive_drift_repairs_total{part="podnet"} 1`) {
+			return fmt.Errorf("metrics:\n%s", m)
+		}
+		return nil
 	})
 	if _, m := getIn("http://127.0.0.1:10249/metrics"); !strings.Contains(m, `kdive_ipam_addresses_total{block="10.244.1.0/24",node="n1"} 253`) {
 		t.Errorf("metrics lack the IPAM size:\n%s", m)

@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/kdive/kdive/internal/kernel/ktest"
 )
 
 func node(name, cidr string) corev1.Node {
@@ -32,7 +34,9 @@ func TestStoreUpdate(t *testing.T) {
 	if err := s.Update(func(sn *Snapshot) error { sn.Nodes = nil; return boom }); err != boom {
 		t.Fatalf("failing update: %v", err)
 	}
-	snap, _ = s.Read()
+	if snap, err = s.Read(); err != nil {
+		t.Fatal(err)
+	}
 	if snap.Revision != 1 || len(snap.Nodes) != 1 {
 		t.Errorf("after a failed update: %+v", snap)
 	}
@@ -42,14 +46,18 @@ func TestStoreUpdate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = s.Update(func(sn *Snapshot) error {
+			if err := s.Update(func(sn *Snapshot) error {
 				sn.Nodes = append(sn.Nodes, node(fmt.Sprintf("n%d", i), ""))
 				return nil
-			})
+			}); err != nil {
+				t.Error(err)
+			}
 		}()
 	}
 	wg.Wait()
-	snap, _ = s.Read()
+	if snap, err = s.Read(); err != nil {
+		t.Fatal(err)
+	}
 	if snap.Revision != 21 || len(snap.Nodes) != 21 {
 		t.Errorf("after 20 concurrent updates: revision %d, %d nodes", snap.Revision, len(snap.Nodes))
 	}
@@ -66,23 +74,29 @@ func nodeNames(inf cache.SharedIndexInformer) string {
 	return strings.Join(out, " ")
 }
 
-func waitFor(t *testing.T, what string, f func() string, want string) {
+// update changes the store's snapshot, failing the test if it cannot.
+func update(t *testing.T, s *Store, change func(*Snapshot)) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if f() == want {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := s.Update(func(sn *Snapshot) error { change(sn); return nil }); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("%s = %q, want %q", what, f(), want)
+}
+
+// nodesAre is a condition for ktest.Eventually: the informer holds want.
+func nodesAre(inf cache.SharedIndexInformer, want string) func() error {
+	return func() error {
+		if got := nodeNames(inf); got != want {
+			return fmt.Errorf("nodes %q, want %q", got, want)
+		}
+		return nil
+	}
 }
 
 func TestMirrorFeedsInformers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := Open(t.TempDir())
-	_ = s.Update(func(sn *Snapshot) error { sn.Nodes = []corev1.Node{node("a", "10.0.1.0/24")}; return nil })
+	update(t, s, func(sn *Snapshot) { sn.Nodes = []corev1.Node{node("a", "10.0.1.0/24")} })
 	m := NewMirror(s)
 	if err := m.Start(ctx, func(err error) { t.Error(err) }); err != nil {
 		t.Fatal(err)
@@ -95,23 +109,22 @@ func TestMirrorFeedsInformers(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := range 30 {
-			_ = s.Update(func(sn *Snapshot) error {
+			if err := s.Update(func(sn *Snapshot) error {
 				sn.Nodes = []corev1.Node{node("a", fmt.Sprintf("10.0.%d.0/24", i))}
 				return nil
-			})
+			}); err != nil {
+				t.Error(err)
+			}
 			time.Sleep(time.Millisecond)
 		}
 	}()
 	f.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
 	<-done
-	waitFor(t, "nodes", func() string { return nodeNames(inf) }, "a=10.0.29.0/24")
+	ktest.Eventually(t, 5*time.Second, "the informer to see the last change", nodesAre(inf, "a=10.0.29.0/24"))
 
-	_ = s.Update(func(sn *Snapshot) error {
-		sn.Nodes = []corev1.Node{node("b", "10.0.2.0/24"), node("c", "10.0.3.0/24")}
-		return nil
-	})
-	waitFor(t, "nodes", func() string { return nodeNames(inf) }, "b=10.0.2.0/24 c=10.0.3.0/24")
+	update(t, s, func(sn *Snapshot) { sn.Nodes = []corev1.Node{node("b", "10.0.2.0/24"), node("c", "10.0.3.0/24")} })
+	ktest.Eventually(t, 5*time.Second, "the informer to see a replacement", nodesAre(inf, "b=10.0.2.0/24 c=10.0.3.0/24"))
 }
 
 // TestMirrorChangeBetweenListAndWatch is the race informers would lose
@@ -122,7 +135,7 @@ func TestMirrorChangeBetweenListAndWatch(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := Open(t.TempDir())
-	_ = s.Update(func(sn *Snapshot) error { sn.Nodes = []corev1.Node{node("a", "10.0.1.0/24")}; return nil })
+	update(t, s, func(sn *Snapshot) { sn.Nodes = []corev1.Node{node("a", "10.0.1.0/24")} })
 	m := NewMirror(s)
 	if err := m.Start(ctx, nil); err != nil {
 		t.Fatal(err)
@@ -131,11 +144,13 @@ func TestMirrorChangeBetweenListAndWatch(t *testing.T) {
 	if err != nil || len(list.Items) != 1 {
 		t.Fatalf("list = %v, %v", list, err)
 	}
-	_ = s.Update(func(sn *Snapshot) error { sn.Nodes = []corev1.Node{node("b", "10.0.2.0/24")}; return nil })
-	deadline := time.Now().Add(5 * time.Second)
-	for m.currentRevision() != 2 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	update(t, s, func(sn *Snapshot) { sn.Nodes = []corev1.Node{node("b", "10.0.2.0/24")} })
+	ktest.Eventually(t, 5*time.Second, "the mirror at revision 2", func() error {
+		if r := m.currentRevision(); r != 2 {
+			return fmt.Errorf("revision %d", r)
+		}
+		return nil
+	})
 	w, err := m.Client().CoreV1().Nodes().Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
 	if err != nil {
 		t.Fatal(err)
