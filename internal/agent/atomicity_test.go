@@ -325,20 +325,6 @@ func (b *agentBed) nftTable() string {
 	return out
 }
 
-// bedWait polls cond every 10 ms until it holds, up to limit, and returns
-// how long that took.
-func bedWait(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > limit {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 // failureWindow is what a fault looked like from outside while it lasted.
 type failureWindow struct {
 	attempts []time.Time     // failed syncs, in order
@@ -464,11 +450,11 @@ func (b *agentBed) checkHealth(changed time.Time, errPart string) time.Duration 
 		b.t.Errorf("/healthz %s after the change (window %s): %d %s", time.Since(changed).Round(time.Millisecond), 2*period, code, body)
 	}
 	var body string
-	bedWait(b.t, "/healthz 503", 2*period+3*time.Second, func() bool {
+	ktest.Eventually(b.t, 2*period+3*time.Second, "/healthz 503", ktest.Holds(func() bool {
 		var code int
 		code, body = b.healthz()
 		return code == http.StatusServiceUnavailable
-	})
+	}))
 	after := time.Since(changed)
 	if after < 2*period-100*time.Millisecond {
 		b.t.Errorf("/healthz turned 503 %s after the change, before the %s window", after, 2*period)
@@ -482,23 +468,23 @@ func (b *agentBed) checkHealth(changed time.Time, errPart string) time.Duration 
 // checkHealthy requires /healthz 200 with no error.
 func (b *agentBed) checkHealthy() {
 	b.t.Helper()
-	bedWait(b.t, "/healthz 200", 5*time.Second, func() bool {
+	ktest.Eventually(b.t, 5*time.Second, "/healthz 200", ktest.Holds(func() bool {
 		code, body := b.healthz()
 		return code == http.StatusOK && !strings.Contains(body, "lastError")
-	})
+	}))
 }
 
 // firstSynced is when the first successful sync at or after t was logged.
 func (b *agentBed) firstSynced(t time.Time) time.Time {
 	b.t.Helper()
 	var at time.Time
-	bedWait(b.t, "a successful sync", 10*time.Second, func() bool {
+	ktest.Eventually(b.t, 10*time.Second, "a successful sync", ktest.Holds(func() bool {
 		if rs := b.logs.since(t, "synced"); len(rs) > 0 {
 			at = rs[0].At
 			return true
 		}
 		return false
-	})
+	}))
 	return at
 }
 
@@ -531,7 +517,7 @@ func TestAtomicityNFTMissing(t *testing.T) {
 	bed.nodes = []corev1.Node{testNode("n1", "192.0.2.10", "10.244.1.0/24"), testNode("n2", "192.0.2.11", "10.244.2.0/24")}
 	bed.addService("web", "10.96.0.10", "10.244.2.5", "10.244.2.6")
 	bed.run()
-	bedWait(t, "web's rules", 10*time.Second, func() bool { return strings.Contains(bed.nftTable(), "10.96.0.10 . tcp . 80") })
+	ktest.Eventually(t, 10*time.Second, "web's rules", ktest.Holds(func() bool { return strings.Contains(bed.nftTable(), "10.96.0.10 . tcp . 80") }))
 	bed.checkHealthy()
 	before := bed.nftTable()
 	errs0 := bed.metric(`kdive_sync_errors_total{part="proxy"}`)
@@ -545,7 +531,7 @@ func TestAtomicityNFTMissing(t *testing.T) {
 	bed.apply()
 	// Every failed attempt leaves the table exactly as it was.
 	rec := bed.recordFailures(bed.nftTable)
-	bedWait(t, "three failed retries", 10*time.Second, func() bool { return len(bed.failures(changed).attempts) >= 4 })
+	ktest.Eventually(t, 10*time.Second, "three failed retries", ktest.Holds(func() bool { return len(bed.failures(changed).attempts) >= 4 }))
 	unhealthyAfter := bed.checkHealth(changed, "nft")
 	bed.logs.setHook(nil)
 	fw := bed.failures(changed)
@@ -573,7 +559,7 @@ func TestAtomicityNFTMissing(t *testing.T) {
 	if err := os.Symlink(realNft, link); err != nil {
 		t.Fatal(err)
 	}
-	took := bedWait(t, "api's rules", 40*time.Second, func() bool { return strings.Contains(bed.nftTable(), "10.96.0.20 . tcp . 80") })
+	took := ktest.Eventually(t, 40*time.Second, "api's rules", ktest.Holds(func() bool { return strings.Contains(bed.nftTable(), "10.96.0.20 . tcp . 80") }))
 	bed.checkHealthy()
 	recovered := bed.firstSynced(back)
 	// Small changes go through the long-running `nft -i` again: nft
@@ -581,7 +567,7 @@ func TestAtomicityNFTMissing(t *testing.T) {
 	sessions := nftSessions(t, bed.node)
 	bed.addService("extra", "10.96.0.40", "10.244.2.8")
 	bed.apply()
-	bedWait(t, "extra's rules", 10*time.Second, func() bool { return strings.Contains(bed.nftTable(), "10.96.0.40 . tcp . 80") })
+	ktest.Eventually(t, 10*time.Second, "extra's rules", ktest.Holds(func() bool { return strings.Contains(bed.nftTable(), "10.96.0.40 . tcp . 80") }))
 	if now := nftSessions(t, bed.node); now <= sessions {
 		t.Errorf("no nft -i session in the node after nft came back (%d before the change, %d after): the proxier stays on nft -f", sessions, now)
 	}
@@ -637,7 +623,7 @@ func TestAtomicityNFTKernelRejects(t *testing.T) {
 	bed.nodes = []corev1.Node{testNode("n1", "192.0.2.10", "10.244.1.0/24"), testNode("n2", "192.0.2.11", "10.244.2.0/24")}
 	bed.addService("web", "10.96.0.10", "10.244.2.5", "10.244.2.6")
 	bed.run()
-	bedWait(t, "web's rules", 10*time.Second, func() bool { return strings.Contains(bed.nftTable(), "10.96.0.10 . tcp . 80") })
+	ktest.Eventually(t, 10*time.Second, "web's rules", ktest.Holds(func() bool { return strings.Contains(bed.nftTable(), "10.96.0.10 . tcp . 80") }))
 	bed.checkHealthy()
 	bed.sh("nft", "add", "element", "ip", "kdive-proxy", "service-ips", "{ 10.96.0.30 . tcp . 80 : drop }")
 	before := bed.nftTable()
@@ -663,10 +649,10 @@ func TestAtomicityNFTKernelRejects(t *testing.T) {
 	if s.code != http.StatusOK || !strings.Contains(s.health, "default/api") {
 		t.Errorf("/healthz right after the failure: %d %s; want 200 naming the error", s.code, s.health)
 	}
-	took := bedWait(t, "api's rules", 10*time.Second, func() bool {
+	took := ktest.Eventually(t, 10*time.Second, "api's rules", ktest.Holds(func() bool {
 		tbl := bed.nftTable()
 		return strings.Contains(tbl, `10.96.0.30 . tcp . 80 comment "default/api:http" : goto`)
-	})
+	}))
 	recovered := bed.firstSynced(failedAt)
 	bed.checkHealthy()
 	if got := bed.metric(`kdive_sync_errors_total{part="proxy"}`); got != errs0+1 {
@@ -711,13 +697,13 @@ func TestAtomicityIPTablesChainInUse(t *testing.T) {
 	bed.addService("api", "10.96.0.20", "10.244.2.7")
 	bed.run()
 	var svcChain string
-	bedWait(t, "api's chains", 15*time.Second, func() bool {
+	ktest.Eventually(t, 15*time.Second, "api's chains", ktest.Holds(func() bool {
 		m := svcChainOf.FindStringSubmatch(bed.natTable())
 		if m != nil {
 			svcChain = m[1]
 		}
 		return m != nil
-	})
+	}))
 	bed.checkHealthy()
 	bed.sh("iptables", "-t", "nat", "-N", "ADMIN-TEST")
 	bed.sh("iptables", "-t", "nat", "-A", "ADMIN-TEST", "-j", svcChain)
@@ -740,9 +726,9 @@ func TestAtomicityIPTablesChainInUse(t *testing.T) {
 	if s.code != http.StatusOK || !strings.Contains(s.health, svcChain) {
 		t.Errorf("/healthz right after the failure: %d %s; want 200 naming the error", s.code, s.health)
 	}
-	took := bedWait(t, "api's service rule gone", 10*time.Second, func() bool {
+	took := ktest.Eventually(t, 10*time.Second, "api's service rule gone", ktest.Holds(func() bool {
 		return !regexp.MustCompile(`(?m)^-A KUBE-SERVICES .*default/api:http`).MatchString(bed.natTable())
-	})
+	}))
 	recovered := bed.firstSynced(failedAt)
 	bed.checkHealthy()
 	if got := bed.metric(`kdive_sync_errors_total{part="proxy"}`); got != errs0+1 {
@@ -755,7 +741,7 @@ func TestAtomicityIPTablesChainInUse(t *testing.T) {
 	// The administrator's rule goes: the next periodic sync removes the chain.
 	bed.sh("iptables", "-t", "nat", "-F", "ADMIN-TEST")
 	bed.sh("iptables", "-t", "nat", "-X", "ADMIN-TEST")
-	gone := bedWait(t, "api's chain gone", 5*time.Second, func() bool { return !strings.Contains(bed.natTable(), svcChain) })
+	gone := ktest.Eventually(t, 5*time.Second, "api's chain gone", ktest.Holds(func() bool { return !strings.Contains(bed.natTable(), svcChain) }))
 	if gone > period+500*time.Millisecond {
 		t.Logf("the stale chain went %s after the rule, more than a sync period (a loaded machine)", gone)
 	}
@@ -773,9 +759,9 @@ func TestAtomicityPodNetUplinkDown(t *testing.T) {
 	n1, n2, n3 := testNode("n1", "192.0.2.10", "10.244.1.0/24"), testNode("n2", "192.0.2.11", "10.244.2.0/24"), testNode("n3", "198.51.100.10", "10.244.3.0/24")
 	bed.nodes = []corev1.Node{n1, n3}
 	bed.run()
-	bedWait(t, "n3's route", 10*time.Second, func() bool {
+	ktest.Eventually(t, 10*time.Second, "n3's route", ktest.Holds(func() bool {
 		return strings.Contains(routesText(t, bed.node), "10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink")
-	})
+	}))
 	bed.checkHealthy()
 	bed.sh("ip", "link", "set", "eth0", "down")
 	before := routesText(t, bed.node)
@@ -785,7 +771,7 @@ func TestAtomicityPodNetUplinkDown(t *testing.T) {
 	changed := time.Now()
 	bed.nodes = []corev1.Node{n1, n2, n3}
 	bed.apply()
-	bedWait(t, "three failed retries", 10*time.Second, func() bool { return len(bed.failures(changed).attempts) >= 4 })
+	ktest.Eventually(t, 10*time.Second, "three failed retries", ktest.Holds(func() bool { return len(bed.failures(changed).attempts) >= 4 }))
 	unhealthyAfter := bed.checkHealth(changed, "10.244.2.0/24")
 	bed.logs.setHook(nil)
 	fw := bed.failures(changed)
@@ -807,9 +793,9 @@ func TestAtomicityPodNetUplinkDown(t *testing.T) {
 
 	back := time.Now()
 	bed.sh("ip", "link", "set", "eth0", "up")
-	took := bedWait(t, "n2's route", 40*time.Second, func() bool {
+	took := ktest.Eventually(t, 40*time.Second, "n2's route", ktest.Holds(func() bool {
 		return strings.Contains(routesText(t, bed.node), "10.244.2.0/24 via 192.0.2.11 dev eth0")
-	})
+	}))
 	bed.checkHealthy()
 	recovered := bed.firstSynced(back)
 	if rt := routesText(t, bed.node); !strings.Contains(rt, "10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink") || !strings.Contains(rt, "blackhole 10.244.1.0/24") {

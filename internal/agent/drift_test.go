@@ -48,7 +48,7 @@ func (b *agentBed) checkDrift(part string, state func() string, cases []driftCas
 	series := `kdive_drift_repairs_total{part="` + part + `"}`
 	// Nobody tampering: periodic syncs repair nothing.
 	since := time.Now()
-	bedWait(t, "two periodic syncs", 2*period+slack, func() bool { return len(b.logs.since(since, "synced")) >= 2 })
+	ktest.Eventually(t, 2*period+slack, "two periodic syncs", ktest.Holds(func() bool { return len(b.logs.since(since, "synced")) >= 2 }))
 	if n := b.metric(series); n != 0 {
 		t.Fatalf("%s = %v before any tampering:\n%s", series, n, b.logs.dump())
 	}
@@ -59,7 +59,7 @@ func (b *agentBed) checkDrift(part string, state func() string, cases []driftCas
 		// case before, if any), so that the change is seen before the
 		// next one can repair it.
 		since := time.Now().Add(-200 * time.Millisecond)
-		bedWait(t, "a periodic sync", 2*period+slack, func() bool { return len(b.logs.since(since, "synced")) > 0 })
+		ktest.Eventually(t, 2*period+slack, "a periodic sync", ktest.Holds(func() bool { return len(b.logs.since(since, "synced")) > 0 }))
 		time.Sleep(20 * time.Millisecond)
 		repairs0 := b.metric(series)
 		c.do(t)
@@ -68,10 +68,10 @@ func (b *agentBed) checkDrift(part string, state func() string, cases []driftCas
 			t.Errorf("%s: changed nothing the test can see", c.name)
 		}
 		var got string
-		took := bedWait(t, c.name+" repaired", period+slack+5*time.Second, func() bool {
+		took := ktest.Eventually(t, period+slack+5*time.Second, c.name+" repaired", ktest.Holds(func() bool {
 			got = state()
 			return got == want
-		})
+		}))
 		// Repaired at all is asserted (bedWait); how soon is reported: on
 		// a loaded machine a sync can start late (docs/reliability.md has
 		// the figures).
@@ -79,7 +79,7 @@ func (b *agentBed) checkDrift(part string, state func() string, cases []driftCas
 			t.Logf("%s: repaired after %s, more than one sync period (%s)", c.name, took.Round(time.Millisecond), period)
 		}
 		var repairs float64
-		bedWait(t, c.name+" counted", 2*time.Second+slack, func() bool { repairs = b.metric(series); return repairs > repairs0 })
+		ktest.Eventually(t, 2*time.Second+slack, c.name+" counted", ktest.Holds(func() bool { repairs = b.metric(series); return repairs > repairs0 }))
 		var syncTook string
 		if rs := b.logs.since(at, "synced"); len(rs) > 0 {
 			syncTook = rs[0].Attrs["took"]
@@ -155,10 +155,10 @@ func driftBed(t *testing.T, mode string) *agentBed {
 // element deleted, one element changed.
 func TestDriftNFTables(t *testing.T) {
 	bed := driftBed(t, "nftables")
-	bedWait(t, "the services' rules", 10*time.Second, func() bool {
+	ktest.Eventually(t, 10*time.Second, "the services' rules", ktest.Holds(func() bool {
 		tbl := bed.nftTable()
 		return strings.Contains(tbl, "10.96.0.10 . tcp . 80") && strings.Contains(tbl, "10.96.0.20 . tcp . 80")
-	})
+	}))
 	bed.checkHealthy()
 	state := func() string { return normNft(bed.nftTable()) }
 	bed.checkDrift("proxy", state, []driftCase{
@@ -182,10 +182,10 @@ var svcChainRule = regexp.MustCompile(`(?m)^-A (KUBE-SVC-[A-Z0-9]+) .*$`)
 // jump from PREROUTING deleted.
 func TestDriftIPTables(t *testing.T) {
 	bed := driftBed(t, "iptables")
-	bedWait(t, "the services' rules", 15*time.Second, func() bool {
+	ktest.Eventually(t, 15*time.Second, "the services' rules", ktest.Holds(func() bool {
 		nat := bed.natTable()
 		return strings.Contains(nat, "default/web:http") && strings.Contains(nat, "default/api:http")
-	})
+	}))
 	bed.checkHealthy()
 	bed.checkDrift("proxy", bed.natTable, []driftCase{
 		{"a KUBE-SVC rule deleted", func(t *testing.T) {
@@ -257,11 +257,11 @@ func TestDriftPodNet(t *testing.T) {
 		slices.Sort(out)
 		return strings.Join(out, "\n")
 	}
-	bedWait(t, "n3 over VXLAN", 10*time.Second, func() bool {
+	ktest.Eventually(t, 10*time.Second, "n3 over VXLAN", ktest.Holds(func() bool {
 		s := state()
 		return strings.Contains(s, "10.244.3.0/24 via 10.244.3.0 dev vxlan.kdive onlink") &&
 			strings.Contains(s, "fdb "+n3VTEP.String()) && strings.Contains(s, "neigh 10.244.3.0 "+n3VTEP.String())
-	})
+	}))
 	bed.checkHealthy()
 	bed.checkDrift("podnet", state, []driftCase{
 		{"vxlan.kdive deleted", func(t *testing.T) {
@@ -313,9 +313,9 @@ func TestDriftIPIP(t *testing.T) {
 		}
 		return strings.Join(out, "\n")
 	}
-	bedWait(t, "n3 over IPIP", 20*time.Second, func() bool {
+	ktest.Eventually(t, 20*time.Second, "n3 over IPIP", ktest.Holds(func() bool {
 		return strings.Contains(routesText(t, bed.node), "10.244.3.0/24 via 198.51.100.10 dev tunl0")
-	})
+	}))
 	bed.checkHealthy()
 	bed.checkDrift("podnet", state, []driftCase{
 		{"tunl0 set down", func(t *testing.T) { bed.sh("ip", "link", "set", "tunl0", "down") }},
@@ -349,10 +349,10 @@ func TestDriftIPVS(t *testing.T) {
 		out = append(out, sorted(bed.sh("ipset", "save")))
 		return strings.Join(out, "\n")
 	}
-	bedWait(t, "the services' virtual servers", 30*time.Second, func() bool {
+	ktest.Eventually(t, 30*time.Second, "the services' virtual servers", ktest.Holds(func() bool {
 		s := state()
 		return strings.Contains(s, "10.96.0.10:80") && strings.Contains(s, "10.96.0.20:80") && strings.Contains(s, "addr 10.96.0.20/32")
-	})
+	}))
 	bed.checkHealthy()
 	bed.checkDrift("proxy", state, []driftCase{
 		{"a virtual server deleted", func(t *testing.T) { bed.sh("ipvsadm", "-D", "-t", "10.96.0.10:80") }},

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kdive/kdive/internal/cni"
+	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
 )
 
@@ -38,17 +39,17 @@ func TestAgentProxyOnly(t *testing.T) {
 				out, _ := bed.node.Run(t.Context(), "", "iptables-save", "-t", "nat")
 				return strings.Contains(out, "-d 10.96.0.30/32")
 			}
-			bedWait(t, "the service programmed on a node without a pod CIDR", 20*time.Second, programmed)
+			ktest.Eventually(t, 20*time.Second, "the service programmed on a node without a pod CIDR", ktest.Holds(programmed))
 			// kube-proxy's conntrack timeouts, set in the node's namespace
 			// after the first sync (the kernel's are 5 days and 60s).
 			for key, want := range map[string]string{
 				"net/netfilter/nf_conntrack_tcp_timeout_established": "86400",
 				"net/netfilter/nf_conntrack_tcp_timeout_close_wait":  "3600",
 			} {
-				bedWait(t, key+" = "+want, 10*time.Second, func() bool {
+				ktest.Eventually(t, 10*time.Second, key+" = "+want, ktest.Holds(func() bool {
 					got, err := bed.node.ReadSysctl(key)
 					return err == nil && got == want
-				})
+				}))
 			}
 
 			// A sync that also tried the pod network would fail for the
