@@ -8,9 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -228,19 +226,7 @@ type switchBed struct {
 // until it is gone, so two agents never run at once.
 func (b *switchBed) stopAgent(t *testing.T) {
 	t.Helper()
-	bs, err := os.ReadFile(filepath.Join(b.p.nodeDir(b.node.Name), "agent.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(bs)))
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	deadline := time.Now().Add(20 * time.Second)
-	for processAlive(pid) {
-		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	stopNodeAgent(t, b.p, b.node)
 }
 
 // converge waits until cond holds for the node's footprint and the

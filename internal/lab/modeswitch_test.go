@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/wait"
 )
 
 // proxyState is what any proxy mode left on a node: the nftables tables
@@ -36,18 +38,38 @@ func proxyState(t *testing.T, ns *kernel.NetNS) string {
 	return strings.Join(out, "\n")
 }
 
-// restartAgent kills node n's agent and starts it again in another mode.
-func restartAgent(t *testing.T, p *Plan, node NodePlan, mode string) {
+// stopNodeAgent ends node's agent (SIGTERM, SIGKILL when it has not gone
+// within 20 s) and waits until it is gone, so two agents never run at once.
+func stopNodeAgent(t *testing.T, p *Plan, node NodePlan) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(p.nodeDir(node.Name), "agent.pid"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 100 && processAlive(pid); i++ {
-		time.Sleep(20 * time.Millisecond)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s's agent.pid: %v", node.Name, err)
 	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM to %s's agent: %v", node.Name, err)
+	}
+	gone := func() error {
+		if processAlive(pid) {
+			return fmt.Errorf("pid %d alive", pid)
+		}
+		return nil
+	}
+	if wait.Until(context.Background(), 20*time.Second, 10*time.Millisecond, gone) != nil {
+		t.Logf("%s's agent ignored SIGTERM for 20 s: SIGKILL", node.Name)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		ktest.Eventually(t, 10*time.Second, node.Name+"'s agent killed", gone)
+	}
+}
+
+// restartAgent ends node n's agent and starts it again in another mode.
+func restartAgent(t *testing.T, p *Plan, node NodePlan, mode string) {
+	t.Helper()
+	stopNodeAgent(t, p, node)
 	if _, err := p.startAgent(node, testBins(t), mode); err != nil {
 		t.Fatal(err)
 	}
@@ -64,17 +86,12 @@ func TestProxyModeSwitchLeavesNothing(t *testing.T) {
 	n1 := openNS(t, p.Nodes[0].NetNS)
 	wait := func(what string, cond func(string) bool) {
 		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			st := proxyState(t, n1)
-			if cond(st) {
-				return
+		ktest.Eventually(t, 15*time.Second, what, func() error {
+			if st := proxyState(t, n1); !cond(st) {
+				return fmt.Errorf("node n1 has:\n%s", st)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s; node n1 has:\n%s", what, st)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	wait("nftables mode programs its table", func(st string) bool { return strings.Contains(st, "kdive-proxy") })
 	restartAgent(t, p, p.Nodes[0], "iptables")

@@ -232,17 +232,17 @@ func newRestartBed(t *testing.T, s *State) *restartBed {
 	})
 	b.pod = openNS(t, PodNetNS(p.Name, "kube-system", b.client))
 	b.ext, b.n1 = openNS(t, p.External.NetNS), openNS(t, b.node.NetNS)
-	deadline := time.Now().Add(20 * time.Second)
-	for seen := map[string]bool{}; len(seen) < 3; {
+	seen := map[string]bool{}
+	ktest.Eventually(t, 20*time.Second, "the ingress service to answer through "+b.node.Name+" from its 3 pods", func() error {
 		r, err := newConnGet(b.pod, b.clusterIP)
-		if _, err2 := newConnGet(b.ext, b.nodePort); err == nil && err2 == nil {
-			seen[r.Pod] = true
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the ingress service does not answer through %s: %v, %v", b.node.Name, err, err2)
-		} else {
-			time.Sleep(100 * time.Millisecond)
+		if _, err2 := newConnGet(b.ext, b.nodePort); err != nil || err2 != nil {
+			return fmt.Errorf("%v, %v", err, err2)
 		}
-	}
+		if seen[r.Pod] = true; len(seen) < 3 {
+			return fmt.Errorf("answered by %d pods", len(seen))
+		}
+		return nil
+	})
 	if _, err := Apply(context.Background(), p.Name, []byte(stickySvc), testBins(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -433,17 +433,13 @@ func (b *restartBed) report(t *testing.T, cases []*restartCase, streams []*strea
 // waitToggle waits until a service answers (or no longer does).
 func waitToggle(t *testing.T, pod *kernel.NetNS, addr string, want bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	ktest.Eventually(t, 10*time.Second, fmt.Sprintf("%s to answer=%v", addr, want), func() error {
 		_, err := newConnGetWithin(pod, addr, 300*time.Millisecond) // a service gone drops SYNs
-		if (err == nil) == want {
-			return
+		if (err == nil) != want {
+			return fmt.Errorf("answers=%v: %v", err == nil, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s answers=%v, want %v: %v", addr, err == nil, want, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // programmedBy counts the mid-sync changes the killed agent programmed
@@ -516,11 +512,12 @@ func TestProcStringsKeepsEmptyArguments(t *testing.T) {
 	// the kernel does before it sets the new arguments up: until then
 	// cmdline reads empty.
 	var got []string
-	for deadline := time.Now().Add(5 * time.Second); got == nil && time.Now().Before(deadline); {
+	ktest.Eventually(t, 5*time.Second, "the child's cmdline", func() error {
 		if got = procStrings(cmd.Process.Pid, "cmdline"); got == nil {
-			time.Sleep(10 * time.Millisecond)
+			return fmt.Errorf("empty")
 		}
-	}
+		return nil
+	})
 	if want := []string{"sh", "-c", "sleep 30; :", "x", ""}; !slices.Equal(got, want) {
 		t.Errorf("cmdline = %q, want %q", got, want)
 	}
