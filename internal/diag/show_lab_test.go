@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,21 +63,17 @@ func TestShowLabPresetD(t *testing.T) {
 
 	// The agent programs its routes a moment after lab up.
 	var routes *RoutesReport
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		routes, err = Routes(ctx, target)
-		if err != nil {
-			t.Fatal(err)
+	ktest.Eventually(t, 30*time.Second, "node-1's agent to program its routes", func() error {
+		var err error
+		if routes, err = Routes(ctx, target); err != nil {
+			return err
 		}
-		if routeByDst(routes.Routes, "10.0.3.0/24") != nil && routeByDst(routes.Routes, "10.0.2.0/24") != nil &&
-			routeByDst(routes.Routes, "10.0.1.0/24") != nil {
-			break
+		if routeByDst(routes.Routes, "10.0.3.0/24") == nil || routeByDst(routes.Routes, "10.0.2.0/24") == nil ||
+			routeByDst(routes.Routes, "10.0.1.0/24") == nil {
+			return fmt.Errorf("routes %+v", routes.Routes)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node-1's agent did not program its routes within 30s: %+v", routes.Routes)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	checkShowRoutes(t, routes, podsOn["node-1"])
 
 	links, err := Links(ctx, target)

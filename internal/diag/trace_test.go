@@ -59,9 +59,9 @@ func podOn(t *testing.T, st *lab.Status, prefix, node string) string {
 func minimal(t *testing.T, req diag.TraceRequest, want func(string) error) string {
 	t.Helper()
 	req.Inspect = diag.InspectProxy
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var out strings.Builder
+	var out strings.Builder
+	ktest.Eventually(t, 30*time.Second, fmt.Sprintf("trace %s -> %s", req.From, req.To), func() error {
+		out.Reset()
 		rep, err := diag.Trace(context.Background(), req)
 		if err == nil {
 			err = rep.WriteMinimal(&out)
@@ -69,14 +69,12 @@ func minimal(t *testing.T, req diag.TraceRequest, want func(string) error) strin
 		if err == nil {
 			err = want(out.String())
 		}
-		if err == nil {
-			return out.String()
+		if err != nil {
+			return fmt.Errorf("%w\n%s", err, out.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("trace %s -> %s: %v\n%s", req.From, req.To, err, out.String())
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		return nil
+	})
+	return out.String()
 }
 
 func has(subs ...string) func(string) error {

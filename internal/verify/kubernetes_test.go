@@ -500,20 +500,16 @@ func checkKubeApplyDelete(t *testing.T, s *lab.State) {
 		}
 		return out, nil
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	ktest.Eventually(t, 2*time.Minute, "3 kview pods running", func() error {
 		pods, err := webPods()
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if len(pods) == 3 && !strings.Contains(strings.Join(pods, ","), "Pending") {
-			break
+		if len(pods) != 3 || strings.Contains(strings.Join(pods, ","), "Pending") {
+			return fmt.Errorf("kview pods: %v", pods)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kview pods: %v, want 3 running", pods)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		return nil
+	})
 	start := time.Now()
 	if changes, err := lab.Delete(ctx, name, "deployment/kview/web"); err != nil || strings.Join(changes, "|") != "deployment/kview/web deleted" {
 		t.Errorf("delete deployment: %v, %v", changes, err)
