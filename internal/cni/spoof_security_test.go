@@ -2,6 +2,7 @@ package cni_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -11,7 +12,9 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/wait"
 )
 
 // A pod cannot send packets with a source address that is not its own.
@@ -92,13 +95,15 @@ func checkAntiSpoof(t *testing.T, mode model.Interface) (leaked []string) {
 	// Its own address goes through: the paths work.
 	sendFrom(t, a.ns, aIP, bIP)
 	sendFrom(t, a.ns, aIP, nodeAddr)
-	deadline := time.Now().Add(3 * time.Second)
-	for atB.got(aIP) == 0 || atNode.got(aIP) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s mode: pod A's own datagrams did not arrive (at B %d, at the node %d)", mode, atB.got(aIP), atNode.got(aIP))
+	ownArrived := func(n int) func() error {
+		return func() error {
+			if b, node := atB.got(aIP), atNode.got(aIP); b < n || node < n {
+				return fmt.Errorf("%s mode: %d of pod A's own datagrams at B, %d at the node; want %d", mode, b, node, n)
+			}
+			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	ktest.Eventually(t, 3*time.Second, "pod A's own datagrams", ownArrived(1))
 
 	spoofed := []netip.Addr{netip.MustParseAddr("10.0.1.200"), netip.MustParseAddr("198.51.100.7")}
 	for _, src := range spoofed {
@@ -108,7 +113,11 @@ func checkAntiSpoof(t *testing.T, mode model.Interface) (leaked []string) {
 		sendFrom(t, a.ns, src, bIP)
 		sendFrom(t, a.ns, src, nodeAddr)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Own datagrams sent after the spoofed ones take the same path:
+	// once they are in, so would the spoofed ones be.
+	sendFrom(t, a.ns, aIP, bIP)
+	sendFrom(t, a.ns, aIP, nodeAddr)
+	ktest.Eventually(t, 3*time.Second, "pod A's own datagrams after the spoofed ones", ownArrived(2))
 	for _, src := range spoofed {
 		for what, r := range map[string]*udpRecorder{"pod B": atB, "the node": atNode} {
 			if n := r.got(src); n > 0 {
@@ -163,13 +172,18 @@ func TestBridgePodCannotSpoofMAC(t *testing.T) {
 		sendFrom(t, a.ns, aIP, bIP)
 	}
 	sendFrom(t, h.node, nodeAddr, bIP)
-	deadline := time.Now().Add(3 * time.Second)
-	for atB.got(nodeAddr) == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		sendFrom(t, h.node, nodeAddr, bIP)
-	}
-	if n := atB.got(nodeAddr); n == 0 {
-		fdb, _ := h.node.Run(context.Background(), "", "bridge", "fdb", "show", "br", "kube-bridge")
+	err = wait.Until(context.Background(), 3*time.Second, 20*time.Millisecond, func() error {
+		if atB.got(nodeAddr) == 0 {
+			sendFrom(t, h.node, nodeAddr, bIP)
+			return fmt.Errorf("none of the node's datagrams arrived")
+		}
+		return nil
+	})
+	if err != nil {
+		fdb, ferr := h.node.Run(context.Background(), "", "bridge", "fdb", "show", "br", "kube-bridge")
+		if ferr != nil {
+			fdb = ferr.Error()
+		}
 		t.Errorf("after pod A took pod B's MAC %s, the node's datagrams no longer reach B (the bridge learned B's MAC on A's port?):\n%s", bl.MAC, fdb)
 	}
 	if n := atNode.got(aIP); n > 0 {
