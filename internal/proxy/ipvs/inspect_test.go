@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -217,15 +218,16 @@ func TestIPVSInspectFixture(t *testing.T) {
 	// IPVS sums its per-CPU counters in the rate estimator's pass, every
 	// two seconds.
 	var lb *proxy.LBTable
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+	ktest.Eventually(t, 5*time.Second, webHTTP.String()+"'s packet counter", func() error {
 		if insp, err = Inspect(t.Context(), ns); err != nil {
-			t.Fatal(err)
+			return err
 		}
 		lb = insp.LB()
-		if c := lb.Service(webHTTP); c == nil || c.Counters == nil || c.Counters.Packets > 0 || time.Now().After(deadline) {
-			break
+		if c := lb.Service(webHTTP); c != nil && (c.Counters == nil || c.Counters.Packets == 0) {
+			return fmt.Errorf("counters %+v", c.Counters)
 		}
-	}
+		return nil
+	})
 	for _, diff := range proxy.CompareLB(lb, proxy.ExpectedLB(Mode, d)) {
 		t.Error(diff)
 	}

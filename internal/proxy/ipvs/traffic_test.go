@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy/ipvs"
 )
@@ -218,13 +219,12 @@ func TestIPVSAffinityAndGracefulTermination(t *testing.T) {
 	// Closed, its connection lingers in IPVS (TIME_WAIT) until the drain
 	// timeout deletes the real server, between Syncs.
 	long.Close()
-	deadline := time.Now().Add(8 * time.Second)
-	for len(weights(t, b.node, "TCP 10.1.0.7:80")) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still a real server %v after its drain timeout", first, weights(t, b.node, "TCP 10.1.0.7:80"))
+	ktest.Eventually(t, 8*time.Second, first+" gone after its drain timeout", func() error {
+		if w := weights(t, b.node, "TCP 10.1.0.7:80"); len(w) != 1 {
+			return fmt.Errorf("real servers %v", w)
 		}
-		time.Sleep(300 * time.Millisecond)
-	}
+		return nil
+	})
 	if err := p.Sync(t.Context(), desired(sticky)); err != nil {
 		t.Fatal(err)
 	}
