@@ -165,16 +165,13 @@ func (b *exposureBed) runAgent(t *testing.T, cfg *Configuration) (stop func()) {
 	// /healthz answers 200 once this agent's first sync succeeded (the
 	// rules of an earlier agent answer NodePorts before that).
 	healthz := "http://" + strings.Replace(cfg.HealthzBindAddress, "0.0.0.0", "127.0.0.1", 1) + "/healthz"
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if code, _ := exposureGet(b.node, healthz); code == http.StatusOK {
-			return stop
+	ktest.Eventually(t, 15*time.Second, healthz+" to answer 200", func() error {
+		if code, err := exposureGet(b.node, healthz); code != http.StatusOK {
+			return fmt.Errorf("status %d, %v", code, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not answer 200 15 s after the agent started", healthz)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return stop
 }
 
 // tcpAsk connects from ns to addr and returns the first line the server

@@ -53,8 +53,11 @@ func TestAgentProxyOnly(t *testing.T) {
 			}
 
 			// A sync that also tried the pod network would fail for the
-			// missing pod CIDR and retry, however the proxy fared.
-			time.Sleep(500 * time.Millisecond)
+			// missing pod CIDR and retry, however the proxy fared: wait
+			// until a sync has ended, one way or the other.
+			ktest.Eventually(t, 10*time.Second, "a sync to end", ktest.Holds(func() bool {
+				return len(bed.logs.since(time.Time{}, "synced"))+len(bed.logs.since(time.Time{}, "sync failed; retrying")) > 0
+			}))
 			for _, r := range bed.logs.since(time.Time{}, "sync failed; retrying") {
 				t.Errorf("sync failed: %v", r.Attrs["err"])
 			}
