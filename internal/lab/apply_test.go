@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 )
 
 const applyObjects = `
@@ -65,15 +64,7 @@ func TestApplyAndDelete(t *testing.T) {
 	// Through the service too, including web-0 on p1's own bridge, whose
 	// replies must pass netfilter to be un-NATed (br_netfilter).
 	// (The agents program the last pod's endpoint a moment after Apply.)
-	seen := map[string]bool{}
-	for deadline := time.Now().Add(15 * time.Second); len(seen) < 3 && time.Now().Before(deadline); {
-		if r, err := ask(p1, web.ClusterIP+":80", time.Second); err == nil {
-			seen[r.Pod] = true
-		}
-	}
-	if len(seen) < 3 {
-		t.Errorf("service web from p1 (bridge mode) answered only by %v", seen)
-	}
+	waitAnsweredBy(t, p1, web.ClusterIP+":80", 3)
 	// Applying again changes nothing; scaling down removes pods; the
 	// service keeps its cluster IP and node port.
 	if changes, err := Apply(ctx, name, []byte(applyObjects), testBins(t)); err != nil || strings.Join(changes, "|") != "deployment/default/web applied" {

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
@@ -90,17 +89,7 @@ func checkPreset(t *testing.T, preset string) {
 	// answer its cluster IP (10.1.0.2) within a few seconds, ingress-0 from
 	// the client's own node (in bridge mode its replies are un-NATed only
 	// through br_netfilter).
-	seen := map[string]bool{}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(seen) < 3 && time.Now().Before(deadline) {
-		r, err := ask(src, "10.1.0.2:80", time.Second)
-		if err == nil {
-			seen[r.Pod] = true
-		}
-	}
-	if len(seen) < 3 {
-		t.Errorf("preset %s (%s): ingress service answered only by %v", preset, p.Proxy.Mode, seen)
-	}
+	waitAnsweredBy(t, src, "10.1.0.2:80", 3)
 	if p.Proxy.Mode == "ipvs" {
 		// DESIGN.md: kube-ipvs0 holds every service IP; ipvsadm -ln shows
 		// VIP -> pod IPs.

@@ -189,12 +189,7 @@ func checkProxy(t *testing.T, mode string) {
 	// The agents program the last pods a moment after lab up returns:
 	// wait until every endpoint answers.
 	waitAnswer(t, client, webIP+":80")
-	ktest.Eventually(t, 10*time.Second, "all three web pods to answer "+webIP, func() error {
-		if got := spread(t, client, webIP+":80", 30); len(got) < 3 {
-			return fmt.Errorf("answered by %v", got)
-		}
-		return nil
-	})
+	waitAnsweredBy(t, client, webIP+":80", 3)
 
 	t.Run("cluster IP from a pod: even spread, source kept", func(t *testing.T) {
 		got := spread(t, client, webIP+":80", 90)
@@ -353,6 +348,23 @@ func askOrFail(t *testing.T, ns *kernel.NetNS, addr string) reply {
 		t.Fatalf("%s: %v", addr, err)
 	}
 	return r
+}
+
+// waitAnsweredBy waits until n different pods have answered addr from
+// ns (agents program the last endpoints a moment after a change).
+func waitAnsweredBy(t *testing.T, ns *kernel.NetNS, addr string, n int) {
+	t.Helper()
+	seen := map[string]bool{}
+	ktest.Eventually(t, 15*time.Second, fmt.Sprintf("%d pods to answer %s", n, addr), func() error {
+		r, err := ask(ns, addr, time.Second)
+		if err != nil {
+			return fmt.Errorf("answered by %v; then %w", seen, err)
+		}
+		if seen[r.Pod] = true; len(seen) < n {
+			return fmt.Errorf("answered by %v", seen)
+		}
+		return nil
+	})
 }
 
 func waitAnswer(t *testing.T, ns *kernel.NetNS, addr string) {
