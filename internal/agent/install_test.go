@@ -76,7 +76,9 @@ func TestInstallCNI(t *testing.T) {
 	go func() {
 		time.Sleep(500 * time.Millisecond)
 		n1.Spec.PodCIDR = "10.244.1.0/24"
-		_ = store.Update(func(s *labstore.Snapshot) error { s.Nodes = []corev1.Node{n1}; return nil })
+		if err := store.Update(func(s *labstore.Snapshot) error { s.Nodes = []corev1.Node{n1}; return nil }); err != nil {
+			t.Error(err)
+		}
 	}()
 	t0 := time.Now()
 	if err := InstallCNI(ctx, cfg, InstallOptions{Plugin: plugin, BinDir: bin, Wait: 20 * time.Second, NetNS: node}); err != nil {

@@ -23,8 +23,8 @@ func TestPodLinkHelpers(t *testing.T) {
 	if same, err := node.SameNetNS(again); err != nil || !same {
 		t.Errorf("SameNetNS(node, node reopened) = %t, %v", same, err)
 	}
-	if same, _ := node.SameNetNS(pod); same {
-		t.Error("SameNetNS(node, pod) = true")
+	if same, err := node.SameNetNS(pod); err != nil || same {
+		t.Errorf("SameNetNS(node, pod) = %t, %v", same, err)
 	}
 
 	if _, err := node.LinkInfo("nope"); !errors.Is(err, kernel.ErrNotFound) {

@@ -93,8 +93,8 @@ func TestPortGuardTable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if out, _ := ns.Run(context.Background(), "", "nft", "list", "tables"); strings.Contains(string(out), "kdive-test-guard") {
-		t.Errorf("table left after Delete:\n%s", out)
+	if out, err := ns.Run(context.Background(), "", "nft", "list", "tables"); err != nil || strings.Contains(out, "kdive-test-guard") {
+		t.Errorf("table left after Delete (%v):\n%s", err, out)
 	}
 }
 

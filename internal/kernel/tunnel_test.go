@@ -65,11 +65,11 @@ func TestVXLANTunnelFDBNeighbors(t *testing.T) {
 		must(t, a.DeleteFDB(fdb))
 		must(t, a.DeleteNeighbor(nb))
 	}
-	if got, _ := a.FDB("vx.test"); len(got) != 0 {
-		t.Errorf("FDB after delete = %v", got)
+	if got, err := a.FDB("vx.test"); err != nil || len(got) != 0 {
+		t.Errorf("FDB after delete = %v, %v", got, err)
 	}
-	if got, _ := a.Neighbors("vx.test"); len(got) != 0 {
-		t.Errorf("Neighbors after delete = %v", got)
+	if got, err := a.Neighbors("vx.test"); err != nil || len(got) != 0 {
+		t.Errorf("Neighbors after delete = %v, %v", got, err)
 	}
 	must(t, a.DeleteTunnel("vx.test"))
 	must(t, a.DeleteTunnel("vx.test"))

@@ -62,7 +62,10 @@ func openNS(t *testing.T, name string) *kernel.NetNS {
 func TestUpDownLeavesNothing(t *testing.T) {
 	s := upTestLab(t, "kdt-updown", testLab)
 	p := s.Plan
-	nss, _ := kernel.ListNetNS(NetNSPrefix(p.Name))
+	nss, err := kernel.ListNetNS(NetNSPrefix(p.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(nss) != 5+len(p.Objects.Pods) {
 		t.Errorf("namespaces = %v, want router, external, 3 nodes and %d pods", nss, len(p.Objects.Pods))
 	}
@@ -102,8 +105,8 @@ func TestUpDownLeavesNothing(t *testing.T) {
 		t.Error("process in a lab node survived lab down")
 		_ = cmd.Process.Kill()
 	}
-	if nss, _ := kernel.ListNetNS(NetNSPrefix(p.Name)); len(nss) != 0 {
-		t.Errorf("namespaces left after down: %v", nss)
+	if nss, err := kernel.ListNetNS(NetNSPrefix(p.Name)); err != nil || len(nss) != 0 {
+		t.Errorf("namespaces left after down: %v, %v", nss, err)
 	}
 	if _, err := os.Stat(Dir(p.Name)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir left after down: %v", err)
@@ -122,8 +125,8 @@ func TestFailedUpLeavesNothing(t *testing.T) {
 	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins(t)}); err == nil {
 		t.Fatal("up with a clashing link name succeeded")
 	}
-	if nss, _ := kernel.ListNetNS(NetNSPrefix(name)); len(nss) != 0 {
-		t.Errorf("namespaces left after failed up: %v", nss)
+	if nss, err := kernel.ListNetNS(NetNSPrefix(name)); err != nil || len(nss) != 0 {
+		t.Errorf("namespaces left after failed up: %v, %v", nss, err)
 	}
 	if _, err := os.Stat(Dir(name)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir left after failed up: %v", err)
