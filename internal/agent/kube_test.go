@@ -28,6 +28,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/source/kubetest"
+	"github.com/kdive/kdive/internal/wait"
 )
 
 // The agent on a cluster: a real kube-apiserver and etcd run on the
@@ -105,7 +106,7 @@ minSyncPeriod: 10ms
 	}
 	waitFor := func(what string, cond func() error) {
 		t.Helper()
-		if err := kubetest.WaitFor(ctx, 30*time.Second, cond); err != nil {
+		if err := wait.Until(ctx, 30*time.Second, 100*time.Millisecond, cond); err != nil {
 			t.Fatalf("waiting for %s: %v\nagent log:\n%s", what, err, agent.tail(30))
 		}
 	}

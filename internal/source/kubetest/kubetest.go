@@ -15,7 +15,6 @@ package kubetest
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -40,7 +39,6 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kdive/kdive/internal/kernel"
-	"github.com/kdive/kdive/internal/wait"
 )
 
 // Addresses inside the namespace.
@@ -313,10 +311,4 @@ func (s *Server) writeCredentials() error {
 		}
 	}
 	return nil
-}
-
-// WaitFor polls cond every 100 ms until it returns nil or timeout passes,
-// and returns the last error.
-func WaitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
-	return wait.Until(ctx, timeout, 100*time.Millisecond, cond)
 }
