@@ -11,32 +11,18 @@ import (
 	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
-	"github.com/kdive/kdive/internal/proxy/iptables"
-	"github.com/kdive/kdive/internal/proxy/ipvs"
-	"github.com/kdive/kdive/internal/proxy/nftables"
+	"github.com/kdive/kdive/internal/proxy/modes"
 )
 
-// backends is the one place proxy modes are registered. onRepair, when
-// not nil, is told what a backend's full sync found changed by someone
-// else and put back.
-var backends = map[string]func(ns *kernel.NetNS, cfg ProxyConfig, onRepair func([]string)) proxy.Backend{
-	"nftables": func(ns *kernel.NetNS, _ ProxyConfig, onRepair func([]string)) proxy.Backend {
-		return nftables.New(nftables.Options{NetNS: ns, OnRepair: onRepair})
-	},
-	"iptables": func(ns *kernel.NetNS, _ ProxyConfig, onRepair func([]string)) proxy.Backend {
-		return iptables.New(iptables.Options{NetNS: ns, OnRepair: onRepair})
-	},
-	"ipvs": func(ns *kernel.NetNS, cfg ProxyConfig, onRepair func([]string)) proxy.Backend {
-		return ipvs.New(ipvs.Options{NetNS: ns, Scheduler: cfg.IPVS.Scheduler, OnRepair: onRepair})
-	},
-}
-
+// newBackend builds the configured mode's backend (internal/proxy/modes
+// lists them). onRepair, when not nil, is told what a backend's full sync
+// found changed by someone else and put back.
 func newBackend(cfg ProxyConfig, ns *kernel.NetNS, onRepair func([]string)) (proxy.Backend, error) {
-	mk, ok := backends[cfg.Mode]
-	if !ok {
-		return nil, fmt.Errorf("proxy.mode %q is not built into this kdive", cfg.Mode)
+	m, err := modes.Get(cfg.Mode)
+	if err != nil {
+		return nil, fmt.Errorf("proxy.mode: %w", err)
 	}
-	return mk(ns, cfg, onRepair), nil
+	return m.New(modes.Options{NetNS: ns, IPVSScheduler: cfg.IPVS.Scheduler, OnRepair: onRepair}), nil
 }
 
 // switchedModes tells whether this node's proxy mode differs from the
@@ -57,12 +43,12 @@ func switchedModes(stateDir, mode string) bool {
 // node, so switching modes (or to none) leaves nothing of the old one.
 func cleanupOtherModes(ctx context.Context, mode string, ns *kernel.NetNS) error {
 	var errs []error
-	for m, mk := range backends {
-		if m == mode {
+	for _, m := range modes.All() {
+		if m.Name == mode {
 			continue
 		}
-		if err := mk(ns, ProxyConfig{Mode: m}, nil).Cleanup(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("clean up %s proxy: %w", m, err))
+		if err := m.New(modes.Options{NetNS: ns}).Cleanup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("clean up %s proxy: %w", m.Name, err))
 		}
 	}
 	return errors.Join(errs...)

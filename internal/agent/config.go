@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy/modes"
 )
 
 // APIVersion and Kind identify an agent configuration file.
@@ -139,8 +140,12 @@ type IPVSConfig struct {
 	Scheduler string `json:"scheduler,omitempty"`
 }
 
-// ProxyModes are the modes Validate accepts.
-var ProxyModes = []string{"nftables", "iptables", "ipvs", "none"}
+// ProxyModeNone runs no service proxy: the pod network only.
+const ProxyModeNone = "none"
+
+// ProxyModes are the modes Validate accepts: internal/proxy/modes's and
+// none.
+var ProxyModes = append(modes.Names(), ProxyModeNone)
 
 // Defaults for fields left empty.
 const (
@@ -261,7 +266,7 @@ func (c *Configuration) Validate() error {
 		bad("nodeName", "required (or set NODE_NAME)")
 	}
 	if c.PodNetwork.Interface == model.InterfaceNone {
-		if c.Proxy.Mode == "none" {
+		if c.Proxy.Mode == ProxyModeNone {
 			bad("podNetwork.interface", "none with proxy.mode none leaves the agent nothing to do")
 		}
 	} else if err := c.PodNetwork.Validate("podNetwork"); err != nil {

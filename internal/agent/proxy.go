@@ -42,7 +42,7 @@ type proxyRunner struct {
 // setupProxy registers the informers and handlers the proxy needs. It
 // does nothing in mode none.
 func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
-	if a.cfg.Proxy.Mode == "none" {
+	if a.cfg.Proxy.Mode == ProxyModeNone {
 		return nil
 	}
 	backend, err := newBackend(a.cfg.Proxy, a.opts.NetNS, a.proxyRepaired)

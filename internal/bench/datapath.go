@@ -10,16 +10,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
-	"github.com/kdive/kdive/internal/proxy/iptables"
-	"github.com/kdive/kdive/internal/proxy/ipvs"
+	"github.com/kdive/kdive/internal/proxy/modes"
 	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
-// ProxyModes are the modes `kdive bench datapath` knows, in report order.
-var ProxyModes = []string{"nftables", "iptables", "ipvs"}
+// ProxyModes are the modes `kdive bench datapath` knows, in report order:
+// every one.
+var ProxyModes = modes.Names()
 
 // MaxServices bounds --services: the generated services' cluster IPs
 // (10.96.0.1 upward) must stay clear of the measured one (10.111.255.1).
@@ -105,11 +104,15 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) ([]DatapathRun, erro
 	}
 	var runs []DatapathRun
 	for _, mode := range opts.Modes {
-		if why := proxyModeUnavailable(mode); why != "" {
-			runs = append(runs, DatapathRun{Mode: mode, Unavailable: why})
+		m, err := modes.Get(mode)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.Unavailable(); err != nil {
+			runs = append(runs, DatapathRun{Mode: mode, Unavailable: err.Error()})
 			continue
 		}
-		rs, err := runDatapathMode(ctx, mode, opts)
+		rs, err := runDatapathMode(ctx, m, opts)
 		if err != nil {
 			return nil, fmt.Errorf("bench datapath %s: %w", mode, err)
 		}
@@ -118,43 +121,14 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) ([]DatapathRun, erro
 	return runs, nil
 }
 
-// proxyModeUnavailable says why this kernel cannot run a mode ("" if it
-// can).
-func proxyModeUnavailable(mode string) string {
-	var need []kernel.Feature
-	switch mode {
-	case "nftables":
-		need = []kernel.Feature{kernel.FeatureNFTables}
-	case "ipvs":
-		need = []kernel.Feature{kernel.FeatureIPVS, kernel.FeatureDummy}
-	}
-	for _, f := range need {
-		if err := kernel.Probe(f); err != nil {
-			return fmt.Sprintf("kernel lacks %s (%v)", f, err)
-		}
-	}
-	return ""
-}
-
-// newBackend constructs a mode's backend as the agent does
-// (internal/agent/backends.go), with the default IPVS scheduler.
-func newBackend(mode string, ns *kernel.NetNS) proxy.Backend {
-	switch mode {
-	case "iptables":
-		return iptables.New(iptables.Options{NetNS: ns})
-	case "ipvs":
-		return ipvs.New(ipvs.Options{NetNS: ns})
-	}
-	return nftables.New(nftables.Options{NetNS: ns})
-}
-
-func runDatapathMode(ctx context.Context, mode string, opts DatapathOptions) (_ []DatapathRun, err error) {
+func runDatapathMode(ctx context.Context, m modes.Mode, opts DatapathOptions) (_ []DatapathRun, err error) {
+	mode := m.Name
 	t, err := newDatapathTopo(ctx, opts.OnNamespace)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, t.Close()) }()
-	be := newBackend(mode, t.node)
+	be := m.New(modes.Options{NetNS: t.node})
 	if c, ok := be.(io.Closer); ok {
 		t.set.onClose(c.Close)
 	}

@@ -14,17 +14,21 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/proxy/iptables"
+	"github.com/kdive/kdive/internal/proxy/ipvs"
+	"github.com/kdive/kdive/internal/proxy/modes"
+	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
 // Proxy modes `kdive bench sync` measures.
 const (
-	ModeNftables = "nftables"
-	ModeIPTables = "iptables"
-	ModeIPVS     = "ipvs"
+	ModeNftables = nftables.Mode
+	ModeIPTables = iptables.Mode
+	ModeIPVS     = ipvs.Mode
 )
 
-// SyncModes are the modes --mode all runs, in report order.
-var SyncModes = []string{ModeNftables, ModeIPTables, ModeIPVS}
+// SyncModes are the modes --mode all runs, in report order: every one.
+var SyncModes = modes.Names()
 
 // SyncNetNSPrefix starts the name of every namespace `kdive bench sync`
 // creates.
@@ -149,26 +153,31 @@ func RunSync(ctx context.Context, opts SyncOptions) (*Report, error) {
 // syncSpecs expands the options into measurements, and notes what this
 // machine cannot run.
 func syncSpecs(opts SyncOptions) (specs []SyncSpec, notes []string, err error) {
-	modes := opts.Modes
-	all := len(modes) == 0 || len(modes) == 1 && modes[0] == "all"
-	if all {
-		modes = SyncModes
+	names := opts.Modes
+	if len(names) == 0 || len(names) == 1 && names[0] == "all" {
+		names = SyncModes
 	}
 	flavours := opts.Flavours
 	if len(flavours) == 0 {
 		flavours = []string{"nft", "legacy"}
 	}
-	for _, m := range modes {
+	for _, m := range names {
 		m = strings.TrimSpace(m)
-		var fl []string
-		switch m {
-		case ModeNftables:
-			if err := kernel.Probe(kernel.FeatureNFTables); err != nil {
-				notes = append(notes, fmt.Sprintf("nftables: skipped, the kernel lacks nf_tables (%v)", err))
-				continue
+		mode, err := modes.Get(m)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bench sync: %w (or all)", err)
+		}
+		if err := mode.Unavailable(); err != nil {
+			note := fmt.Sprintf("%s: skipped, %v", m, err)
+			if m == ModeIPVS {
+				note += "; `make test` runs it in the test VM"
 			}
-			fl = []string{""}
-		case ModeIPTables:
+			notes = append(notes, note)
+			continue
+		}
+		fl := []string{""}
+		if m == ModeIPTables {
+			fl = nil
 			for _, f := range flavours {
 				if f != "nft" && f != "legacy" {
 					return nil, nil, fmt.Errorf("bench sync: iptables flavour %q: want nft or legacy", f)
@@ -179,14 +188,6 @@ func syncSpecs(opts SyncOptions) (specs []SyncSpec, notes []string, err error) {
 				}
 				fl = append(fl, f)
 			}
-		case ModeIPVS:
-			if err := kernel.Probe(kernel.FeatureIPVS); err != nil {
-				notes = append(notes, fmt.Sprintf("ipvs: skipped, this kernel lacks ip_vs; `make test` runs it in the test VM (%v)", err))
-				continue
-			}
-			fl = []string{""}
-		default:
-			return nil, nil, fmt.Errorf("bench sync: unknown mode %q: want nftables, iptables, ipvs or all", m)
 		}
 		for _, f := range fl {
 			for _, n := range opts.Services {

@@ -14,7 +14,7 @@ import (
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/iptables"
-	"github.com/kdive/kdive/internal/proxy/ipvs"
+	"github.com/kdive/kdive/internal/proxy/modes"
 	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
@@ -128,65 +128,33 @@ func MeasureSyncSpec(ctx context.Context, spec SyncSpec) (SyncRun, error) {
 }
 
 // syncBackend is a mode's proxy.Backend with what the bench needs besides
-// Sync: counting what a state programs, and releasing the backend.
+// Sync: how big a state is in the mode's terms, and releasing the backend.
 type syncBackend struct {
 	proxy.Backend
-	count func(d *proxy.Desired, run *SyncRun)
-	close func()
+	size func(*proxy.Desired) modes.Size
+}
+
+// close ends the backend's long-lived tools (the nftables session).
+func (b *syncBackend) close() {
+	if c, ok := b.Backend.(io.Closer); ok {
+		_ = c.Close() // the namespace goes next
+	}
+}
+
+func (b *syncBackend) count(d *proxy.Desired, run *SyncRun) {
+	s := b.size(d)
+	run.Rules, run.Elements, run.VirtualServers, run.RealServers = s.Rules, s.Elements, s.VirtualServers, s.RealServers
 }
 
 func newSyncBackend(spec SyncSpec, ns *kernel.NetNS) (*syncBackend, error) {
-	switch spec.Mode {
-	case ModeNftables:
-		p := nftables.New(nftables.Options{NetNS: ns})
-		return &syncBackend{Backend: p, count: countNftables, close: func() { p.Close() }}, nil
-	case ModeIPTables:
-		if spec.Flavour != string(iptables.FlavourNFT) && spec.Flavour != string(iptables.FlavourLegacy) {
-			return nil, fmt.Errorf("iptables flavour %q: want nft or legacy", spec.Flavour)
-		}
-		p := iptables.New(iptables.Options{NetNS: ns, Flavour: iptables.Flavour(spec.Flavour)})
-		return &syncBackend{Backend: p, count: countIPTables, close: func() {}}, nil
-	case ModeIPVS:
-		p := ipvs.New(ipvs.Options{NetNS: ns, Flavour: spec.Flavour})
-		return &syncBackend{Backend: p, count: countIPVS, close: func() {}}, nil
+	m, err := modes.Get(spec.Mode)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("unknown proxy mode %q: want %s, %s or %s", spec.Mode, ModeNftables, ModeIPTables, ModeIPVS)
-}
-
-// countNftables: rules in every chain; elements in every set and map.
-func countNftables(d *proxy.Desired, run *SyncRun) {
-	rs := nftables.Render(d)
-	for _, c := range rs.Chains {
-		run.Rules += len(c.Rules)
+	if spec.Mode == ModeIPTables && spec.Flavour != string(iptables.FlavourNFT) && spec.Flavour != string(iptables.FlavourLegacy) {
+		return nil, fmt.Errorf("iptables flavour %q: want nft or legacy", spec.Flavour)
 	}
-	for _, s := range rs.Sets {
-		run.Elements += s.Len()
-	}
-}
-
-// countIPTables: rules in kdive's chains and the jumps into them.
-func countIPTables(d *proxy.Desired, run *SyncRun) {
-	rs := iptables.Render(d)
-	for _, c := range append(rs.Chains(), rs.Hooks...) {
-		run.Rules += len(c.Rules)
-	}
-}
-
-// countIPVS: iptables rules and jumps, ipset entries, virtual and real
-// servers.
-func countIPVS(d *proxy.Desired, run *SyncRun) {
-	rs := ipvs.Render(d, ipvs.Config{})
-	run.Rules = len(rs.Jumps)
-	for _, c := range rs.Chains {
-		run.Rules += len(c.Rules)
-	}
-	for _, s := range rs.Sets {
-		run.Elements += len(s.Entries)
-	}
-	run.VirtualServers = len(rs.VirtualServers)
-	for _, vs := range rs.VirtualServers {
-		run.RealServers += len(vs.RealServers)
-	}
+	return &syncBackend{Backend: m.New(modes.Options{NetNS: ns, Flavour: spec.Flavour}), size: m.Size}, nil
 }
 
 // withPort sets d's service i to sp (resolved), marking it changed.

@@ -8,6 +8,9 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/proxy/iptables"
+	"github.com/kdive/kdive/internal/proxy/ipvs"
+	"github.com/kdive/kdive/internal/proxy/nftables"
 )
 
 // LBReport is `kdive show lb`: the node's load-balancing table as the
@@ -81,7 +84,9 @@ func inspectAny(ctx context.Context, ns *kernel.NetNS, mode string) (proxy.Inspe
 		return insp, mode, err
 	}
 	var errs []error
-	for _, m := range []string{"nftables", "ipvs", "iptables"} {
+	// ipvs before iptables: ipvs mode programs iptables chains of the
+	// same names too.
+	for _, m := range []string{nftables.Mode, ipvs.Mode, iptables.Mode} {
 		insp, err := InspectProxy(ctx, ns, m)
 		if err == nil && len(insp.LB().Services) > 0 {
 			return insp, m, nil

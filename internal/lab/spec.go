@@ -7,8 +7,9 @@ import (
 	"fmt"
 
 	kjson "sigs.k8s.io/json"
-
 	"sigs.k8s.io/yaml"
+
+	"github.com/kdive/kdive/internal/proxy/modes"
 )
 
 // APIVersion and Kind identify a lab file.
@@ -113,7 +114,7 @@ var (
 	Interfaces    = []string{"routed", "bridge", InterfaceNone}
 	Encaps        = []string{"none", "ipip", "vxlan"}
 	EncapPolicies = []string{"always", "cross-subnet"}
-	ProxyModes    = []string{"nftables", "iptables", "ipvs"}
+	ProxyModes    = modes.Names()
 	// IPVSSchedulers are the schedulers kube-proxy's IPVS mode offers.
 	IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"}
 )

@@ -121,8 +121,11 @@ func New(opts Options) *Proxier {
 
 var errNoNetNS = errors.New("iptables proxier: no network namespace")
 
+// Mode is the proxy mode's name.
+const Mode = "iptables"
+
 // Mode is "iptables".
-func (p *Proxier) Mode() string { return "iptables" }
+func (p *Proxier) Mode() string { return Mode }
 
 // Flavour is the iptables in use: Options.Flavour, or what the first Sync
 // detected (empty before).

@@ -69,8 +69,11 @@ func New(opts Options) *Proxier {
 	return p
 }
 
+// Mode is the proxy mode's name.
+const Mode = "nftables"
+
 // Mode is "nftables".
-func (p *Proxier) Mode() string { return "nftables" }
+func (p *Proxier) Mode() string { return Mode }
 
 var errNoNetNS = errors.New("nftables proxier: no network namespace")
 
