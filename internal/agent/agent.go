@@ -13,7 +13,6 @@ import (
 	"sort"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -268,7 +267,7 @@ func (a *Agent) desiredState() (podnet.State, error) {
 		if err != nil {
 			return st, fmt.Errorf("node %s: no Node object of that name: %w", a.cfg.NodeName, ErrNotReady)
 		}
-		mn, problem := modelNode(n)
+		mn, problem := source.Node(n)
 		if !mn.IP.IsValid() {
 			return st, fmt.Errorf("node %s: %s: %w", n.Name, problem, ErrNotReady)
 		}
@@ -281,7 +280,7 @@ func (a *Agent) desiredState() (podnet.State, error) {
 	}
 	found := false
 	for _, n := range all {
-		mn, problem := modelNode(n)
+		mn, problem := source.Node(n)
 		if n.Name == a.cfg.NodeName {
 			if problem != "" {
 				return st, fmt.Errorf("node %s: %s: %w", n.Name, problem, ErrNotReady)
@@ -301,32 +300,6 @@ func (a *Agent) desiredState() (podnet.State, error) {
 	// The lister's order is random; a stable one makes equal states equal.
 	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].Name < st.Peers[j].Name })
 	return st, nil
-}
-
-// modelNode translates a Node; a non-empty problem says why it can't be
-// used (yet).
-func modelNode(n *corev1.Node) (model.Node, string) {
-	mn := model.Node{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]}
-	for _, ad := range n.Status.Addresses {
-		if ad.Type == corev1.NodeInternalIP {
-			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
-				mn.IP = ip
-				break
-			}
-		}
-	}
-	if !mn.IP.IsValid() {
-		return mn, "no IPv4 InternalIP in status.addresses"
-	}
-	if n.Spec.PodCIDR == "" {
-		return mn, "no spec.podCIDR yet"
-	}
-	p, err := netip.ParsePrefix(n.Spec.PodCIDR)
-	if err != nil || !p.Addr().Is4() || p.Masked() != p {
-		return mn, fmt.Sprintf("spec.podCIDR %q is not an IPv4 CIDR", n.Spec.PodCIDR)
-	}
-	mn.PodCIDR = p
-	return mn, ""
 }
 
 type uplink struct {

@@ -75,7 +75,7 @@ func InstallCNI(ctx context.Context, cfg *Configuration, o InstallOptions) error
 	for {
 		n, err := lister.Get(cfg.NodeName)
 		if err == nil {
-			local, problem := modelNode(n)
+			local, problem := source.Node(n)
 			if problem == "" {
 				up, err := a.findUplink(local.IP)
 				if err != nil {

@@ -138,6 +138,28 @@ func (pr *proxyRunner) programmed(m *metrics) {
 	}
 }
 
+// ProxyInputs are the proxy settings and node an agent with configuration
+// cfg programs its node's Services with, local being its Node (as
+// source.Node translates it). Validate has checked cfg's CIDRs.
+func ProxyInputs(cfg ProxyConfig, local model.Node) (proxy.Config, proxy.Node) {
+	pc := proxy.Config{LocalhostNodePorts: localhostNodePorts(cfg), MasqueradeAll: cfg.MasqueradeAll}
+	if c, err := netip.ParsePrefix(cfg.ClusterCIDR); err == nil {
+		pc.ClusterCIDRs = []netip.Prefix{c}
+	} else if local.PodCIDR.IsValid() {
+		pc.ClusterCIDRs = []netip.Prefix{local.PodCIDR}
+	}
+	for _, s := range cfg.NodePortAddresses {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			pc.NodePortAddresses = append(pc.NodePortAddresses, p)
+		}
+	}
+	node := proxy.Node{Name: local.Name, Zone: local.Zone}
+	if local.IP.IsValid() {
+		node.IPs = []netip.Addr{local.IP}
+	}
+	return pc, node
+}
+
 // syncProxy computes this node's services and programs them: the backend
 // first (atomically; on failure the old rules stay and the next sync is a
 // full one), then the health check ports and stale UDP conntrack entries.
@@ -146,23 +168,12 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 	if pr == nil {
 		return nil
 	}
-	cfg := proxy.Config{LocalhostNodePorts: localhostNodePorts(a.cfg.Proxy), MasqueradeAll: a.cfg.Proxy.MasqueradeAll}
-	if c, err := netip.ParsePrefix(a.cfg.Proxy.ClusterCIDR); err == nil {
-		cfg.ClusterCIDRs = []netip.Prefix{c}
-	} else if local.PodCIDR.IsValid() {
-		cfg.ClusterCIDRs = []netip.Prefix{local.PodCIDR}
-	}
-	for _, s := range a.cfg.Proxy.NodePortAddresses {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			cfg.NodePortAddresses = append(cfg.NodePortAddresses, p)
-		}
-	}
+	cfg, node := ProxyInputs(a.cfg.Proxy, local)
 	if full || pr.needFull {
 		if err := pr.tracker.MarkAll(); err != nil {
 			return err
 		}
 	}
-	node := proxy.Node{Name: local.Name, Zone: local.Zone, IPs: []netip.Addr{local.IP}}
 	start := time.Now()
 	d, invalid := pr.tracker.Desired(node, cfg, full || pr.needFull)
 	a.reportInvalid(invalid)

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/kdive/kdive/internal/lab"
+	"github.com/kdive/kdive/internal/source"
 	"github.com/kdive/kdive/internal/source/labstore"
 )
 
@@ -80,7 +80,8 @@ func (e *env) openCluster(ctx context.Context, rep *Report) error {
 	}
 	var left []string
 	for _, n := range nodes.Items {
-		ip := internalIP(&n)
+		local, _ := source.Node(&n)
+		ip := local.IP
 		switch {
 		case !nodeReady(&n):
 			left = append(left, n.Name+" (not Ready)")
@@ -95,17 +96,6 @@ func (e *env) openCluster(ctx context.Context, rep *Report) error {
 	}
 	slices.SortFunc(e.nodes, func(a, b nodeRef) int { return strings.Compare(a.Name, b.Name) })
 	return nil
-}
-
-func internalIP(n *corev1.Node) netip.Addr {
-	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
-			if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
-				return ip
-			}
-		}
-	}
-	return netip.Addr{}
 }
 
 func nodeReady(n *corev1.Node) bool {
