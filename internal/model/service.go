@@ -1,6 +1,7 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 )
@@ -25,6 +26,13 @@ type ServicePortName struct {
 
 // String is "namespace/name:port", or "namespace/name" for an unnamed port,
 // as kube-proxy prints it.
+// Compare orders service ports canonically: by namespace, name, port
+// name, then protocol. proxy.Desired.Services are in this order.
+func (n ServicePortName) Compare(o ServicePortName) int {
+	return cmp.Or(cmp.Compare(n.Namespace, o.Namespace), cmp.Compare(n.Name, o.Name),
+		cmp.Compare(n.Port, o.Port), cmp.Compare(n.Protocol, o.Protocol))
+}
+
 func (n ServicePortName) String() string {
 	if n.Port == "" {
 		return n.Namespace + "/" + n.Name

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -269,9 +268,4 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
-}
-
-// portKey sorts service ports by name.
-func portKey(p model.ServicePortName) string {
-	return p.Namespace + "/" + p.Name + ":" + p.Port + "/" + strconv.Quote(string(p.Protocol))
 }

@@ -41,7 +41,9 @@ type Desired struct {
 	// Config.NodePortAddresses and the node's IPs, plus 127.0.0.1 with
 	// LocalhostNodePorts).
 	NodePortIPs []netip.Addr
-	// Services, sorted by name.
+	// Services, in model.ServicePortName.Compare order (namespace, name,
+	// port name, protocol), as the tracker makes them; a Desired built by
+	// hand keeps that order too (backends look ports up by name).
 	Services []*Port
 	// Changed names the ports that changed since the previous Sync (added,
 	// changed or removed). nil means "everything": a full sync.

@@ -3,7 +3,6 @@ package proxy
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"sync"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -120,7 +119,7 @@ func (t *Tracker) Desired(node Node, cfg Config, full bool) (*Desired, []error) 
 		}
 		d.Services = append(d.Services, resolved...)
 	}
-	sort.Slice(d.Services, func(i, j int) bool { return portKey(d.Services[i].Name) < portKey(d.Services[j].Name) })
+	slices.SortFunc(d.Services, func(a, b *Port) int { return a.Name.Compare(b.Name) })
 	var errs []error
 	for _, err := range t.errs {
 		errs = append(errs, err)

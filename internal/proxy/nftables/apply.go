@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -312,7 +311,7 @@ func (p *Proxier) plan(d *proxy.Desired) (*Transaction, *Ruleset) {
 	}
 	rs, rec := p.cur, newRecorder()
 	names := keysOf(changed)
-	slices.SortFunc(names, portLess)
+	slices.SortFunc(names, model.ServicePortName.Compare)
 	for _, name := range names {
 		rs.removePort(name, rec)
 		if sp := findPort(d, name); sp != nil {
@@ -345,19 +344,11 @@ func errLines(err error) []int {
 
 // findPort finds a port in d.Services, which are sorted by name.
 func findPort(d *proxy.Desired, name model.ServicePortName) *proxy.Port {
-	s := name.String()
-	i := sort.Search(len(d.Services), func(i int) bool { return d.Services[i].Name.String() >= s })
-	for ; i < len(d.Services) && d.Services[i].Name.String() == s; i++ {
-		if d.Services[i].Name == name {
-			return d.Services[i]
-		}
+	i, ok := slices.BinarySearchFunc(d.Services, name, func(p *proxy.Port, n model.ServicePortName) int { return p.Name.Compare(n) })
+	if !ok {
+		return nil
 	}
-	for _, sp := range d.Services { // not sorted after all
-		if sp.Name == name {
-			return sp
-		}
-	}
-	return nil
+	return d.Services[i]
 }
 
 // objects names what a transaction from the kernel's table to the

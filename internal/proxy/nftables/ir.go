@@ -333,7 +333,7 @@ func ownerCmp(a, b *model.ServicePortName) int {
 	case a == nil || b == nil:
 		return cmp.Compare(boolInt(a != nil), boolInt(b != nil))
 	}
-	return portLess(*a, *b)
+	return a.Compare(*b)
 }
 
 func boolInt(b bool) int {
@@ -369,9 +369,4 @@ func (sl *slot) remove(o *model.ServicePortName) bool {
 	}
 	sl.more = slices.DeleteFunc(sl.more, func(c claim) bool { return c.ownerIs(o) })
 	return true
-}
-
-func portLess(a, b model.ServicePortName) int {
-	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
-		cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
 }

@@ -218,7 +218,7 @@ func TestSyncRandomChanges(t *testing.T) {
 	mustSync(t, p, s.desired())
 	names := func() []model.ServicePortName {
 		ns := keysOf(s.ports)
-		slices.SortFunc(ns, portLess)
+		slices.SortFunc(ns, model.ServicePortName.Compare)
 		return ns
 	}
 	for i := range 300 {
