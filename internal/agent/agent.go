@@ -219,10 +219,19 @@ func (a *Agent) podNetwork() bool { return a.cfg.PodNetwork.Interface != model.I
 // syncOnce computes this node's desired state from the informers' caches
 // and applies it: the pod network, then the service proxy (full: every
 // service, not only the ones that changed). A failure of one does not keep
-// the other from being applied.
+// the other from being applied, and neither does a pod network that is
+// not ready yet.
 func (a *Agent) syncOnce(ctx context.Context, full bool) error {
 	st, err := a.desiredState()
 	if err != nil {
+		// A node whose pod network cannot run yet (no spec.podCIDR) still
+		// gets its Services, as kube-proxy's would: the proxy needs only
+		// the node's name, zone and address. The pod network waits.
+		if errors.Is(err, ErrNotReady) && st.Local.IP.IsValid() {
+			if perr := a.syncProxy(ctx, st.Local, full); perr != nil {
+				return perr
+			}
+		}
 		return err
 	}
 	if !a.podNetwork() {
@@ -255,7 +264,9 @@ func (a *Agent) syncPodNet(ctx context.Context, st podnet.State) error {
 	return nil
 }
 
-// desiredState reads this node and its peers from the node cache.
+// desiredState reads this node and its peers from the node cache. When
+// this node cannot carry the pod network yet, the error wraps ErrNotReady
+// and the state holds what the proxy can use of the node.
 //
 // Without a pod network only this node matters, and only its name, zone
 // and InternalIP: a CNI that keeps its own IPAM never sets spec.podCIDR,
@@ -283,6 +294,7 @@ func (a *Agent) desiredState() (podnet.State, error) {
 		mn, problem := source.Node(n)
 		if n.Name == a.cfg.NodeName {
 			if problem != "" {
+				st.Local = mn // what the proxy can use of it
 				return st, fmt.Errorf("node %s: %s: %w", n.Name, problem, ErrNotReady)
 			}
 			st.Local, found = mn, true

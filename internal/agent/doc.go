@@ -8,7 +8,9 @@
 // a report of IPAM addresses no pod holds; the datapath never waits on them.
 // With podNetwork.interface none the agent is the service proxy alone,
 // beside another CNI: no pod network, no Pods, and of its Node only the
-// InternalIP (no spec.podCIDR, no peers).
+// InternalIP (no spec.podCIDR, no peers). With the pod network, a node
+// whose spec.podCIDR is not assigned yet gets its Services all the same, as
+// kube-proxy's would; its pod network waits for the block.
 //
 // Against a real API server it is tested in kube_test.go (a kube-apiserver
 // and etcd from internal/source/kubetest, RBAC with deploy/kdive.yaml's

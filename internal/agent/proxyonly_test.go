@@ -79,3 +79,38 @@ func TestAgentProxyOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentProxyBeforePodCIDR: with the pod network on, a node whose
+// spec.podCIDR is not assigned yet still gets its Services programmed, as
+// kube-proxy's would; the pod network waits (no CNI config) and follows as
+// soon as the block is assigned.
+func TestAgentProxyBeforePodCIDR(t *testing.T) {
+	bed := newAgentBed(t, "nftables", time.Minute)
+	bed.nodes = []corev1.Node{testNode("n1", "192.0.2.10", ""), testNode("n2", "192.0.2.11", "10.244.2.0/24")}
+	bed.addService("web", "10.96.0.30", "10.244.2.5")
+	bed.run()
+	ktest.Eventually(t, 20*time.Second, "the service programmed on a node without a pod CIDR", ktest.Holds(func() bool {
+		return strings.Contains(bed.nftTable(), "10.96.0.30 . tcp . 80")
+	}))
+	// The sync that programmed it ends waiting for the pod network.
+	ktest.Eventually(t, 10*time.Second, `the agent's "waiting" for the pod network`, ktest.Holds(func() bool {
+		return len(bed.logs.since(time.Time{}, "waiting")) > 0
+	}))
+	conf := filepath.Join(bed.cfg.CNI.ConfDir, cni.ConfListFile)
+	if _, err := os.Stat(conf); !os.IsNotExist(err) {
+		t.Errorf("a CNI config before the node has a pod CIDR (stat: %v)", err)
+	}
+
+	bed.nodes[0] = testNode("n1", "192.0.2.10", "10.244.1.0/24")
+	bed.apply()
+	ktest.Eventually(t, 20*time.Second, "the CNI config once the pod CIDR is assigned", func() error {
+		_, err := os.Stat(conf)
+		return err
+	})
+	ktest.Eventually(t, 20*time.Second, "the blackhole route of the node's block", ktest.Holds(func() bool {
+		return strings.Contains(routesText(t, bed.node), "blackhole 10.244.1.0/24")
+	}))
+	if !strings.Contains(bed.nftTable(), "10.96.0.30 . tcp . 80") {
+		t.Error("the service went when the pod network came")
+	}
+}
