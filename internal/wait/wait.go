@@ -1,5 +1,6 @@
 // Package wait polls a condition until it holds, a deadline passes or the
-// context ends: the one polling loop of the lab and the tests.
+// context ends: the one polling loop of the lab and the commands. Tests
+// wait with ktest.Eventually, which fails the test instead.
 package wait
 
 import (
