@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -154,7 +155,7 @@ func forward(ctx context.Context, ln net.Listener, target string, log *slog.Logg
 func (p *Plan) runLoadBalancers(ctx context.Context, cs kubernetes.Interface, log *slog.Logger) error {
 	f := informers.NewSharedInformerFactory(cs, 0)
 	svcs := f.Core().V1().Services()
-	slices := f.Discovery().V1().EndpointSlices()
+	epSlices := f.Discovery().V1().EndpointSlices()
 	kick := make(chan struct{}, 1)
 	notify := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { trigger(kick) },
@@ -164,7 +165,7 @@ func (p *Plan) runLoadBalancers(ctx context.Context, cs kubernetes.Interface, lo
 	if _, err := svcs.Informer().AddEventHandler(notify); err != nil {
 		return err
 	}
-	if _, err := slices.Informer().AddEventHandler(notify); err != nil {
+	if _, err := epSlices.Informer().AddEventHandler(notify); err != nil {
 		return err
 	}
 	f.Start(ctx.Done())
@@ -177,7 +178,7 @@ func (p *Plan) runLoadBalancers(ctx context.Context, cs kubernetes.Interface, lo
 			return nil
 		case <-kick:
 		}
-		if err := p.syncLoadBalancers(ctx, cs, svcs.Lister(), slices.Lister()); err != nil {
+		if err := p.syncLoadBalancers(ctx, cs, svcs.Lister(), epSlices.Lister()); err != nil {
 			log.Error("load balancers", "err", err)
 			time.AfterFunc(time.Second, func() { trigger(kick) })
 		}
@@ -191,45 +192,22 @@ func trigger(c chan struct{}) {
 	}
 }
 
-// syncLoadBalancers gives every LoadBalancer Service without an ingress
-// IP the lowest free address of the pool, then points the router at the
-// nodes for all of them.
-func (p *Plan) syncLoadBalancers(ctx context.Context, cs kubernetes.Interface, svcs corelisters.ServiceLister, slices discoverylisters.EndpointSliceLister) error {
+// lbCleanupFinalizer is the finalizer a cloud's service controller puts on
+// a LoadBalancer Service until it has released the Service's load
+// balancer (k8s.io/cloud-provider's LoadBalancerCleanupFinalizer).
+const lbCleanupFinalizer = "service.kubernetes.io/load-balancer-cleanup"
+
+// syncLoadBalancers does what a cloud's service controller does, then
+// points the router at the nodes for every load balancer.
+func (p *Plan) syncLoadBalancers(ctx context.Context, cs kubernetes.Interface, svcs corelisters.ServiceLister, epSlices discoverylisters.EndpointSliceLister) error {
 	all, err := svcs.List(labels.Everything())
 	if err != nil {
 		return err
 	}
-	used := map[netip.Addr]bool{}
-	for _, s := range all {
-		for _, ing := range s.Status.LoadBalancer.Ingress {
-			if a, err := netip.ParseAddr(ing.IP); err == nil {
-				used[a] = true
-			}
-		}
-	}
-	var errs []error
 	snap := &labstore.Snapshot{}
-	for _, s := range all {
-		svc := s.DeepCopy()
-		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && len(svc.Status.LoadBalancer.Ingress) == 0 {
-			a, ok := nextLBIP(p.LoadBalancerCIDR, used)
-			if !ok {
-				errs = append(errs, fmt.Errorf("Service %s: the load balancer pool %s is full", ServiceName(svc), p.LoadBalancerCIDR))
-				continue
-			}
-			used[a] = true
-			svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: a.String(), IPMode: ptrTo(corev1.LoadBalancerIPModeVIP)}}
-			if svc, err = cs.CoreV1().Services(svc.Namespace).UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
-				errs = append(errs, fmt.Errorf("Service %s: %w", ServiceName(s), err))
-				continue
-			}
-		}
-		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
-			svc.Status.LoadBalancer.Ingress = nil
-		}
-		snap.Services = append(snap.Services, *svc)
-	}
-	sl, err := slices.List(labels.Everything())
+	var errs []error
+	snap.Services, errs = reconcileLoadBalancers(ctx, cs, p.LoadBalancerCIDR, all)
+	sl, err := epSlices.List(labels.Everything())
 	if err != nil {
 		return err
 	}
@@ -240,6 +218,87 @@ func (p *Plan) syncLoadBalancers(ctx context.Context, cs kubernetes.Interface, s
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// reconcileLoadBalancers does what a cloud's service controller does for
+// every Service: a LoadBalancer Service gets the cleanup finalizer, then
+// the lowest free address of pool as its ingress IP; a Service that is no
+// longer one (another type, or being deleted) has its ingress IP released
+// (status cleared) and then its finalizer removed. It returns the
+// Services as they are now, with an ingress IP only on LoadBalancer ones.
+func reconcileLoadBalancers(ctx context.Context, cs kubernetes.Interface, pool netip.Prefix, all []*corev1.Service) ([]corev1.Service, []error) {
+	used := map[netip.Addr]bool{}
+	for _, s := range all {
+		for _, ing := range s.Status.LoadBalancer.Ingress {
+			if a, err := netip.ParseAddr(ing.IP); err == nil {
+				used[a] = true
+			}
+		}
+	}
+	var errs []error
+	var out []corev1.Service
+	for _, s := range all {
+		svc, err := reconcileLoadBalancer(ctx, cs, pool, used, s.DeepCopy())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("Service %s: %w", ServiceName(s), err))
+		}
+		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || svc.DeletionTimestamp != nil {
+			svc.Status.LoadBalancer.Ingress = nil
+		}
+		out = append(out, *svc)
+	}
+	return out, errs
+}
+
+// reconcileLoadBalancer is reconcileLoadBalancers for one Service; it
+// returns the Service as far as it got.
+func reconcileLoadBalancer(ctx context.Context, cs kubernetes.Interface, pool netip.Prefix, used map[netip.Addr]bool, svc *corev1.Service) (*corev1.Service, error) {
+	api := cs.CoreV1().Services(svc.Namespace)
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && svc.DeletionTimestamp == nil {
+		if !slices.Contains(svc.Finalizers, lbCleanupFinalizer) {
+			next := svc.DeepCopy()
+			next.Finalizers = append(next.Finalizers, lbCleanupFinalizer)
+			updated, err := api.Update(ctx, next, metav1.UpdateOptions{})
+			if err != nil {
+				return svc, fmt.Errorf("add finalizer %s: %w", lbCleanupFinalizer, err)
+			}
+			svc = updated
+		}
+		if len(svc.Status.LoadBalancer.Ingress) > 0 {
+			return svc, nil
+		}
+		a, ok := nextLBIP(pool, used)
+		if !ok {
+			return svc, fmt.Errorf("the load balancer pool %s is full", pool)
+		}
+		next := svc.DeepCopy()
+		next.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: a.String(), IPMode: ptrTo(corev1.LoadBalancerIPModeVIP)}}
+		updated, err := api.UpdateStatus(ctx, next, metav1.UpdateOptions{})
+		if err != nil {
+			return svc, err
+		}
+		used[a] = true
+		return updated, nil
+	}
+	if len(svc.Status.LoadBalancer.Ingress) > 0 {
+		next := svc.DeepCopy()
+		next.Status.LoadBalancer = corev1.LoadBalancerStatus{}
+		updated, err := api.UpdateStatus(ctx, next, metav1.UpdateOptions{})
+		if err != nil {
+			return svc, fmt.Errorf("release the load balancer: %w", err)
+		}
+		svc = updated
+	}
+	if slices.Contains(svc.Finalizers, lbCleanupFinalizer) {
+		next := svc.DeepCopy()
+		next.Finalizers = slices.DeleteFunc(next.Finalizers, func(f string) bool { return f == lbCleanupFinalizer })
+		updated, err := api.Update(ctx, next, metav1.UpdateOptions{})
+		if err != nil {
+			return svc, fmt.Errorf("remove finalizer %s: %w", lbCleanupFinalizer, err)
+		}
+		svc = updated
+	}
+	return svc, nil
 }
 
 func ptrTo[T any](v T) *T { return &v }
