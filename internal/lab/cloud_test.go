@@ -53,6 +53,18 @@ func TestReconcileLoadBalancers(t *testing.T) {
 		}
 		return out
 	}
+	// change edits Service name in the API, as a user would.
+	change := func(name string, edit func(*corev1.Service)) {
+		t.Helper()
+		s, err := cs.CoreV1().Services("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(s)
+		if _, err := cs.CoreV1().Services("default").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	check := func(s corev1.Service, finalizer bool, ip string) {
 		t.Helper()
 		if got := slices.Contains(s.Finalizers, lbCleanupFinalizer); got != finalizer {
@@ -74,41 +86,20 @@ func TestReconcileLoadBalancers(t *testing.T) {
 
 	// a becomes a ClusterIP Service: released, then the finalizer goes;
 	// its address is free again for c, now a LoadBalancer.
-	a, err := cs.CoreV1().Services("default").Get(ctx, "a", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Spec.Type = corev1.ServiceTypeClusterIP
-	if _, err := cs.CoreV1().Services("default").Update(ctx, a, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	change("a", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeClusterIP })
 	got = reconcile()
 	check(got["a"], false, "")
 	if st, err := cs.CoreV1().Services("default").Get(ctx, "a", metav1.GetOptions{}); err != nil || len(st.Status.LoadBalancer.Ingress) != 0 {
 		t.Errorf("a's status in the API after the change: %+v, %v", st.Status.LoadBalancer, err)
 	}
-	c, err := cs.CoreV1().Services("default").Get(ctx, "c", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Spec.Type = corev1.ServiceTypeLoadBalancer
-	if _, err := cs.CoreV1().Services("default").Update(ctx, c, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	change("c", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeLoadBalancer })
 	got = reconcile()
 	check(got["c"], true, "203.0.113.1")
 
 	// b is being deleted: released, finalizer removed, no address in what
 	// the router is given.
-	b, err := cs.CoreV1().Services("default").Get(ctx, "b", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	now := metav1.Now()
-	b.DeletionTimestamp = &now
-	if _, err := cs.CoreV1().Services("default").Update(ctx, b, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	change("b", func(s *corev1.Service) { s.DeletionTimestamp = &now })
 	got = reconcile()
 	check(got["b"], false, "")
 	check(got["c"], true, "203.0.113.1")
