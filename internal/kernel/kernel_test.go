@@ -111,6 +111,10 @@ func TestRoutes(t *testing.T) {
 		{Dst: netip.MustParsePrefix("198.51.100.0/24"), Gateway: netip.MustParseAddr("192.0.2.254"), Dev: "eth0"},
 		{Dst: netip.MustParsePrefix("203.0.113.0/24"), Blackhole: true},
 		{Dst: netip.MustParsePrefix("10.9.0.0/16"), Gateway: netip.MustParseAddr("192.0.3.9"), Dev: "eth0", OnLink: true},
+		{Dst: netip.MustParsePrefix("203.0.114.7/32"), Protocol: 0x6d, Nexthops: []kernel.Nexthop{
+			{Gateway: netip.MustParseAddr("192.0.2.11"), Dev: "eth0"},
+			{Gateway: netip.MustParseAddr("192.0.2.12"), Dev: "eth0"},
+		}},
 	}
 	for _, r := range routes {
 		must(t, a.ReplaceRoute(r))
@@ -125,9 +129,17 @@ func TestRoutes(t *testing.T) {
 		s = append(s, r.String())
 	}
 	all := strings.Join(s, "\n")
-	for _, want := range []string{"198.51.100.0/24 via 192.0.2.254 dev eth0", "blackhole 203.0.113.0/24", "10.9.0.0/16 via 192.0.3.9 dev eth0 onlink"} {
+	for _, want := range []string{"198.51.100.0/24 via 192.0.2.254 dev eth0", "blackhole 203.0.113.0/24", "10.9.0.0/16 via 192.0.3.9 dev eth0 onlink",
+		"203.0.114.7/32 nexthop via 192.0.2.11 dev eth0 nexthop via 192.0.2.12 dev eth0 proto 109"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("routes lack %q:\n%s", want, all)
+		}
+	}
+	// What Routes reads back is what was written, so a reconciler comparing
+	// them leaves an unchanged route alone.
+	for _, r := range got {
+		if r.Dst == routes[3].Dst && !r.Equal(routes[3]) {
+			t.Errorf("multipath route read back as %s; wrote %s", r, routes[3])
 		}
 	}
 	for _, r := range routes {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -27,6 +28,17 @@ type Route struct {
 	// Protocol marks who owns the route (see RouteProtocolAgent); 0
 	// means the kernel's default for routes added by hand (boot).
 	Protocol int
+	// Nexthops, two or more, make the route multipath (ECMP): each flow
+	// takes one of them, picked by a hash the namespace's
+	// net.ipv4.fib_multipath_hash_policy chooses (0: addresses, 1: also
+	// ports). Gateway and Dev are then unset.
+	Nexthops []Nexthop
+}
+
+// Nexthop is one path of a multipath route.
+type Nexthop struct {
+	Gateway netip.Addr
+	Dev     string
 }
 
 // Route protocol numbers (rtm_protocol) kdive marks its routes with, so each
@@ -38,6 +50,13 @@ const (
 	// RouteProtocolCNI marks the CNI plugin's routes (a pod's /32).
 	RouteProtocolCNI = 0x6c
 )
+
+// Equal reports whether r and o are the same route, field by field.
+func (r Route) Equal(o Route) bool {
+	return r.Dst == o.Dst && r.Gateway == o.Gateway && r.Dev == o.Dev && r.Src == o.Src &&
+		r.Blackhole == o.Blackhole && r.OnLink == o.OnLink && r.Scope == o.Scope &&
+		r.Metric == o.Metric && r.Protocol == o.Protocol && slices.Equal(r.Nexthops, o.Nexthops)
+}
 
 func (r Route) String() string {
 	s := "default"
@@ -61,6 +80,12 @@ func (r Route) String() string {
 	}
 	if r.Src.IsValid() {
 		s += " src " + r.Src.String()
+	}
+	for _, h := range r.Nexthops {
+		s += " nexthop via " + h.Gateway.String()
+		if h.Dev != "" {
+			s += " dev " + h.Dev
+		}
 	}
 	if r.Protocol != 0 {
 		s += fmt.Sprintf(" proto %d", r.Protocol)
@@ -96,6 +121,17 @@ func (n *NetNS) toNetlinkRoute(r Route) (*netlink.Route, error) {
 	}
 	if r.OnLink {
 		nr.Flags |= int(netlink.FLAG_ONLINK)
+	}
+	for _, h := range r.Nexthops {
+		nh := &netlink.NexthopInfo{Gw: net.IP(h.Gateway.AsSlice())}
+		if h.Dev != "" {
+			l, err := n.link(h.Dev)
+			if err != nil {
+				return nil, err
+			}
+			nh.LinkIndex = l.Attrs().Index
+		}
+		nr.MultiPath = append(nr.MultiPath, nh)
 	}
 	nr.Scope = netlink.Scope(r.Scope)
 	nr.Protocol = netlink.RouteProtocol(r.Protocol)
@@ -154,6 +190,13 @@ func (n *NetNS) Routes() ([]Route, error) {
 		}
 		if a, ok := netip.AddrFromSlice(nr.Src); ok {
 			r.Src = a.Unmap()
+		}
+		for _, nh := range nr.MultiPath {
+			h := Nexthop{Dev: names[nh.LinkIndex]}
+			if a, ok := netip.AddrFromSlice(nh.Gw); ok {
+				h.Gateway = a.Unmap()
+			}
+			r.Nexthops = append(r.Nexthops, h)
 		}
 		out = append(out, r)
 	}

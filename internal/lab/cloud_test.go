@@ -2,11 +2,14 @@ package lab
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
 
+	"github.com/kdive/kdive/internal/source/labstore"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 )
@@ -103,4 +106,83 @@ func TestReconcileLoadBalancers(t *testing.T) {
 	got = reconcile()
 	check(got["b"], false, "")
 	check(got["c"], true, "203.0.113.1")
+}
+
+// The router spreads a service address as a cloud load balancer does:
+// over every node (Cluster) or the nodes with a ready endpoint (Local),
+// and to one node under ClientIP affinity. Upstream's e2e "should be able
+// to switch session affinity for LoadBalancer service with Local traffic
+// policy" [Slow] found every address sent to one node, so turning
+// affinity off still reached one node's endpoints only.
+func TestRouterTargets(t *testing.T) {
+	node := func(name, ip string) NodePlan {
+		return NodePlan{HostPlan: HostPlan{Name: name, IP: netip.MustParseAddr(ip)}, Subnet: "a"}
+	}
+	p := &Plan{
+		Nodes:   []NodePlan{node("node-1", "172.20.1.11"), node("node-2", "172.20.1.12"), node("node-3", "172.20.1.13")},
+		Subnets: []SubnetPlan{{Name: "a", Bridge: "br-a"}},
+	}
+	svc := func(name, ip string, etp corev1.ServiceExternalTrafficPolicy, aff corev1.ServiceAffinity) corev1.Service {
+		return corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+			Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: etp, SessionAffinity: aff},
+			Status:     corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: ip}}}},
+		}
+	}
+	ready, notReady := true, false
+	ep := func(node string, r *bool) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: r}}
+	}
+	slice := func(svc string, eps ...discoveryv1.Endpoint) discoveryv1.EndpointSlice {
+		return discoveryv1.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: svc + "-x", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			Endpoints:  eps,
+		}
+	}
+	cluster, local := corev1.ServiceExternalTrafficPolicyCluster, corev1.ServiceExternalTrafficPolicyLocal
+	none, clientIP := corev1.ServiceAffinityNone, corev1.ServiceAffinityClientIP
+	ext := svc("ext", "", cluster, none)
+	ext.Status = corev1.ServiceStatus{}
+	ext.Spec.ExternalIPs = []string{"198.51.100.50", "2001:db8::1"}
+	snap := &labstore.Snapshot{
+		Services: []corev1.Service{
+			svc("cluster", "203.0.113.1", cluster, none),
+			svc("local", "203.0.113.2", local, none),
+			svc("local-affinity", "203.0.113.3", local, clientIP),
+			svc("cluster-affinity", "203.0.113.4", cluster, clientIP),
+			svc("local-no-endpoint", "203.0.113.5", local, none),
+			ext,
+		},
+		EndpointSlices: []discoveryv1.EndpointSlice{
+			slice("local", ep("node-3", &ready), ep("node-1", &notReady), ep("node-2", &ready)),
+			slice("local-affinity", ep("node-3", &ready), ep("node-2", &ready)),
+			slice("local-no-endpoint", ep("node-2", &notReady)),
+			slice("cluster", ep("node-1", &ready)),
+		},
+	}
+	got := map[string][]string{}
+	for a, nodes := range p.routerTargets(snap) {
+		for _, n := range nodes {
+			got[a.String()] = append(got[a.String()], n.Name)
+		}
+	}
+	want := map[string][]string{
+		"203.0.113.1":   {"node-1", "node-2", "node-3"},
+		"203.0.113.2":   {"node-2", "node-3"},
+		"203.0.113.3":   {"node-2"},
+		"203.0.113.4":   {"node-1"},
+		"203.0.113.5":   {"node-1"},
+		"198.51.100.50": {"node-1", "node-2", "node-3"},
+	}
+	if !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("router targets = %v\nwant %v", got, want)
+	}
+	one := p.routeToNodes(netip.MustParseAddr("203.0.113.3"), p.Nodes[1:2])
+	if one.String() != "203.0.113.3/32 via 172.20.1.12 dev br-a proto 109" {
+		t.Errorf("route to one node = %s", one)
+	}
+	many := p.routeToNodes(netip.MustParseAddr("203.0.113.2"), p.Nodes[1:])
+	if many.String() != "203.0.113.2/32 nexthop via 172.20.1.12 dev br-a nexthop via 172.20.1.13 dev br-a proto 109" {
+		t.Errorf("route to two nodes = %s", many)
+	}
 }

@@ -271,6 +271,12 @@ func checkProxy(t *testing.T, mode string) {
 				t.Errorf("health check on %s: %d %s", n.Name, code, body)
 			}
 		}
+		// The router spreads the address over those nodes, a connection
+		// to one of them at a time, so 30 connections reach the pods of
+		// more than one node (all on one of 3: p = 3^-29).
+		if got := spread(t, ext, lb.LoadBalancerIP+":80", 30); len(got) < 2 {
+			t.Errorf("30 connections from outside to LB %s reached %v only; want the router to spread them over the nodes", lb.LoadBalancerIP, got)
+		}
 	})
 	t.Run("LoadBalancer source ranges", func(t *testing.T) {
 		_, err := ask(ext, svc["web-closed"].LoadBalancerIP+":80", 500*time.Millisecond)

@@ -62,6 +62,11 @@ func buildUnderlay(ctx context.Context, p *Plan) error {
 	if err := router.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
 	}
+	// Multipath routes to service addresses hash ports too (see
+	// syncRouter), so connections from one client spread over nodes.
+	if err := router.Sysctl("net.ipv4.fib_multipath_hash_policy", "1"); err != nil {
+		return err
+	}
 	for _, k := range []string{"net.ipv4.conf.all.send_redirects", "net.ipv4.conf.default.send_redirects"} {
 		if err := router.Sysctl(k, "0"); err != nil {
 			return err
@@ -175,35 +180,25 @@ func (p *Plan) bridgeOf(subnet string) string {
 const lbRouteProtocol = 0x6d
 
 // syncRouter points the router at the nodes for every LoadBalancer and
-// external IP of the lab's services, like a cloud load balancer: to the
-// first node that has a ready endpoint of the service when its
-// externalTrafficPolicy is Local (a cloud LB learns that from the health
-// check port), else to the first node. It also lets nodes answer from
-// those addresses. One nft transaction replaces the sets.
+// external IP of the lab's services, as a cloud load balancer spreads
+// them over its backends: over the nodes that run a ready endpoint of the
+// service when its externalTrafficPolicy is Local (a cloud LB learns that
+// from the health check port), over every node when it is Cluster. The
+// spread is a multipath route hashed on addresses and ports, so each
+// connection keeps its node and new ones spread. A service with ClientIP
+// session affinity goes to one node (the first of them), as a cloud LB
+// hashes such a service on the client address alone; with its one
+// client (the lab's external one) that is one node. With no node to
+// choose (Local, no ready endpoint) the address goes to the first node.
+// It also lets nodes answer from those addresses. One nft transaction
+// replaces the sets.
 func (p *Plan) syncRouter(ctx context.Context, snap *labstore.Snapshot) error {
 	router, err := kernel.OpenNetNS(p.Router.NetNS)
 	if err != nil {
 		return err
 	}
 	defer router.Close()
-	targets := map[netip.Addr]NodePlan{}
-	for i := range snap.Services {
-		svc := &snap.Services[i]
-		var addrs []string
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			addrs = append(addrs, ing.IP)
-		}
-		addrs = append(addrs, svc.Spec.ExternalIPs...)
-		node := p.Nodes[0]
-		if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
-			node = p.nodeWithEndpoint(svc, snap)
-		}
-		for _, s := range addrs {
-			if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-				targets[a] = node
-			}
-		}
-	}
+	targets := p.routerTargets(snap)
 	var b strings.Builder
 	fmt.Fprintf(&b, "flush set inet %s service_addrs\nflush set inet %s service_sources\n", RouterTable, RouterTable)
 	for a := range targets {
@@ -228,31 +223,79 @@ func (p *Plan) syncRouter(ctx context.Context, snap *labstore.Snapshot) error {
 			}
 		}
 	}
-	for a, n := range targets {
-		r := kernel.Route{Dst: netip.PrefixFrom(a, 32), Gateway: n.IP, Dev: p.bridgeOf(n.Subnet), Protocol: lbRouteProtocol}
-		if err := router.ReplaceRoute(r); err != nil {
+	for a, nodes := range targets {
+		if err := router.ReplaceRoute(p.routeToNodes(a, nodes)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// nodeWithEndpoint is the first node running a ready endpoint of svc, or
-// the first node when none does.
-func (p *Plan) nodeWithEndpoint(svc *corev1.Service, snap *labstore.Snapshot) NodePlan {
-	for _, n := range p.Nodes {
-		for _, sl := range snap.EndpointSlices {
-			if sl.Namespace != svc.Namespace || sl.Labels[discoveryv1.LabelServiceName] != svc.Name {
-				continue
-			}
-			for _, e := range sl.Endpoints {
-				if e.NodeName != nil && *e.NodeName == n.Name && e.Conditions.Ready != nil && *e.Conditions.Ready {
-					return n
-				}
+// routerTargets maps every IPv4 LoadBalancer and external IP of the
+// lab's services to the nodes the router spreads it over (see
+// syncRouter), in the plan's order.
+func (p *Plan) routerTargets(snap *labstore.Snapshot) map[netip.Addr][]NodePlan {
+	targets := map[netip.Addr][]NodePlan{}
+	for i := range snap.Services {
+		svc := &snap.Services[i]
+		var addrs []string
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			addrs = append(addrs, ing.IP)
+		}
+		addrs = append(addrs, svc.Spec.ExternalIPs...)
+		nodes := p.Nodes
+		if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+			nodes = p.nodesWithEndpoint(svc, snap)
+		}
+		if len(nodes) == 0 {
+			nodes = p.Nodes[:1]
+		}
+		if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+			nodes = nodes[:1]
+		}
+		for _, s := range addrs {
+			if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+				targets[a] = nodes
 			}
 		}
 	}
-	return p.Nodes[0]
+	return targets
+}
+
+// routeToNodes is the router's route to the service address a: through
+// the one node, or a multipath route over several.
+func (p *Plan) routeToNodes(a netip.Addr, nodes []NodePlan) kernel.Route {
+	r := kernel.Route{Dst: netip.PrefixFrom(a, 32), Protocol: lbRouteProtocol}
+	if len(nodes) == 1 {
+		r.Gateway, r.Dev = nodes[0].IP, p.bridgeOf(nodes[0].Subnet)
+		return r
+	}
+	for _, n := range nodes {
+		r.Nexthops = append(r.Nexthops, kernel.Nexthop{Gateway: n.IP, Dev: p.bridgeOf(n.Subnet)})
+	}
+	return r
+}
+
+// nodesWithEndpoint are the nodes running a ready endpoint of svc.
+func (p *Plan) nodesWithEndpoint(svc *corev1.Service, snap *labstore.Snapshot) []NodePlan {
+	on := map[string]bool{}
+	for _, sl := range snap.EndpointSlices {
+		if sl.Namespace != svc.Namespace || sl.Labels[discoveryv1.LabelServiceName] != svc.Name {
+			continue
+		}
+		for _, e := range sl.Endpoints {
+			if e.NodeName != nil && e.Conditions.Ready != nil && *e.Conditions.Ready {
+				on[*e.NodeName] = true
+			}
+		}
+	}
+	var out []NodePlan
+	for _, n := range p.Nodes {
+		if on[n.Name] {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // hostNetworks are the underlay networks: the subnets and the external one.

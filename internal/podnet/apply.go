@@ -278,7 +278,7 @@ func (a *applier) routes() error {
 		case ok && c.Protocol != kernel.RouteProtocolAgent:
 			a.fail(e.Node, what, fmt.Errorf("%w: %s", ErrForeignRoute, c))
 			continue
-		case ok && c == e.Route:
+		case ok && c.Equal(e.Route):
 			continue
 		}
 		if err := a.ns.ReplaceRoute(e.Route); err != nil {
