@@ -65,6 +65,9 @@ func CreateNetNS(name string) (*NetNS, error) {
 	if err := os.MkdirAll(NetNSDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create netns %s: %w", name, err)
 	}
+	if err := sharedMountPoint(NetNSDir); err != nil {
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
 	path := filepath.Join(NetNSDir, name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
@@ -86,6 +89,50 @@ func CreateNetNS(name string) (*NetNS, error) {
 		return nil, fmt.Errorf("create netns %s: %w", name, err)
 	}
 	return n, nil
+}
+
+// sharedMountPoint makes dir a mount point of its own, shared, as `ip
+// netns add` does to /run/netns before its first namespace. Without it the
+// first `ip netns add` run later (by anyone) bind-mounts the directory
+// over itself, and every namespace mounted there before is hidden under
+// that mount: its path now names the file on the new mount, so it cannot
+// be unmounted (not mounted) nor removed (busy), and a lab of that name
+// cannot come up again until someone unmounts the directory. For the same
+// reason it leaves a directory that is not a mount point alone while
+// namespaces are mounted in it (kdive's of an earlier version, anyone's):
+// the next namespace created when none is makes it one.
+func sharedMountPoint(dir string) error {
+	for made := false; ; made = true {
+		err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EINVAL) || made {
+			return fmt.Errorf("make %s a shared mount: %w", dir, err)
+		}
+		// EINVAL: not a mount point yet.
+		if busy, err := mountsUnder(dir); err != nil || busy {
+			return err
+		}
+		if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind mount %s on itself: %w", dir, err)
+		}
+	}
+}
+
+// mountsUnder says whether anything is mounted below dir.
+func mountsUnder(dir string) (bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT ...
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // bindNewNetNS unshares a new network namespace on a locked thread, bind
