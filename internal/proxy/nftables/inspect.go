@@ -362,23 +362,16 @@ func setElements(rs *Ruleset, name string) []Element {
 	return nil
 }
 
-// Explain walks p through the table as the kernel would, one line per
-// step: the hook and its base chain, each rule that matches in each chain
-// taken (with the element a map lookup finds, its comment naming the
-// service port), the buckets a DNAT picks among; then, from TraceBranches,
-// each endpoint with its share, whether nat-postrouting masquerades the
-// packet, and the result.
+// Explain walks p through the table (the walk Trace takes, see walker),
+// one line per step of the first hook: the hook and its base chain, each
+// rule that matches in each chain taken (with the element a map lookup
+// finds, its comment naming the service port), the buckets a DNAT picks
+// among; then, from the same walk's branches, each endpoint with its
+// share, whether nat-postrouting masquerades the packet, and the result.
 func (in *inspection) Explain(p proxy.Packet) []string {
-	x := &explainer{t: &tracer{rs: in.rs}}
+	x := &explainer{}
 	x.add("", "packet %s", p)
-	hook := "prerouting"
-	if p.FromNode {
-		hook = "output"
-	}
-	st := pktState{src: p.Src, dst: p.Dst, proto: p.Proto, dport: uint16(p.Port), fromNode: p.FromNode}
-	x.hook(hook, st)
-
-	bs := TraceBranches(in.rs, p)
+	bs := (&walker{rs: in.rs, see: x.say}).branches(p)
 	type pick struct {
 		n    int
 		masq bool
@@ -438,10 +431,8 @@ func postroutingPath(rs *Ruleset, path []string) []string {
 	return nil
 }
 
-// explainer narrates the walk TraceBranches makes before DNAT, with the
-// tracer's own matching and lookups.
+// explainer narrates the walker's steps.
 type explainer struct {
-	t     *tracer
 	lines []string
 }
 
@@ -449,123 +440,40 @@ func (x *explainer) add(indent, format string, args ...any) {
 	x.lines = append(x.lines, indent+fmt.Sprintf(format, args...))
 }
 
-func (x *explainer) hook(hook string, st pktState) {
-	var bases []*Chain
-	for _, c := range x.t.rs.Chains {
-		if c.Hook != nil && c.Hook.Hook == hook {
-			bases = append(bases, c)
+// say tells one step, indented by how many numgen picks it is inside.
+func (x *explainer) say(st step) {
+	indent := strings.Repeat("    ", st.level)
+	c := st.chain
+	switch st.kind {
+	case stepHook:
+		x.add("", "hook %s: chain %s (%s)", st.hook, c.Name, c.Hook)
+	case stepNoHook:
+		x.add("", "hook %s: no chain of table %s %s", st.hook, Family, Table)
+	case stepBaseEnd:
+		x.add("", "chain %s: end of base chain, policy accept", c.Name)
+	case stepRule:
+		x.add(indent, "chain %s: %s", c.Name, st.rule)
+	case stepElement:
+		x.add(indent, "chain %s: %s: element %s", c.Name, st.rule, st.elem.text(ServiceVerdicts))
+	case stepNoElement:
+		x.add(indent, "chain %s: %s: no element %s", c.Name, st.rule, Element{Key: st.key}.keyString(ServiceVerdicts))
+	case stepBucket:
+		if st.found {
+			x.add(indent+"  ", "bucket %d of %d: element %s: DNAT to %s", st.n, st.of, st.elem.text(EndpointBuckets), st.elem.Endpoint)
+		} else {
+			x.add(indent+"  ", "bucket %d of %d: no element %s: the rule does not match, next rule", st.n, st.of, Element{Key: st.key}.keyString(EndpointBuckets))
 		}
-	}
-	slices.SortFunc(bases, func(a, b *Chain) int { return cmp.Compare(a.Hook.Priority, b.Hook.Priority) })
-	for _, c := range bases {
-		x.add("", "hook %s: chain %s (%s)", hook, c.Name, c.Hook)
-		switch x.rules(c, st, 0, "") {
-		case outContinue:
-			x.add("", "chain %s: end of base chain, policy accept", c.Name)
-		case outAccept:
-		default:
-			return
+	case stepNumgen:
+		x.add(indent+"  ", "numgen %d: goto %s", st.n, st.name)
+	case stepChainEnd:
+		if !st.matched {
+			x.add(indent, "chain %s: no rule matches, return", c.Name)
+		} else if c.Hook == nil {
+			x.add(indent, "chain %s: end of chain, return", c.Name)
 		}
+	case stepNoChain:
+		x.add(indent, "chain %s does not exist: the kernel would refuse the table", st.name)
+	case stepTooDeep:
+		x.add(indent, "chain %s: too deep", st.name)
 	}
-	if len(bases) == 0 {
-		x.add("", "hook %s: no chain of table %s %s", hook, Family, Table)
-	}
-}
-
-func (x *explainer) chain(name string, st pktState, depth int, indent string) outKind {
-	c := x.t.rs.Chains[name]
-	switch {
-	case c == nil:
-		x.add(indent, "chain %s does not exist: the kernel would refuse the table", name)
-		return outDrop
-	case depth > maxDepth:
-		x.add(indent, "chain %s: too deep", name)
-		return outDrop
-	}
-	return x.rules(c, st, depth, indent)
-}
-
-// rules narrates c's rules that match and returns how the chain ends.
-func (x *explainer) rules(c *Chain, st pktState, depth int, indent string) outKind {
-	matched := false
-	for _, r := range c.Rules {
-		if !x.t.matches(r.Match, st) {
-			continue
-		}
-		matched = true
-		switch s := r.Stmt.(type) {
-		case Verdict:
-			x.add(indent, "chain %s: %s", c.Name, r)
-			if k := x.verdict(s, st, depth, indent); k != outContinue || s.Kind != Jump {
-				return k
-			}
-		case ServiceVMap:
-			k := ElemKey{Addr: st.dst, Proto: st.proto, Port: st.dport}
-			e, ok := x.t.lookup(s.Map, k)
-			if !ok {
-				x.add(indent, "chain %s: %s: no element %s", c.Name, r, Element{Key: k}.keyString(ServiceVerdicts))
-				continue
-			}
-			x.add(indent, "chain %s: %s: element %s", c.Name, r, e.text(ServiceVerdicts))
-			if k := x.verdict(e.Verdict, st, depth, indent); k != outContinue || e.Verdict.Kind != Jump {
-				return k
-			}
-		case DNATMap:
-			x.add(indent, "chain %s: %s", c.Name, r)
-			missing := false
-			for b := range s.N {
-				k := ElemKey{Addr: st.dst, Proto: st.proto, Port: st.dport, Bucket: uint16(b)}
-				if e, ok := x.t.lookup(s.Map, k); ok {
-					x.add(indent+"  ", "bucket %d of %d: element %s: DNAT to %s", b, s.N, e.text(EndpointBuckets), e.Endpoint)
-				} else {
-					missing = true
-					x.add(indent+"  ", "bucket %d of %d: no element %s: the rule does not match, next rule", b, s.N, Element{Key: k}.keyString(EndpointBuckets))
-				}
-			}
-			if !missing {
-				return outDNAT
-			}
-		case NumgenVMap:
-			x.add(indent, "chain %s: %s", c.Name, r)
-			out := outDNAT
-			for i, ch := range s.Chains {
-				x.add(indent+"  ", "numgen %d: goto %s", i, ch)
-				if k := x.chain(ch, st, depth+1, indent+"    "); k == outContinue {
-					out = k
-				}
-			}
-			return out
-		case SetMark, UpdateSaddr:
-			x.add(indent, "chain %s: %s", c.Name, r)
-		case DNAT:
-			x.add(indent, "chain %s: %s", c.Name, r)
-			return outDNAT
-		case Masquerade:
-			x.add(indent, "chain %s: %s", c.Name, r)
-			return outMasq
-		case Reject:
-			x.add(indent, "chain %s: %s", c.Name, r)
-			return outReject
-		}
-	}
-	if !matched {
-		x.add(indent, "chain %s: no rule matches, return", c.Name)
-	} else if c.Hook == nil {
-		x.add(indent, "chain %s: end of chain, return", c.Name)
-	}
-	return outContinue
-}
-
-func (x *explainer) verdict(v Verdict, st pktState, depth int, indent string) outKind {
-	switch v.Kind {
-	case Accept:
-		return outAccept
-	case Return:
-		return outContinue
-	case Jump, Goto:
-		return x.chain(v.Chain, st, depth+1, indent)
-	case Drop:
-		return outDrop
-	}
-	return outDrop
 }
