@@ -18,7 +18,7 @@ import (
 // Reading the mode back. Inspect rebuilds a Ruleset from what the kernel
 // holds — virtual servers with their real servers and weights, the ipsets,
 // kube-ipvs0's addresses, the mode's iptables chains and the jumps into
-// them — so that Trace, the same tracer the case table checks rendered
+// them — so that Trace, the same walker the case table checks rendered
 // plans with, runs over the kernel's state instead of over a plan. The
 // service names come from the name index (names.go); everything the
 // kernel acts on (address kinds, Local policies, source ranges, weights)
@@ -210,7 +210,7 @@ func addrVS(e kernel.IPSetEntry) kernel.VirtualServer {
 }
 
 // readChains takes the mode's chains and the rules of the built-in chains
-// that jump to them, leaving out (and noting) rules the tracer cannot
+// that jump to them, leaving out (and noting) rules the walker cannot
 // follow.
 func (in *inspection) readChains(saved savedTables) {
 	for _, table := range tables {
@@ -244,7 +244,7 @@ func (in *inspection) traceable(table string, rules []string) []string {
 }
 
 // checkRule evaluates every match and target argument of a rule once, so
-// that a rule the tracer does not know (another program's, a hand-made
+// that a rule the walker does not know (another program's, a hand-made
 // one) is found here rather than panicking in Trace.
 func checkRule(line string) (err error) {
 	defer func() {
@@ -253,7 +253,7 @@ func checkRule(line string) (err error) {
 		}
 	}()
 	r := parseRule(line)
-	t := &tracer{r: &Ruleset{}, proto: "tcp"}
+	t := &walker{r: &Ruleset{}, proto: "tcp"}
 	for _, m := range r.matches {
 		t.match(m)
 	}
@@ -515,5 +515,5 @@ func shares(rss []kernel.RealServer) []proxy.LBEndpoint {
 	return out
 }
 
-// Trace is the existing tracer over the kernel's state.
+// Trace is the same walker over the kernel's state.
 func (in *inspection) Trace(p proxy.Packet) proxy.Result { return Trace(in.r, p) }

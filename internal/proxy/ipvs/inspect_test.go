@@ -120,8 +120,9 @@ func TestInspectUnnamed(t *testing.T) {
 	}
 }
 
-// TestExplainAgreesWithTrace: Explain mirrors Trace; its verdict must be
-// Trace's for every case.
+// TestExplainAgreesWithTrace: Explain narrates the walk Trace takes; its
+// verdict must be Trace's for every case, and its lines name what the
+// packet met.
 func TestExplainAgreesWithTrace(t *testing.T) {
 	d := proxytest.Fixture()
 	r := Render(d, Config{})

@@ -27,48 +27,13 @@ import (
 //     IPVS answers ICMP port unreachable (REJECT);
 //   - nat POSTROUTING towards each real server: masquerade or not.
 func Trace(r *Ruleset, p proxy.Packet) proxy.Result {
-	t := tracer{r: r, p: p, proto: strings.ToLower(string(p.Proto))}
-	if t.p.Proto == "" {
-		t.proto = "tcp"
-	}
-	hook := "PREROUTING"
-	if p.FromNode {
-		hook = "OUTPUT"
-	}
-	for _, table := range []string{tableMangle, tableNat} {
-		if v := t.builtin(table, hook, p.Dst, p.Port); v == "DROP" || v == "REJECT" {
-			return proxy.Result{Verdict: proxy.Verdict(v)}
-		}
-	}
-	if !t.local(p.Dst) {
-		return proxy.Result{Verdict: proxy.ACCEPT}
-	}
-	if !p.FromNode {
-		if v := t.builtin(tableFilter, "INPUT", p.Dst, p.Port); v == "DROP" || v == "REJECT" {
-			return proxy.Result{Verdict: proxy.Verdict(v)}
-		}
-	}
-	vs := t.lookup()
-	if vs == nil {
-		return proxy.Result{Verdict: proxy.ACCEPT}
-	}
-	res := proxy.Result{Verdict: proxy.DNAT, Endpoints: map[string]bool{}}
-	mark := t.mark
-	for _, rs := range vs.RealServers {
-		if rs.Weight <= 0 {
-			continue
-		}
-		t.masq, t.mark = false, mark
-		t.builtin(tableNat, "POSTROUTING", rs.Address.Addr(), int(rs.Address.Port()))
-		res.Endpoints[rs.Address.String()] = t.masq
-	}
-	if len(res.Endpoints) == 0 {
-		return proxy.Result{Verdict: proxy.REJECT}
-	}
-	return res
+	return newWalker(r, p).walk()
 }
 
-type tracer struct {
+// walker is the one walk of a plan: Trace takes its result, Explain
+// narrates its steps (see step) as they are taken, so the two cannot
+// disagree about where a packet goes.
+type walker struct {
 	r     *Ruleset
 	p     proxy.Packet
 	proto string
@@ -78,23 +43,130 @@ type tracer struct {
 	// server's after IPVS).
 	dst   netip.Addr
 	dport int
+	// see, when set, is told each step as it is taken.
+	see func(step)
 }
 
-func (t *tracer) local(a netip.Addr) bool {
-	return a.IsLoopback() || slices.Contains(t.r.NodeIPs, a) || slices.Contains(t.r.Addresses, a)
+// stepKind says what a step is.
+type stepKind int
+
+const (
+	stepRule         stepKind = iota // an iptables rule matched
+	stepSetEntry                     // the ipset entry a rule's match-set matched
+	stepMark                         // the packet's mark changed
+	stepRoute                        // the routing decision: why says why dst is local, or "" when it is not
+	stepNoVirtual                    // no virtual server takes the packet
+	stepVirtual                      // the virtual server that takes it
+	stepDraining                     // a real server of weight 0
+	stepPostrouting                  // nat POSTROUTING towards a real server begins
+	stepRealServer                   // a real server the packet can go to, masq says how
+	stepNoRealServer                 // no real server of weight above 0
+)
+
+// step is one thing the packet meets.
+type step struct {
+	kind  stepKind
+	depth int
+	table string
+	chain string
+	line  string // stepRule: the rule as iptables-save prints it
+	set   string // stepSetEntry
+	entry kernel.IPSetEntry
+	why   string // stepRoute
+	vs    *VirtualServer
+	rs    kernel.RealServer
+	masq  bool
 }
 
-func (t *tracer) lookup() *VirtualServer {
-	if t.mark != 0 {
-		for i, vs := range t.r.VirtualServers {
-			if vs.FWMark == t.mark {
-				return &t.r.VirtualServers[i]
+func newWalker(r *Ruleset, p proxy.Packet) *walker {
+	w := &walker{r: r, p: p, proto: strings.ToLower(string(p.Proto))}
+	if p.Proto == "" {
+		w.proto = "tcp"
+	}
+	return w
+}
+
+func (w *walker) emit(st step) {
+	if w.see != nil {
+		w.see(st)
+	}
+}
+
+// walk takes the packet through the hooks (see Trace).
+func (w *walker) walk() proxy.Result {
+	p := w.p
+	hook := "PREROUTING"
+	if p.FromNode {
+		hook = "OUTPUT"
+	}
+	for _, table := range []string{tableMangle, tableNat} {
+		if v := w.builtin(table, hook, p.Dst, p.Port); v == "DROP" || v == "REJECT" {
+			return proxy.Result{Verdict: proxy.Verdict(v)}
+		}
+	}
+	why := w.localWhy(p.Dst)
+	w.emit(step{kind: stepRoute, why: why})
+	if why == "" {
+		return proxy.Result{Verdict: proxy.ACCEPT}
+	}
+	if !p.FromNode {
+		if v := w.builtin(tableFilter, "INPUT", p.Dst, p.Port); v == "DROP" || v == "REJECT" {
+			return proxy.Result{Verdict: proxy.Verdict(v)}
+		}
+	}
+	vs := w.lookup()
+	if vs == nil {
+		w.emit(step{kind: stepNoVirtual})
+		return proxy.Result{Verdict: proxy.ACCEPT}
+	}
+	w.emit(step{kind: stepVirtual, vs: vs})
+	res := proxy.Result{Verdict: proxy.DNAT, Endpoints: map[string]bool{}}
+	mark := w.mark
+	for _, rs := range vs.RealServers {
+		if rs.Weight <= 0 {
+			w.emit(step{kind: stepDraining, rs: rs})
+			continue
+		}
+		w.masq, w.mark = false, mark
+		w.emit(step{kind: stepPostrouting, rs: rs})
+		w.builtin(tableNat, "POSTROUTING", rs.Address.Addr(), int(rs.Address.Port()))
+		w.emit(step{kind: stepRealServer, rs: rs, masq: w.masq})
+		res.Endpoints[rs.Address.String()] = w.masq
+	}
+	if len(res.Endpoints) == 0 {
+		w.emit(step{kind: stepNoRealServer})
+		return proxy.Result{Verdict: proxy.REJECT}
+	}
+	return res
+}
+
+// localWhy says why a is one of the node's addresses: on the dummy
+// device, a node address, loopback; "" when it is none.
+func (w *walker) localWhy(a netip.Addr) string {
+	switch {
+	case slices.Contains(w.r.Addresses, a):
+		return "on " + dummyDevice
+	case slices.Contains(w.r.NodeIPs, a):
+		return "a node address"
+	case a.IsLoopback():
+		return "loopback"
+	}
+	return ""
+}
+
+func (w *walker) local(a netip.Addr) bool { return w.localWhy(a) != "" }
+
+func (w *walker) lookup() *VirtualServer {
+	if w.mark != 0 {
+		for i, vs := range w.r.VirtualServers {
+			if vs.FWMark == w.mark {
+				return &w.r.VirtualServers[i]
 			}
 		}
 	}
-	for i, vs := range t.r.VirtualServers {
-		if vs.FWMark == 0 && vs.Address == t.p.Dst && int(vs.Port) == t.p.Port && strings.EqualFold(vs.Protocol, string(t.p.Proto)) {
-			return &t.r.VirtualServers[i]
+	for i, vs := range w.r.VirtualServers {
+		if vs.FWMark == 0 && vs.Address == w.p.Dst && int(vs.Port) == w.p.Port && strings.EqualFold(vs.Protocol, string(w.p.Proto)) {
+			return &w.r.VirtualServers[i]
 		}
 	}
 	return nil
@@ -113,43 +185,52 @@ func (r *Ruleset) jumpsFrom(table, chain string) []string {
 
 // builtin runs the plan's jumps from a built-in chain (its only rules, as
 // far as kdive knows) and returns the verdict, "" to continue.
-func (t *tracer) builtin(table, chain string, dst netip.Addr, dport int) string {
-	t.dst, t.dport = dst, dport
-	v := t.run(table, t.r.jumpsFrom(table, chain), 0)
+func (w *walker) builtin(table, chain string, dst netip.Addr, dport int) string {
+	w.dst, w.dport = dst, dport
+	v := w.run(table, chain, w.r.jumpsFrom(table, chain), 0)
 	if v == "RETURN" || v == "ACCEPT" {
 		return ""
 	}
 	return v
 }
 
-func (t *tracer) chain(table, name string, depth int) string {
-	c := t.r.Chain(table, name)
-	if c == nil || depth > 8 {
-		return ""
-	}
-	return t.run(table, c.Rules, depth)
-}
-
-// run evaluates rules in order; a verdict ends the chain. A jump to a
-// chain that returns (or falls off its end) continues with the next rule.
-func (t *tracer) run(table string, rules []string, depth int) string {
+// run evaluates chain's rules in order; a verdict ends the chain. A jump
+// to a chain that returns (or falls off its end) continues with the next
+// rule.
+func (w *walker) run(table, chain string, rules []string, depth int) string {
 	for _, line := range rules {
 		r := parseRule(line)
-		if !t.matches(r) {
+		if !w.matches(r) {
 			continue
+		}
+		w.emit(step{kind: stepRule, depth: depth, table: table, chain: chain, line: line})
+		if w.see != nil {
+			for _, m := range r.matches {
+				if len(m) >= 5 && m[0] == "-m" && m[1] == "set" && m[2] == "--match-set" {
+					if entry, ok := w.setEntry(m[3], m[4]); ok {
+						w.emit(step{kind: stepSetEntry, depth: depth + 1, set: m[3], entry: entry})
+					}
+				}
+			}
 		}
 		switch r.target {
 		case "ACCEPT", "DROP", "REJECT", "RETURN":
 			return r.target
 		case "MASQUERADE":
-			t.masq = true
+			w.masq = true
 			return "ACCEPT"
 		case "MARK":
-			t.setMark(r.targetArgs)
+			w.setMark(r.targetArgs)
+			w.emit(step{kind: stepMark, depth: depth + 1})
 		case "SET":
-			t.mapMark(r.targetArgs)
+			w.mapMark(r.targetArgs)
+			w.emit(step{kind: stepMark, depth: depth + 1})
 		default:
-			if v := t.chain(table, r.target, depth+1); v != "" && v != "RETURN" {
+			c := w.r.Chain(table, r.target)
+			if c == nil || depth+1 > 8 {
+				continue
+			}
+			if v := w.run(table, r.target, c.Rules, depth+1); v != "" && v != "RETURN" {
 				return v
 			}
 		}
@@ -220,9 +301,9 @@ func splitWords(s string) []string {
 	return out
 }
 
-func (t *tracer) matches(r rule) bool {
+func (w *walker) matches(r rule) bool {
 	for _, m := range r.matches {
-		if !t.match(m) {
+		if !w.match(m) {
 			return false
 		}
 	}
@@ -231,25 +312,25 @@ func (t *tracer) matches(r rule) bool {
 
 // match evaluates one match group: ["!", "-s", cidr], ["-p", "tcp"],
 // ["-m", "set", "--match-set", name, flags], ["-m", "mark", "!", "--mark", v/m], ...
-func (t *tracer) match(m []string) bool {
+func (w *walker) match(m []string) bool {
 	neg := false
 	if m[0] == "!" {
 		neg, m = true, m[1:]
 	}
 	switch m[0] {
 	case "-s":
-		return neg != netip.MustParsePrefix(m[1]).Contains(t.p.Src)
+		return neg != netip.MustParsePrefix(m[1]).Contains(w.p.Src)
 	case "-d":
-		return neg != netip.MustParsePrefix(m[1]).Contains(t.dst)
+		return neg != netip.MustParsePrefix(m[1]).Contains(w.dst)
 	case "-p":
-		return neg != (m[1] == t.proto)
+		return neg != (m[1] == w.proto)
 	case "-m":
-		return t.module(m[1], m[2:])
+		return w.module(m[1], m[2:])
 	}
 	panic(fmt.Sprintf("trace: unknown match %q", m))
 }
 
-func (t *tracer) module(name string, args []string) bool {
+func (w *walker) module(name string, args []string) bool {
 	neg := false
 	if len(args) > 0 && args[0] == "!" {
 		neg, args = true, args[1:]
@@ -260,16 +341,16 @@ func (t *tracer) module(name string, args []string) bool {
 	case "conntrack": // --ctstate ...: the first packet of a connection is NEW
 		return neg != slices.Contains(strings.Split(args[1], ","), "NEW")
 	case "addrtype": // --src-type / --dst-type LOCAL
-		a := t.p.Src
+		a := w.p.Src
 		if args[0] == "--dst-type" {
-			a = t.dst
+			a = w.dst
 		}
-		return neg != t.local(a)
+		return neg != w.local(a)
 	case "mark": // --mark value/mask
 		v, m := parseMark(args[1])
-		return neg != (t.mark&m == v)
+		return neg != (w.mark&m == v)
 	case "set": // --match-set NAME flags
-		_, ok := t.setEntry(args[1], args[2])
+		_, ok := w.setEntry(args[1], args[2])
 		return neg != ok
 	}
 	panic(fmt.Sprintf("trace: unknown module %q", name))
@@ -277,60 +358,60 @@ func (t *tracer) module(name string, args []string) bool {
 
 // setEntry finds the set entry matching the packet's fields named by
 // flags (dst,dst,src: destination address, destination port, source).
-func (t *tracer) setEntry(name, flags string) (kernel.IPSetEntry, bool) {
-	s := t.r.Set(name)
+func (w *walker) setEntry(name, flags string) (kernel.IPSetEntry, bool) {
+	s := w.r.Set(name)
 	if s == nil {
 		return kernel.IPSetEntry{}, false
 	}
 	f := strings.Split(flags, ",")
 	for _, e := range s.Entries {
-		if t.entryMatches(s.Type, e, f) {
+		if w.entryMatches(s.Type, e, f) {
 			return e, true
 		}
 	}
 	return kernel.IPSetEntry{}, false
 }
 
-func (t *tracer) addr(flag string) netip.Addr {
+func (w *walker) addr(flag string) netip.Addr {
 	if flag == "src" {
-		return t.p.Src
+		return w.p.Src
 	}
-	return t.dst
+	return w.dst
 }
 
-func (t *tracer) entryMatches(typ string, e kernel.IPSetEntry, f []string) bool {
+func (w *walker) entryMatches(typ string, e kernel.IPSetEntry, f []string) bool {
 	portOK := func(flag string) bool {
-		return flag == "dst" && e.Proto == t.proto && int(e.Port) == t.dport
+		return flag == "dst" && e.Proto == w.proto && int(e.Port) == w.dport
 	}
 	switch typ {
 	case "bitmap:port":
-		return len(f) == 1 && f[0] == "dst" && int(e.Port) == t.dport
+		return len(f) == 1 && f[0] == "dst" && int(e.Port) == w.dport
 	case "hash:ip":
-		return e.IP == t.addr(f[0])
+		return e.IP == w.addr(f[0])
 	case "hash:ip,port":
-		return len(f) == 2 && e.IP == t.addr(f[0]) && portOK(f[1])
+		return len(f) == 2 && e.IP == w.addr(f[0]) && portOK(f[1])
 	case "hash:ip,port,ip":
-		return len(f) == 3 && e.IP == t.addr(f[0]) && portOK(f[1]) && e.IP2 == t.addr(f[2])
+		return len(f) == 3 && e.IP == w.addr(f[0]) && portOK(f[1]) && e.IP2 == w.addr(f[2])
 	case "hash:ip,port,net":
-		return len(f) == 3 && e.IP == t.addr(f[0]) && portOK(f[1]) && e.Net2.Contains(t.addr(f[2]))
+		return len(f) == 3 && e.IP == w.addr(f[0]) && portOK(f[1]) && e.Net2.Contains(w.addr(f[2]))
 	}
 	return false
 }
 
 // setMark applies MARK --set-xmark value/mask.
-func (t *tracer) setMark(args []string) {
+func (w *walker) setMark(args []string) {
 	if len(args) == 2 && args[0] == "--set-xmark" {
 		v, m := parseMark(args[1])
-		t.mark = (t.mark &^ m) ^ v
+		w.mark = (w.mark &^ m) ^ v
 	}
 }
 
 // mapMark applies SET --map-set NAME flags --map-mark: the entry's
 // skbmark replaces the packet's mark (kdive's entries mask all bits).
-func (t *tracer) mapMark(args []string) {
+func (w *walker) mapMark(args []string) {
 	if len(args) >= 4 && args[0] == "--map-set" && args[3] == "--map-mark" {
-		if e, ok := t.setEntry(args[1], args[2]); ok && e.SkbMark != 0 {
-			t.mark = e.SkbMark
+		if e, ok := w.setEntry(args[1], args[2]); ok && e.SkbMark != 0 {
+			w.mark = e.SkbMark
 		}
 	}
 }
