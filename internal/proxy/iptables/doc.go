@@ -43,8 +43,10 @@
 // port and endpoint of every rule either way).
 //
 // Render builds all of it as Go values (Ruleset: chains, rules, the service
-// port and endpoint of each rule) and the exact restore text; Trace runs a
-// packet through those values as the kernel would. Both are pure.
+// port and endpoint of each rule) and the exact restore text; one walker
+// (walk.go) runs a packet through those values as the kernel would, and
+// Trace folds where it ends into a verdict while Explain narrates its
+// steps. All of it is pure.
 //
 // # Applying
 //

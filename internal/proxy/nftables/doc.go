@@ -11,7 +11,9 @@
 // Render(d) is pure: it builds a Ruleset, the table as Go values (chains of
 // typed rules, sets and maps whose elements each know the service port,
 // bucket and endpoint they are for). Ruleset.String is the exact nft text;
-// Trace interprets the same values the way the kernel would; `kdive show
+// one walker (walk.go) interprets the same values the way the kernel
+// would: Trace folds its branches into a verdict and Explain narrates its
+// steps, so `kdive trace` and the case table cannot disagree; `kdive show
 // lb` and `kdive trace` can read them. Sync diffs what it programmed last
 // (kept in memory) against the new Ruleset and sends the difference.
 //
