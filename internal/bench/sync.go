@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -179,10 +180,10 @@ func syncSpecs(opts SyncOptions) (specs []SyncSpec, notes []string, err error) {
 		if m == ModeIPTables {
 			fl = nil
 			for _, f := range flavours {
-				if f != "nft" && f != "legacy" {
+				if !xtables.Flavour(f).Valid() {
 					return nil, nil, fmt.Errorf("bench sync: iptables flavour %q: want nft or legacy", f)
 				}
-				if err := kernel.IPTablesTool(f).Installed(); err != nil {
+				if err := xtables.Flavour(f).Tool().Installed(); err != nil {
 					notes = append(notes, fmt.Sprintf("iptables (%s): skipped, not installed (%v)", f, err))
 					continue
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"strings"
 	"time"
 
@@ -22,7 +23,7 @@ func measureFloor(ctx context.Context, spec SyncSpec, node, floor *kernel.NetNS,
 	case ModeNftables:
 		steps = []floorStep{{tool: kernel.ToolNft}}
 	case ModeIPTables:
-		steps = []floorStep{{tool: kernel.IPTablesTool(spec.Flavour)}}
+		steps = []floorStep{{tool: xtables.Flavour(spec.Flavour).Tool()}}
 	case ModeIPVS:
 		var missing []string
 		for _, t := range []kernel.RulesetTool{kernel.ToolIPSet, kernel.ToolIPVSAdm} {
@@ -36,9 +37,9 @@ func measureFloor(ctx context.Context, spec SyncSpec, node, floor *kernel.NetNS,
 		}
 		steps = []floorStep{{tool: kernel.ToolIPSet}}
 		// The mode's rules are in the flavour it detected; take both.
-		for _, f := range []string{"nft", "legacy"} {
-			if kernel.IPTablesTool(f).Installed() == nil {
-				steps = append(steps, floorStep{tool: kernel.IPTablesTool(f), optional: true})
+		for _, f := range xtables.Flavours {
+			if f.Tool().Installed() == nil {
+				steps = append(steps, floorStep{tool: f.Tool(), optional: true})
 			}
 		}
 		steps = append(steps, floorStep{tool: kernel.ToolIPVSAdm}, floorStep{addrs: true})

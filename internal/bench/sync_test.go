@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"os"
 	"os/exec"
 	"slices"
@@ -127,7 +128,7 @@ func TestSyncNftablesIptables(t *testing.T) {
 	// iptables runs in every flavour installed here.
 	want := []string{"nftables"}
 	for _, f := range []string{"nft", "legacy"} {
-		if kernel.IPTablesTool(f).Installed() == nil {
+		if xtables.Flavour(f).Tool().Installed() == nil {
 			want = append(want, "iptables ("+f+")")
 		}
 	}

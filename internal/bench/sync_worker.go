@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"io"
 	"net/netip"
 	"slices"
@@ -13,7 +14,6 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
-	"github.com/kdive/kdive/internal/proxy/iptables"
 	"github.com/kdive/kdive/internal/proxy/modes"
 	"github.com/kdive/kdive/internal/proxy/nftables"
 )
@@ -151,7 +151,7 @@ func newSyncBackend(spec SyncSpec, ns *kernel.NetNS) (*syncBackend, error) {
 	if err != nil {
 		return nil, err
 	}
-	if spec.Mode == ModeIPTables && spec.Flavour != string(iptables.FlavourNFT) && spec.Flavour != string(iptables.FlavourLegacy) {
+	if spec.Mode == ModeIPTables && !xtables.Flavour(spec.Flavour).Valid() {
 		return nil, fmt.Errorf("iptables flavour %q: want nft or legacy", spec.Flavour)
 	}
 	return &syncBackend{Backend: m.New(modes.Options{NetNS: ns, Flavour: spec.Flavour}), size: m.Size}, nil

@@ -79,7 +79,7 @@ func TestRoutedThroughLibcni(t *testing.T) {
 		t.Errorf("proxy_delay of %s = %q, want 0", hv, v)
 	}
 	wantHostRoute := kernel.Route{Dst: netip.PrefixFrom(a.ip(t), 32), Dev: hv, Scope: unix.RT_SCOPE_LINK, Protocol: kernel.RouteProtocolCNI}
-	if routes, _ := h.node.Routes(); !slices.Contains(routes, wantHostRoute) {
+	if routes, _ := h.node.Routes(); !slices.ContainsFunc(routes, wantHostRoute.Equal) {
 		t.Errorf("node lacks route %s; has %v", wantHostRoute, routes)
 	}
 	podRoutes, _ := a.ns.Routes()

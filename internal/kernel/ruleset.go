@@ -25,16 +25,6 @@ var (
 	toolIPBatch = []string{"ip", "-batch", "-"}
 )
 
-// IPTablesTool is the save/restore pair of an iptables flavour ("nft" or
-// "legacy").
-func IPTablesTool(flavour string) RulesetTool {
-	return RulesetTool{
-		Name:    "iptables-" + flavour + "-restore",
-		Save:    []string{"iptables-" + flavour + "-save"},
-		Restore: []string{"iptables-" + flavour + "-restore"},
-	}
-}
-
 // Installed reports whether both of the tool's programs are on PATH; the
 // error names the one missing.
 func (t RulesetTool) Installed() error {

@@ -154,7 +154,7 @@ func (p *Proxier) ensureFlavour(ctx context.Context) error {
 		return nil
 	}
 	if p.opts.Flavour != "" {
-		if !p.opts.Flavour.valid() {
+		if !p.opts.Flavour.Valid() {
 			return fmt.Errorf("iptables flavour %q: want nft or legacy", p.opts.Flavour)
 		}
 		p.flavour = p.opts.Flavour
@@ -340,7 +340,7 @@ var failedLine = regexp.MustCompile(`line (\d+) failed`)
 // restore runs iptables-restore --noflush. On failure it names the chain
 // (and service port) of the line iptables-restore refused.
 func (p *Proxier) restore(ctx context.Context, input string, rs *Ruleset) error {
-	tool := p.flavour.tool("restore")
+	tool := p.flavour.Restore()
 	_, err := p.run(ctx, input, tool, "-w", "--noflush")
 	if err == nil {
 		return nil

@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -66,7 +67,7 @@ func changeOne(d *proxy.Desired, i int) *proxy.Desired {
 }
 
 func BenchmarkSync(b *testing.B) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		for _, n := range []int{1000, 10000} {
 			d := scaleDesired(n, 10)
 			name := fmt.Sprintf("%s/%dk", f, n/1000)

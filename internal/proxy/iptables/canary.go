@@ -36,7 +36,7 @@ func (p *Proxier) canaryOK(ctx context.Context) (bool, error) {
 	for _, t := range check {
 		fmt.Fprintf(&b, "*%s\n-S %s\nCOMMIT\n", t, ChainCanary)
 	}
-	out, err := p.run(ctx, b.String(), p.flavour.tool("restore"), "-w", "--noflush")
+	out, err := p.run(ctx, b.String(), p.flavour.Restore(), "-w", "--noflush")
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() == 1 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"strings"
 )
 
@@ -18,7 +19,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	defer p.mu.Unlock()
 	p.forget()
 	var errs []error
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		if err := p.cleanup(ctx, f); err != nil {
 			errs = append(errs, err)
 		}
@@ -28,8 +29,8 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 
 func (p *Proxier) cleanup(ctx context.Context, f Flavour) error {
 	// All tables at once: for legacy, naming a table would create it.
-	out, err := save(ctx, p.run, f, "")
-	if notInstalled(err) {
+	out, err := xtables.Save(ctx, p.run, f, "")
+	if xtables.NotInstalled(err) {
 		return nil
 	}
 	if err != nil {
@@ -39,7 +40,7 @@ func (p *Proxier) cleanup(ctx context.Context, f Flavour) error {
 	if input == "" {
 		return nil
 	}
-	if _, err := p.run(ctx, input, f.tool("restore"), "-w", "--noflush"); err != nil {
+	if _, err := p.run(ctx, input, f.Restore(), "-w", "--noflush"); err != nil {
 		return fmt.Errorf("clean up iptables (%s): %w", f, err)
 	}
 	return nil

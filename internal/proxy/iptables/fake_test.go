@@ -138,7 +138,7 @@ func parseTool(name string) (Flavour, string, bool) {
 		return "", "", false
 	}
 	fl, kind, _ := strings.Cut(rest, "-")
-	return Flavour(fl), kind, Flavour(fl).valid()
+	return Flavour(fl), kind, Flavour(fl).Valid()
 }
 
 func (f *fakeIPTables) save(fl Flavour, only Table) string {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -31,11 +32,11 @@ func requireFlavour(t testing.TB, f Flavour) {
 	if ktest.InVM() {
 		skip = t.Fatalf
 	}
-	if _, err := exec.LookPath(f.tool("restore")); err != nil {
-		skip("%s is not installed: %v", f.tool("restore"), err)
+	if _, err := exec.LookPath(f.Restore()); err != nil {
+		skip("%s is not installed: %v", f.Restore(), err)
 	}
 	flavourOnce.Do(func() {
-		for _, f := range flavours {
+		for _, f := range xtables.Flavours {
 			flavourErr[f] = probeFlavour(f)
 		}
 	})
@@ -58,7 +59,7 @@ func probeFlavour(f Flavour) error {
 		ns.Close()
 		_ = kernel.DeleteNetNS("kdive-iptprobe-" + string(f))
 	}()
-	_, err = ns.Run(context.Background(), "*nat\n:KDIVE-PROBE - [0:0]\n-A KDIVE-PROBE -m statistic --mode random --probability 0.5 -p tcp -j DNAT --to-destination 10.0.0.1:80\nCOMMIT\n", f.tool("restore"), "-w", "--noflush")
+	_, err = ns.Run(context.Background(), "*nat\n:KDIVE-PROBE - [0:0]\n-A KDIVE-PROBE -m statistic --mode random --probability 0.5 -p tcp -j DNAT --to-destination 10.0.0.1:80\nCOMMIT\n", f.Restore(), "-w", "--noflush")
 	return err
 }
 
@@ -97,12 +98,17 @@ func (kp *kernelProxier) sent() []string {
 	return s
 }
 
-// iptables runs the flavour's iptables tool ("", "save") in the namespace.
+// iptables runs the flavour's iptables tool ("": iptables itself, "save")
+// in the namespace.
 func iptables(t testing.TB, ns *kernel.NetNS, f Flavour, kind string, args ...string) string {
 	t.Helper()
-	out, err := ns.Run(context.Background(), "", f.tool(kind), args...)
+	tool := "iptables-" + string(f)
+	if kind == "save" {
+		tool = f.Save()
+	}
+	out, err := ns.Run(context.Background(), "", tool, args...)
 	if err != nil {
-		t.Fatalf("%s %s: %v", f.tool(kind), strings.Join(args, " "), err)
+		t.Fatalf("%s %s: %v", tool, strings.Join(args, " "), err)
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
 	"slices"
 	"strings"
@@ -79,15 +80,15 @@ func saveInUse(ctx context.Context, run runFunc) (Flavour, string, error) {
 	outs := map[Flavour]string{}
 	var with []Flavour
 	var errs []error
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		// Without -t: naming a legacy table would create it.
-		out, err := run(ctx, "", f.tool("save"), "-c")
+		out, err := run(ctx, "", f.Save(), "-c")
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", f.tool("save"), err))
+			errs = append(errs, fmt.Errorf("%s: %w", f.Save(), err))
 			continue
 		}
 		outs[f] = out
-		if hasChain(out, ChainCanary) {
+		if xtables.HasChain(out, ChainCanary) {
 			with = append(with, f)
 		}
 	}

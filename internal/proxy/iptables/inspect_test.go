@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"encoding/json"
+	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
 	"strings"
 	"testing"
@@ -181,7 +182,7 @@ func inspect(t *testing.T, ns *kernel.NetNS) *Inspected {
 
 // TestInspectKernelCases: the case table passes over the kernel's rules.
 func TestInspectKernelCases(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			requireFlavour(t, f)
@@ -206,7 +207,7 @@ func TestInspectKernelCases(t *testing.T) {
 // service chain mapped, Explain, counters of real packets, and a rule
 // deleted by hand showing up.
 func TestInspectKernel(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			testInspectKernel(t, f)

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"github.com/kdive/kdive/internal/xtables"
 	"strings"
 	"testing"
 
@@ -13,12 +14,12 @@ import (
 // TestRestoreAccepted: the whole rendered text, with the hook inserts, is
 // accepted by iptables-restore of both flavours.
 func TestRestoreAccepted(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			kp := newKernelProxier(t, f)
 			rs := Render(fixture())
-			if _, err := kp.ns.Run(context.Background(), rs.Text(), f.tool("restore"), "-w", "--noflush"); err != nil {
+			if _, err := kp.ns.Run(context.Background(), rs.Text(), f.Restore(), "-w", "--noflush"); err != nil {
 				t.Fatalf("restore rendered text: %v", err)
 			}
 			nat := chainsIn(t, kp.ns, f, TableNAT)
@@ -36,7 +37,7 @@ func TestRestoreAccepted(t *testing.T) {
 // port, and Cleanup, read back with iptables-save; a foreign rule and a
 // foreign chain in the same tables survive all of it.
 func TestSyncLifecycle(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			testSyncLifecycle(t, f)
@@ -49,7 +50,7 @@ func testSyncLifecycle(t *testing.T, f Flavour) {
 	kp := newKernelProxier(t, f)
 	foreign := "*nat\n:FOREIGN - [0:0]\n-A FOREIGN -s 192.0.2.1 -j RETURN\n-A PREROUTING -s 192.0.2.2 -j FOREIGN\nCOMMIT\n" +
 		"*filter\n-A INPUT -s 192.0.2.3 -j ACCEPT\nCOMMIT\n"
-	if _, err := kp.ns.Run(ctx, foreign, f.tool("restore"), "-w", "--noflush"); err != nil {
+	if _, err := kp.ns.Run(ctx, foreign, f.Restore(), "-w", "--noflush"); err != nil {
 		t.Fatal(err)
 	}
 	d := fixture()
@@ -184,7 +185,7 @@ func testSyncLifecycle(t *testing.T, f Flavour) {
 // TestCanary: someone flushes the nat table; the next Sync, although
 // nothing changed, notices the missing canary and restores everything.
 func TestCanary(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
@@ -262,7 +263,7 @@ func TestDetectFlavourKernel(t *testing.T) {
 			t.Parallel()
 			ns := ktest.NewNetNS(t)
 			for f, in := range c.setup {
-				if _, err := ns.Run(ctx, in, f.tool("restore"), "-w", "--noflush"); err != nil {
+				if _, err := ns.Run(ctx, in, f.Restore(), "-w", "--noflush"); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -340,7 +341,7 @@ func TestFlavourSwitch(t *testing.T) {
 // nothing, for rules the fixture lacks (no per-endpoint comments beyond
 // 1,000 endpoints, the localnet guard), in both flavours.
 func TestResyncIntact(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()

@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"strings"
 
 	"github.com/kdive/kdive/internal/model"
@@ -156,7 +157,7 @@ func (pl *plan) inputs(f Flavour, written func(*Chain, string)) []string {
 // shows, deletes kdive chains that are not wanted and inserts the jumps
 // from the built-in chains that are missing.
 func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
-	out, err := save(ctx, p.run, p.flavour, "")
+	out, err := xtables.Save(ctx, p.run, p.flavour, "")
 	if err != nil {
 		return nil, fmt.Errorf("read iptables: %w", err)
 	}

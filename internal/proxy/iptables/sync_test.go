@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"github.com/kdive/kdive/internal/xtables"
 	"strings"
 	"testing"
 
@@ -11,7 +12,7 @@ import (
 // Sync, Cleanup and flavour detection against fakeIPTables (no root).
 
 func TestSyncFake(t *testing.T) {
-	for _, fl := range flavours {
+	for _, fl := range xtables.Flavours {
 		t.Run(string(fl), func(t *testing.T) {
 			ctx := context.Background()
 			f := newFakeIPTables()
@@ -64,7 +65,7 @@ func TestSyncFake(t *testing.T) {
 			}
 
 			// The canary rule gone from filter: the next Sync resyncs.
-			if _, err := f.run(ctx, "", fl.tool(""), "-w", "-t", "filter", "-F"); err != nil {
+			if _, err := f.run(ctx, "", "iptables-"+string(fl), "-w", "-t", "filter", "-F"); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Sync(ctx, unchanged(d2)); err != nil {
@@ -152,7 +153,7 @@ func TestDetectFlavour(t *testing.T) {
 				if text == "" {
 					continue
 				}
-				if _, err := f.run(context.Background(), text, fl.tool("restore")); err != nil {
+				if _, err := f.run(context.Background(), text, fl.Restore()); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -185,7 +186,7 @@ func TestCleanupFake(t *testing.T) {
 	if err := f.Proxier(FlavourNFT).Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, fl := range flavours {
+	for _, fl := range xtables.Flavours {
 		for _, tb := range tables {
 			for c := range f.chains(fl, tb) {
 				if isOurs(c) && !(fl == FlavourNFT && tb == TableNAT && c == chainMarkMasq) {

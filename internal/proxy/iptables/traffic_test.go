@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"net"
 	"net/netip"
 	"strings"
@@ -129,7 +130,7 @@ func ask(ns *kernel.NetNS, addr string, timeout time.Duration) (pod, client stri
 
 // TestTraffic sends real connections through the rules, in both flavours.
 func TestTraffic(t *testing.T) {
-	for _, f := range flavours {
+	for _, f := range xtables.Flavours {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
 			requireFlavour(t, f)

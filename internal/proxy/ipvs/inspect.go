@@ -5,8 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 
@@ -115,23 +115,23 @@ func (s *snapshot) readSets(ns *kernel.NetNS) error {
 // chains (nft's if both do; the other is noted).
 func (s *snapshot) readIptables(ctx context.Context, ns *kernel.NetNS) error {
 	var errs []error
-	for _, f := range []flavour{flavourNFT, flavourLegacy} {
-		out, err := ns.Run(ctx, "", f.save)
-		if errors.Is(err, exec.ErrNotFound) {
+	for _, f := range xtables.Flavours {
+		out, err := ns.Run(ctx, "", f.Save())
+		if xtables.NotInstalled(err) {
 			continue
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("read iptables (%s): %w", f.name, err))
+			errs = append(errs, fmt.Errorf("read iptables (%s): %w", f, err))
 			continue
 		}
-		if !strings.Contains(out, ":"+chainFirewall+" ") {
+		if !xtables.HasChain(out, chainFirewall) {
 			continue
 		}
 		if s.saved != nil {
-			s.notes = append(s.notes, fmt.Sprintf("iptables-%s holds the mode's chains too; showing iptables-%s's", f.name, s.flavour))
+			s.notes = append(s.notes, fmt.Sprintf("iptables-%s holds the mode's chains too; showing iptables-%s's", f, s.flavour))
 			continue
 		}
-		s.saved, s.flavour = parseSave(out), f.name
+		s.saved, s.flavour = parseSave(out), string(f)
 	}
 	if s.saved == nil {
 		if len(errs) > 0 {

@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
+	"github.com/kdive/kdive/internal/xtables"
 	"slices"
 	"strings"
 
@@ -19,65 +19,24 @@ import (
 // them atomically per table; the jumps from built-in chains are inserted
 // only when missing, so other software's rules there stay untouched.
 
-// flavour is one of the two iptables back ends.
-type flavour struct{ name, save, restore string }
-
-var (
-	flavourNFT    = flavour{"nft", "iptables-nft-save", "iptables-nft-restore"}
-	flavourLegacy = flavour{"legacy", "iptables-legacy-save", "iptables-legacy-restore"}
-)
-
 // iptablesFlavour picks the back end: the one forced by Options.Flavour,
-// else the one the node already uses, decided once per Proxier.
-func (p *Proxier) iptablesFlavour(ctx context.Context) (flavour, error) {
-	switch p.opts.Flavour {
-	case "nft":
-		return flavourNFT, nil
-	case "legacy":
-		return flavourLegacy, nil
-	case "":
-	default:
-		return flavour{}, fmt.Errorf("iptables flavour %q is neither nft nor legacy", p.opts.Flavour)
+// else the one the node already uses (xtables.Detect, this mode's
+// firewall chain telling an earlier run's), decided once per Proxier.
+func (p *Proxier) iptablesFlavour(ctx context.Context) (xtables.Flavour, error) {
+	if f := xtables.Flavour(p.opts.Flavour); f != "" {
+		if !f.Valid() {
+			return "", fmt.Errorf("iptables flavour %q is neither nft nor legacy", p.opts.Flavour)
+		}
+		return f, nil
 	}
 	if p.flavour == "" {
-		p.flavour = detectFlavour(ctx, p.opts.NetNS).name
-	}
-	if p.flavour == flavourLegacy.name {
-		return flavourLegacy, nil
-	}
-	return flavourNFT, nil
-}
-
-// detectFlavour decides as kube-proxy's iptables wrapper (and kdive's
-// iptables mode) does: a back end holding kubelet's hint chains wins;
-// then one holding this mode's chains from an earlier run; else the one
-// with more rules; nft on a tie (Debian's default since 10). Whole-table
-// saves only: naming a legacy table would create it.
-func detectFlavour(ctx context.Context, ns *kernel.NetNS) flavour {
-	fs := []flavour{flavourNFT, flavourLegacy}
-	var saved [2]string
-	for i, f := range fs {
-		out, err := ns.Run(ctx, "", f.save)
+		f, err := xtables.Detect(ctx, p.opts.NetNS.Run, chainFirewall)
 		if err != nil {
-			saved[i] = ""
-			continue
+			return "", err
 		}
-		if strings.Contains(out, ":KUBE-IPTABLES-HINT ") || strings.Contains(out, ":KUBE-KUBELET-CANARY ") {
-			return f
-		}
-		saved[i] = out
+		p.flavour = f
 	}
-	ours := [2]bool{strings.Contains(saved[0], ":"+chainFirewall+" "), strings.Contains(saved[1], ":"+chainFirewall+" ")}
-	if ours[0] != ours[1] {
-		if ours[1] {
-			return flavourLegacy
-		}
-		return flavourNFT
-	}
-	if strings.Count(saved[1], "\n-A ") > strings.Count(saved[0], "\n-A ") {
-		return flavourLegacy
-	}
-	return flavourNFT
+	return p.flavour, nil
 }
 
 // savedTables is iptables-save output: table -> chain -> rule lines.
@@ -175,16 +134,16 @@ func (p *Proxier) syncIptables(ctx context.Context, r *Ruleset, stats *SyncStats
 		return err
 	}
 	ns := p.opts.NetNS
-	out, err := ns.Run(ctx, "", f.save)
+	out, err := ns.Run(ctx, "", f.Save())
 	if err != nil {
-		return fmt.Errorf("read iptables (%s): %w", f.name, err)
+		return fmt.Errorf("read iptables (%s): %w", f, err)
 	}
 	in := restoreInput(r, parseSave(out))
 	if in == "" {
 		return nil
 	}
-	if _, err := ns.Run(ctx, in, f.restore, "--noflush", "-w", "5"); err != nil {
-		return fmt.Errorf("restore iptables (%s): %w", f.name, err)
+	if _, err := ns.Run(ctx, in, f.Restore(), "--noflush", "-w", "5"); err != nil {
+		return fmt.Errorf("restore iptables (%s): %w", string(f), err)
 	}
 	stats.IptablesRestored = true
 	return nil
@@ -286,21 +245,21 @@ func cleanupInput(saved savedTables) string {
 // end whose tools are not installed has nothing to clean.
 func cleanupIptables(ctx context.Context, ns *kernel.NetNS) error {
 	var errs []error
-	for _, f := range []flavour{flavourNFT, flavourLegacy} {
-		out, err := ns.Run(ctx, "", f.save)
-		if errors.Is(err, exec.ErrNotFound) {
+	for _, f := range xtables.Flavours {
+		out, err := ns.Run(ctx, "", f.Save())
+		if xtables.NotInstalled(err) {
 			continue
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("read iptables (%s): %w", f.name, err))
+			errs = append(errs, fmt.Errorf("read iptables (%s): %w", f, err))
 			continue
 		}
 		in := cleanupInput(parseSave(out))
 		if in == "" {
 			continue
 		}
-		if _, err := ns.Run(ctx, in, f.restore, "--noflush", "-w", "5"); err != nil {
-			errs = append(errs, fmt.Errorf("remove iptables rules (%s): %w", f.name, err))
+		if _, err := ns.Run(ctx, in, f.Restore(), "--noflush", "-w", "5"); err != nil {
+			errs = append(errs, fmt.Errorf("remove iptables rules (%s): %w", string(f), err))
 		}
 	}
 	return errors.Join(errs...)

@@ -72,7 +72,7 @@ func (p *Proxier) iptablesFlavourName(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return f.name
+	return string(f)
 }
 
 // TestRestoreInput: only what differs is restored; missing jumps are

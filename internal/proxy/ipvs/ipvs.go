@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"fmt"
+	"github.com/kdive/kdive/internal/xtables"
 	"reflect"
 	"slices"
 	"strings"
@@ -60,7 +61,7 @@ type Proxier struct {
 	opts Options
 
 	mu       sync.Mutex
-	flavour  string               // iptables flavour in use, once detected
+	flavour  xtables.Flavour      // iptables flavour in use, once detected
 	applied  map[string]appliedVS // virtual servers as last applied, by key
 	draining map[drainKey]drainState
 	reaper   *time.Timer

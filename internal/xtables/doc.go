@@ -1,0 +1,9 @@
+// Package xtables is how kdive speaks iptables, for every mode that
+// writes iptables rules (the iptables mode's whole ruleset, the IPVS
+// mode's firewall and masquerading): which of the two iptables a node
+// uses (Flavour: iptables-nft or iptables-legacy, the two multi-call
+// binaries xtables-nft-multi and xtables-legacy-multi), how to detect it
+// as upstream's iptables wrapper does, and iptables-save and
+// iptables-restore of a flavour. It holds no policy: which chains are
+// kdive's is the caller's to say.
+package xtables
