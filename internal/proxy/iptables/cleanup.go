@@ -48,7 +48,7 @@ func (p *Proxier) cleanup(ctx context.Context, f Flavour) error {
 
 // cleanupInput is the restore input that deletes the hooks, then flushes
 // and deletes kdive's chains, table by table ("" when there are none).
-func cleanupInput(cur saved) string {
+func cleanupInput(cur map[Table]*xtables.SavedTable) string {
 	var b strings.Builder
 	for _, t := range tables {
 		st := cur[t]
@@ -56,10 +56,10 @@ func cleanupInput(cur saved) string {
 			continue
 		}
 		var extra []string
-		for _, h := range st.hookRules(t) {
+		for _, h := range hookRules(st, t) {
 			extra = append(extra, "-D"+strings.TrimPrefix(h, "-A"))
 		}
-		ours := st.ours(t)
+		ours := ours(st, t)
 		if len(ours) == 0 && len(extra) == 0 {
 			continue
 		}

@@ -117,10 +117,13 @@ func iptables(t testing.TB, ns *kernel.NetNS, f Flavour, kind string, args ...st
 func chainsIn(t testing.TB, ns *kernel.NetNS, f Flavour, table Table) map[string]bool {
 	t.Helper()
 	st := parseSave(iptables(t, ns, f, "save", "-t", string(table)))[table]
-	if st == nil {
-		return map[string]bool{}
+	chains := map[string]bool{}
+	if st != nil {
+		for _, c := range st.Order {
+			chains[c] = true
+		}
 	}
-	return st.chains
+	return chains
 }
 
 // withEndpoints is d with one port's endpoints replaced (and Changed

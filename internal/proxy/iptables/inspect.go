@@ -124,14 +124,14 @@ func inspectSaved(f Flavour, out string, local []netip.Addr) (*Inspected, error)
 		if st == nil {
 			continue
 		}
-		for _, name := range st.order {
+		for _, name := range st.Order {
 			k := chainKey{t, name}
 			own, builtin := ownedIn(t, name), builtinChains[name]
 			if !own && !builtin {
 				continue // someone else's chain
 			}
 			c := &Chain{Table: t, Name: name, Builtin: builtin}
-			for i, rule := range st.rules[name] {
+			for i, rule := range st.Rules[name] {
 				if builtin && !ownedIn(t, jumpTarget(rule)) {
 					continue // not a jump into kdive's chains
 				}

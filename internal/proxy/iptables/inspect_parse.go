@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Reading iptables-save back into Rules: the inverse of appendSave, for
@@ -48,40 +49,6 @@ func savedCounters(out string) (string, map[chainKey][]proxy.Counters) {
 	return b.String(), counts
 }
 
-// splitRule splits a saved rule into words; a double-quoted word (a
-// comment) may hold spaces and backslash-escaped quotes.
-func splitRule(s string) ([]string, error) {
-	var out []string
-	for i := 0; i < len(s); {
-		switch {
-		case s[i] == ' ' || s[i] == '\t' || s[i] == '\n':
-			i++
-		case s[i] == '"':
-			var b strings.Builder
-			i++
-			for ; i < len(s) && s[i] != '"'; i++ {
-				if s[i] == '\\' && i+1 < len(s) {
-					i++
-				}
-				b.WriteByte(s[i])
-			}
-			if i == len(s) {
-				return nil, errors.New("unterminated quote")
-			}
-			i++
-			out = append(out, b.String())
-		default:
-			j := i
-			for j < len(s) && s[j] != ' ' && s[j] != '\t' && s[j] != '\n' {
-				j++
-			}
-			out = append(out, s[i:j])
-			i = j
-		}
-	}
-	return out, nil
-}
-
 // knownModules are the matches kdive writes.
 var knownModules = map[string]bool{
 	"comment": true, "addrtype": true, "recent": true, "statistic": true,
@@ -93,7 +60,7 @@ var knownModules = map[string]bool{
 // (an interface match, a negated destination, a mark with another mask),
 // are errors.
 func parseSavedRule(text string) (Rule, error) {
-	words, err := splitRule(text)
+	words, err := xtables.SplitRule(text)
 	if err != nil {
 		return Rule{}, err
 	}

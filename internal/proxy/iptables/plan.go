@@ -171,7 +171,7 @@ func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
 	// chains written are taken as inputs writes them.
 	intact := func(c *Chain) bool {
 		st := cur[c.Table]
-		if st == nil || !st.chains[c.Name] || !c.sameAsSaved(st.rules[c.Name]) {
+		if st == nil || !st.Declares(c.Name) || !c.sameAsSaved(st.Rules[c.Name]) {
 			return false
 		}
 		pl.hash[chainKey{c.Table, c.Name}] = p.hashOf(c)
@@ -195,11 +195,11 @@ func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
 			pl.svc = append(pl.svc, write)
 		}
 	}
-	pl.fresh = cur[TableNAT] == nil || len(cur[TableNAT].chains) < 1000
+	pl.fresh = cur[TableNAT] == nil || len(cur[TableNAT].Order) < 1000
 	for _, t := range tables {
 		st := cur[t]
 		if st != nil {
-			for _, name := range st.ours(t) {
+			for _, name := range ours(st, t) {
 				if !want[chainKey{t, name}] {
 					pl.del[t] = append(pl.del[t], name)
 				}
@@ -211,7 +211,7 @@ func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
 			}
 			for i := len(hc.Rules) - 1; i >= 0; i-- {
 				r := &hc.Rules[i]
-				if st == nil || !st.hasJump(hc.Name, r.Jump) {
+				if st == nil || !hasJump(st, hc.Name, r.Jump) {
 					var b strings.Builder
 					r.appendTo(&b, "-I", hc.Name+" 1")
 					pl.extra[t] = append(pl.extra[t], b.String())

@@ -2,42 +2,19 @@ package iptables
 
 import (
 	"strings"
+
+	"github.com/kdive/kdive/internal/xtables"
 )
-
-// saved is what iptables-save printed, per table: the chains and, for each
-// chain, its rules (the text after "-A CHAIN ").
-type saved map[Table]*savedTable
-
-type savedTable struct {
-	chains map[string]bool
-	order  []string
-	rules  map[string][]string
-}
 
 var builtinChains = map[string]bool{
 	"PREROUTING": true, "INPUT": true, "FORWARD": true, "OUTPUT": true, "POSTROUTING": true,
 }
 
-// parseSave reads iptables-save output (either flavour).
-func parseSave(out string) saved {
-	s := saved{}
-	var cur *savedTable
-	for _, line := range strings.Split(out, "\n") {
-		switch {
-		case strings.HasPrefix(line, "*"):
-			cur = &savedTable{chains: map[string]bool{}, rules: map[string][]string{}}
-			s[Table(line[1:])] = cur
-		case cur == nil:
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if !cur.chains[name] {
-				cur.chains[name] = true
-				cur.order = append(cur.order, name)
-			}
-		case strings.HasPrefix(line, "-A "):
-			chain, rule, _ := strings.Cut(line[3:], " ")
-			cur.rules[chain] = append(cur.rules[chain], rule)
-		}
+// parseSave reads iptables-save output (either flavour), by table.
+func parseSave(out string) map[Table]*xtables.SavedTable {
+	s := map[Table]*xtables.SavedTable{}
+	for name, t := range xtables.ParseSave(out) {
+		s[Table(name)] = t
 	}
 	return s
 }
@@ -67,10 +44,13 @@ func ownedIn(t Table, name string) bool {
 // no foreign rule jumps to (deleting those would fail the whole restore,
 // and flushing them would change someone else's rules), nor any chain
 // such a kept chain jumps to.
-func (st *savedTable) ours(t Table) []string {
+func ours(st *xtables.SavedTable, t Table) []string {
+	if st == nil {
+		return nil
+	}
 	keep := map[string]bool{}
 	var queue []string
-	for chain, rules := range st.rules {
+	for chain, rules := range st.Rules {
 		if ownedIn(t, chain) || builtinChains[chain] {
 			continue
 		}
@@ -84,7 +64,7 @@ func (st *savedTable) ours(t Table) []string {
 	for len(queue) > 0 {
 		c := queue[0]
 		queue = queue[1:]
-		for _, r := range st.rules[c] {
+		for _, r := range st.Rules[c] {
 			if j := jumpTarget(r); ownedIn(t, j) && !keep[j] {
 				keep[j] = true
 				queue = append(queue, j)
@@ -92,7 +72,7 @@ func (st *savedTable) ours(t Table) []string {
 		}
 	}
 	var out []string
-	for _, name := range st.order {
+	for _, name := range st.Order {
 		if ownedIn(t, name) && !keep[name] {
 			out = append(out, name)
 		}
@@ -102,10 +82,13 @@ func (st *savedTable) ours(t Table) []string {
 
 // hookRules are the rules in built-in chains that jump to kdive's chains,
 // as "-A CHAIN rule" lines.
-func (st *savedTable) hookRules(t Table) []string {
+func hookRules(st *xtables.SavedTable, t Table) []string {
+	if st == nil {
+		return nil
+	}
 	var out []string
 	for _, chain := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
-		for _, r := range st.rules[chain] {
+		for _, r := range st.Rules[chain] {
 			if ownedIn(t, jumpTarget(r)) {
 				out = append(out, "-A "+chain+" "+r)
 			}
@@ -115,8 +98,11 @@ func (st *savedTable) hookRules(t Table) []string {
 }
 
 // hasJump says whether built-in chain has a rule jumping to target.
-func (st *savedTable) hasJump(chain, target string) bool {
-	for _, r := range st.rules[chain] {
+func hasJump(st *xtables.SavedTable, chain, target string) bool {
+	if st == nil {
+		return false
+	}
+	for _, r := range st.Rules[chain] {
 		if jumpTarget(r) == target {
 			return true
 		}

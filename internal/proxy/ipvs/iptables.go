@@ -1,7 +1,6 @@
 package ipvs
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -39,30 +38,21 @@ func (p *Proxier) iptablesFlavour(ctx context.Context) (xtables.Flavour, error) 
 	return p.flavour, nil
 }
 
-// savedTables is iptables-save output: table -> chain -> rule lines.
+// savedTables is iptables-save output: table -> chain -> rule lines
+// ("-A CHAIN rule"); a declared chain without rules has an empty list.
 type savedTables map[string]map[string][]string
 
 func parseSave(out string) savedTables {
 	t := savedTables{}
-	var cur map[string][]string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	for sc.Scan() {
-		l := sc.Text()
-		switch {
-		case strings.HasPrefix(l, "*"):
-			cur = map[string][]string{}
-			t[l[1:]] = cur
-		case cur == nil:
-		case strings.HasPrefix(l, ":"):
-			name, _, _ := strings.Cut(l[1:], " ")
-			if _, ok := cur[name]; !ok {
-				cur[name] = []string{}
-			}
-		case strings.HasPrefix(l, "-A "):
-			name, _, _ := strings.Cut(l[3:], " ")
-			cur[name] = append(cur[name], l)
+	for name, st := range xtables.ParseSave(out) {
+		chains := map[string][]string{}
+		for _, c := range st.Order {
+			chains[c] = st.Lines(c)
 		}
+		for c := range st.Rules {
+			chains[c] = st.Lines(c)
+		}
+		t[name] = chains
 	}
 	return t
 }

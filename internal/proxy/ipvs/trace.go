@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Trace follows the first packet of a connection through a plan the way
@@ -277,28 +278,11 @@ func parseRule(line string) rule {
 	return r
 }
 
-// splitWords splits on spaces, keeping "quoted strings" whole.
+// splitWords splits a rule into words (xtables.SplitRule); an
+// unterminated quote runs to the end.
 func splitWords(s string) []string {
-	var out []string
-	var b strings.Builder
-	quoted := false
-	for _, c := range s {
-		switch {
-		case c == '"':
-			quoted = !quoted
-		case c == ' ' && !quoted:
-			if b.Len() > 0 {
-				out = append(out, b.String())
-				b.Reset()
-			}
-		default:
-			b.WriteRune(c)
-		}
-	}
-	if b.Len() > 0 {
-		out = append(out, b.String())
-	}
-	return out
+	w, _ := xtables.SplitRule(s)
+	return w
 }
 
 func (w *walker) matches(r rule) bool {
