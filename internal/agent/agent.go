@@ -227,7 +227,7 @@ func (a *Agent) syncOnce(ctx context.Context, full bool) error {
 		// A node whose pod network cannot run yet (no spec.podCIDR) still
 		// gets its Services, as kube-proxy's would: the proxy needs only
 		// the node's name, zone and address. The pod network waits.
-		if errors.Is(err, ErrNotReady) && st.Local.IP.IsValid() {
+		if errors.Is(err, ErrNotReady) && st.Local.IP().IsValid() {
 			if perr := a.syncProxy(ctx, st.Local, full); perr != nil {
 				return perr
 			}
@@ -242,7 +242,7 @@ func (a *Agent) syncOnce(ctx context.Context, full bool) error {
 
 // syncPodNet writes the CNI network config, then routes and tunnels.
 func (a *Agent) syncPodNet(ctx context.Context, st podnet.State) error {
-	up, err := a.findUplink(st.Local.IP)
+	up, err := a.findUplink(st.Local.IP())
 	if err != nil {
 		return err
 	}
@@ -279,7 +279,7 @@ func (a *Agent) desiredState() (podnet.State, error) {
 			return st, fmt.Errorf("node %s: no Node object of that name: %w", a.cfg.NodeName, ErrNotReady)
 		}
 		mn, problem := source.Node(n)
-		if !mn.IP.IsValid() {
+		if !mn.IP().IsValid() {
 			return st, fmt.Errorf("node %s: %s: %w", n.Name, problem, ErrNotReady)
 		}
 		st.Local = mn

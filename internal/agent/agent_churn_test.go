@@ -144,7 +144,7 @@ func (w *churnWorld) change(rng *rand.Rand, i int) string {
 
 // expected is the load-balancing table the final objects ask for, through
 // the same conversion the agent uses.
-func (w *churnWorld) expected(t *testing.T, node proxy.Node) *proxy.LBTable {
+func (w *churnWorld) expected(t *testing.T, node model.Node) *proxy.LBTable {
 	t.Helper()
 	d := &proxy.Desired{Node: node}
 	for i, svc := range w.services {
@@ -331,7 +331,7 @@ func (b *churnBed) runAgent(t *testing.T) {
 // current objects ask for, and returns how long that took, or the
 // differences left at the deadline.
 func (b *churnBed) converged(t *testing.T, deadline time.Duration) (time.Duration, []string) {
-	node := proxy.Node{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}
+	node := model.Node{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}
 	start := time.Now()
 	var diffs []string
 	for time.Since(start) < deadline {

@@ -77,7 +77,7 @@ func InstallCNI(ctx context.Context, cfg *Configuration, o InstallOptions) error
 		if err == nil {
 			local, problem := source.Node(n)
 			if problem == "" {
-				up, err := a.findUplink(local.IP)
+				up, err := a.findUplink(local.IP())
 				if err != nil {
 					return err
 				}

@@ -141,7 +141,7 @@ func (pr *proxyRunner) programmed(m *metrics) {
 // ProxyInputs are the proxy settings and node an agent with configuration
 // cfg programs its node's Services with, local being its Node (as
 // source.Node translates it). Validate has checked cfg's CIDRs.
-func ProxyInputs(cfg ProxyConfig, local model.Node) (proxy.Config, proxy.Node) {
+func ProxyInputs(cfg ProxyConfig, local model.Node) (proxy.Config, model.Node) {
 	pc := proxy.Config{LocalhostNodePorts: localhostNodePorts(cfg), MasqueradeAll: cfg.MasqueradeAll}
 	if c, err := netip.ParsePrefix(cfg.ClusterCIDR); err == nil {
 		pc.ClusterCIDRs = []netip.Prefix{c}
@@ -153,11 +153,8 @@ func ProxyInputs(cfg ProxyConfig, local model.Node) (proxy.Config, proxy.Node) {
 			pc.NodePortAddresses = append(pc.NodePortAddresses, p)
 		}
 	}
-	node := proxy.Node{Name: local.Name, Zone: local.Zone}
-	if local.IP.IsValid() {
-		node.IPs = []netip.Addr{local.IP}
-	}
-	return pc, node
+	// The proxy's node is the pod network's, without the pod block.
+	return pc, model.Node{Name: local.Name, Zone: local.Zone, IPs: local.IPs}
 }
 
 // syncProxy computes this node's services and programs them: the backend

@@ -190,9 +190,9 @@ func webPort() model.ServicePort {
 // of one endpoint each (nftables.GeneratedPort, endpoints at addresses no
 // namespace holds) and webPort.
 func datapathDesired(n int) *proxy.Desired {
-	node := proxy.Node{Name: dpNodeName, IPs: []netip.Addr{dpNodeIP}}
+	node := model.Node{Name: dpNodeName, IPs: []netip.Addr{dpNodeIP}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{dpClusterCIDR}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for i := range n - 1 {
 		d.Services = append(d.Services, proxy.Resolve(nftables.GeneratedPort(i, 1), node))
 	}

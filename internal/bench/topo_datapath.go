@@ -64,7 +64,7 @@ func newDatapathTopo(ctx context.Context, onCreate func(string)) (_ *datapathTop
 	}
 	rec := podnet.New(podnet.Options{NetNS: t.node, Uplink: "lo",
 		Network: model.PodNetwork{Interface: model.InterfaceRouted, Encap: model.EncapNone, EncapPolicy: model.EncapAlways}})
-	st := podnet.State{Local: model.Node{Name: dpNodeName, IP: dpNodeIP, PodCIDR: dpBlock},
+	st := podnet.State{Local: model.Node{Name: dpNodeName, IPs: []netip.Addr{dpNodeIP}, PodCIDR: dpBlock},
 		Subnet: netip.PrefixFrom(dpNodeIP, 32), UplinkMTU: 1500}
 	if err := rec.Sync(ctx, st); err != nil {
 		return nil, fmt.Errorf("pod network of the bench node: %w", err)

@@ -23,8 +23,8 @@ import (
 // namespace), the client in pod-1 (the first).
 var (
 	encNodes = []model.Node{
-		{Name: "node-1", IP: netip.MustParseAddr("192.0.2.1"), PodCIDR: netip.MustParsePrefix("10.0.1.0/24")},
-		{Name: "node-2", IP: netip.MustParseAddr("192.0.2.2"), PodCIDR: netip.MustParsePrefix("10.0.2.0/24")},
+		{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, PodCIDR: netip.MustParsePrefix("10.0.1.0/24")},
+		{Name: "node-2", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, PodCIDR: netip.MustParsePrefix("10.0.2.0/24")},
 	}
 	encSubnetBits = 24
 	encBareA      = netip.MustParsePrefix("10.99.0.1/24")
@@ -102,7 +102,7 @@ func newEncapTopo(ctx context.Context, mode model.Encap, onCreate func(string)) 
 	}
 	for i, n := range encNodes {
 		ns := nodes[i]
-		if err := ns.AddAddr("eth0", netip.PrefixFrom(n.IP, encSubnetBits)); err != nil {
+		if err := ns.AddAddr("eth0", netip.PrefixFrom(n.IP(), encSubnetBits)); err != nil {
 			return nil, err
 		}
 		if err := ns.LinkUp("eth0"); err != nil {

@@ -86,12 +86,27 @@ func (p PodNetwork) PodMTU(uplinkMTU int) int {
 // Node is a cluster node as the pod network sees it.
 type Node struct {
 	Name string `json:"name"`
-	// IP is the node's InternalIP, the underlay address peers reach.
-	IP netip.Addr `json:"ip"`
+	// IPs are the node's addresses, its InternalIP (the underlay address
+	// peers reach) first; the service proxy answers NodePorts on them.
+	IPs []netip.Addr `json:"ips,omitempty"`
 	// PodCIDR is the node's pod block (node.spec.podCIDR); invalid when
 	// the node has none yet.
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	Zone    string       `json:"zone,omitempty"`
+}
+
+// IP is the node's primary address, its InternalIP; invalid when it has
+// none.
+func (n Node) IP() netip.Addr {
+	if len(n.IPs) == 0 {
+		return netip.Addr{}
+	}
+	return n.IPs[0]
+}
+
+// Equal says n and o are the same node, field by field.
+func (n Node) Equal(o Node) bool {
+	return n.Name == o.Name && slices.Equal(n.IPs, o.IPs) && n.PodCIDR == o.PodCIDR && n.Zone == o.Zone
 }
 
 // Encapsulate reports whether traffic from a node on localSubnet to peer is

@@ -78,32 +78,32 @@ func (r *Reconciler) observe(st State) (State, error) {
 			st.UplinkMTU = up.MTU
 		}
 		for _, a := range up.Addrs {
-			if !st.Subnet.IsValid() && a.Addr() == st.Local.IP {
+			if !st.Subnet.IsValid() && a.Addr() == st.Local.IP() {
 				st.Subnet = a.Masked()
 			}
 		}
 		if !st.Subnet.IsValid() {
-			return st, fmt.Errorf("no address %v (the node's IP) on it", st.Local.IP)
+			return st, fmt.Errorf("no address %v (the node's IP) on it", st.Local.IP())
 		}
 	}
 	st.Gateways = maps.Clone(st.Gateways)
 	for _, peer := range st.Peers {
-		if !peer.IP.Is4() || st.Subnet.Contains(peer.IP) || r.opts.Network.Encapsulate(st.Subnet, peer.IP) {
+		if !peer.IP().Is4() || st.Subnet.Contains(peer.IP()) || r.opts.Network.Encapsulate(st.Subnet, peer.IP()) {
 			continue
 		}
-		if _, ok := st.Gateways[peer.IP]; ok {
+		if _, ok := st.Gateways[peer.IP()]; ok {
 			continue
 		}
-		rt, err := r.opts.NetNS.RouteGet(peer.IP)
+		rt, err := r.opts.NetNS.RouteGet(peer.IP())
 		if err != nil {
 			continue // Render skips the peer, saying why
 		}
 		if st.Gateways == nil {
 			st.Gateways = map[netip.Addr]netip.Addr{}
 		}
-		st.Gateways[peer.IP] = peer.IP
+		st.Gateways[peer.IP()] = peer.IP()
 		if rt.Gateway.IsValid() {
-			st.Gateways[peer.IP] = rt.Gateway
+			st.Gateways[peer.IP()] = rt.Gateway
 		}
 	}
 	return st, nil

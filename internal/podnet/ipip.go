@@ -28,16 +28,16 @@ func (r *renderer) ipipFallbackDevice() {
 // ipipFallbackPeer routes a peer's block through tunl0; the gateway is the
 // outer destination.
 func (r *renderer) ipipFallbackPeer(peer model.Node) {
-	r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP, Dev: kernel.IPIPFallback, OnLink: true}, peer.Name,
+	r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP(), Dev: kernel.IPIPFallback, OnLink: true}, peer.Name,
 		fmt.Sprintf("pod block %s of %s via %s (IPIP, %s)", peer.PodCIDR, peer.Name, kernel.IPIPFallback, r.policy()))
 }
 
 // ipipTunnelPeer gives a peer its own point-to-point IPIP device
 // (kube-router style) and routes its block through it.
 func (r *renderer) ipipTunnelPeer(peer model.Node) {
-	name := TunnelName(peer.IP)
-	r.addLink(kernel.Tunnel{Name: name, Kind: kernel.TunnelIPIP, Local: r.p.NodeIP, Remote: peer.IP}, peer.Name,
-		fmt.Sprintf("IPIP tunnel to %s (%s); %s is this node's source toward its pods", peer.Name, peer.IP, r.vtep.Addr()))
-	r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP, Dev: name, OnLink: true}, peer.Name,
-		fmt.Sprintf("pod block %s of %s via %s (IPIP tunnel to %s, %s)", peer.PodCIDR, peer.Name, name, peer.IP, r.policy()))
+	name := TunnelName(peer.IP())
+	r.addLink(kernel.Tunnel{Name: name, Kind: kernel.TunnelIPIP, Local: r.p.NodeIP, Remote: peer.IP()}, peer.Name,
+		fmt.Sprintf("IPIP tunnel to %s (%s); %s is this node's source toward its pods", peer.Name, peer.IP(), r.vtep.Addr()))
+	r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP(), Dev: name, OnLink: true}, peer.Name,
+		fmt.Sprintf("pod block %s of %s via %s (IPIP tunnel to %s, %s)", peer.PodCIDR, peer.Name, name, peer.IP(), r.policy()))
 }

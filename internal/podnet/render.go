@@ -73,18 +73,18 @@ func Render(opts Options, st State) (*Plan, error) {
 	switch {
 	case opts.Uplink == "":
 		return nil, errors.New("render pod network: no uplink interface given")
-	case !l.IP.Is4():
-		return nil, fmt.Errorf("render node %s: node IP %v is not IPv4", l.Name, l.IP)
+	case !l.IP().Is4():
+		return nil, fmt.Errorf("render node %s: node IP %v is not IPv4", l.Name, l.IP())
 	case !l.PodCIDR.IsValid() || !l.PodCIDR.Addr().Is4():
 		return nil, fmt.Errorf("render node %s: no IPv4 pod block (spec.podCIDR) yet", l.Name)
-	case !st.Subnet.IsValid() || !st.Subnet.Contains(l.IP):
-		return nil, fmt.Errorf("render node %s: underlay subnet %v does not contain node IP %s", l.Name, st.Subnet, l.IP)
+	case !st.Subnet.IsValid() || !st.Subnet.Contains(l.IP()):
+		return nil, fmt.Errorf("render node %s: underlay subnet %v does not contain node IP %s", l.Name, st.Subnet, l.IP())
 	case opts.Network.Encap != model.EncapNone && opts.Network.PodMTU(st.UplinkMTU) < minPodMTU:
 		return nil, fmt.Errorf("render node %s: uplink %s mtu %d is unknown or too small to encapsulate", l.Name, opts.Uplink, st.UplinkMTU)
 	}
 	block := l.PodCIDR.Masked()
 	p := &Plan{
-		Node: l.Name, NodeIP: l.IP, Block: block, Network: opts.Network,
+		Node: l.Name, NodeIP: l.IP(), Block: block, Network: opts.Network,
 		Uplink: opts.Uplink, UplinkMTU: st.UplinkMTU, Subnet: st.Subnet.Masked(),
 	}
 	r := &renderer{opts: opts, st: st, p: p, block: block, vtep: netip.PrefixFrom(vtepAddr(block), 32)}
@@ -115,7 +115,7 @@ func Render(opts Options, st State) (*Plan, error) {
 	}
 	for _, peer := range r.peers() {
 		switch {
-		case !opts.Network.Encapsulate(p.Subnet, peer.IP):
+		case !opts.Network.Encapsulate(p.Subnet, peer.IP()):
 			r.direct(peer)
 		case opts.Network.Encap == model.EncapVXLAN:
 			r.vxlanPeer(peer)
@@ -171,14 +171,14 @@ func (r *renderer) direct(peer model.Node) {
 	if r.opts.Network.Encap == model.EncapNone {
 		why = "direct, encap none"
 	}
-	if r.p.Subnet.Contains(peer.IP) {
-		r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP, Dev: r.opts.Uplink}, peer.Name,
+	if r.p.Subnet.Contains(peer.IP()) {
+		r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP(), Dev: r.opts.Uplink}, peer.Name,
 			fmt.Sprintf("pod block %s of %s via %s (%s)", peer.PodCIDR, peer.Name, r.opts.Uplink, why))
 		return
 	}
-	gw := r.st.Gateways[peer.IP]
-	if gw == peer.IP {
-		r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP, Dev: r.opts.Uplink}, peer.Name,
+	gw := r.st.Gateways[peer.IP()]
+	if gw == peer.IP() {
+		r.addRoute(kernel.Route{Dst: peer.PodCIDR, Gateway: peer.IP(), Dev: r.opts.Uplink}, peer.Name,
 			fmt.Sprintf("pod block %s of %s via %s (%s, peer on-link outside subnet %s)", peer.PodCIDR, peer.Name, r.opts.Uplink, why, r.p.Subnet))
 		return
 	}
@@ -192,7 +192,7 @@ func (r *renderer) direct(peer model.Node) {
 func (r *renderer) peers() []model.Node {
 	sorted := slices.Clone(r.st.Peers)
 	slices.SortStableFunc(sorted, func(a, b model.Node) int {
-		return cmp.Or(cmp.Compare(a.Name, b.Name), a.IP.Compare(b.IP))
+		return cmp.Or(cmp.Compare(a.Name, b.Name), a.IP().Compare(b.IP()))
 	})
 	var out []model.Node
 	skip := func(n model.Node, format string, args ...any) {
@@ -216,27 +216,27 @@ func (r *renderer) peers() []model.Node {
 func (r *renderer) unusable(n model.Node, taken []model.Node) string {
 	local := r.st.Local
 	switch {
-	case !n.IP.IsValid():
+	case !n.IP().IsValid():
 		return "no node IP yet"
 	case !n.PodCIDR.IsValid():
 		return "no pod block (spec.podCIDR) yet"
-	case !n.IP.Is4() || !n.PodCIDR.Addr().Is4():
-		return fmt.Sprintf("IPv6 (%s, %s) is not supported", n.IP, n.PodCIDR)
-	case n.IP == local.IP:
-		return fmt.Sprintf("has this node's IP %s", n.IP)
+	case !n.IP().Is4() || !n.PodCIDR.Addr().Is4():
+		return fmt.Sprintf("IPv6 (%s, %s) is not supported", n.IP(), n.PodCIDR)
+	case n.IP() == local.IP():
+		return fmt.Sprintf("has this node's IP %s", n.IP())
 	case n.PodCIDR.Overlaps(r.block):
 		return fmt.Sprintf("pod block %s overlaps this node's %s", n.PodCIDR, r.block)
 	}
 	for _, t := range taken {
-		if n.IP == t.IP {
-			return fmt.Sprintf("node IP %s is also %s's", n.IP, t.Name)
+		if n.IP() == t.IP() {
+			return fmt.Sprintf("node IP %s is also %s's", n.IP(), t.Name)
 		}
 		if n.PodCIDR.Overlaps(t.PodCIDR) {
 			return fmt.Sprintf("pod block %s overlaps %s's %s", n.PodCIDR, t.Name, t.PodCIDR)
 		}
 	}
-	if !r.opts.Network.Encapsulate(r.st.Subnet, n.IP) && !r.st.Subnet.Contains(n.IP) && !r.st.Gateways[n.IP].IsValid() {
-		return fmt.Sprintf("no underlay route to node IP %s", n.IP)
+	if !r.opts.Network.Encapsulate(r.st.Subnet, n.IP()) && !r.st.Subnet.Contains(n.IP()) && !r.st.Gateways[n.IP()].IsValid() {
+		return fmt.Sprintf("no underlay route to node IP %s", n.IP())
 	}
 	return ""
 }

@@ -91,7 +91,7 @@ func TestRenderErrors(t *testing.T) {
 	}{
 		{"bad encap", func(o *podnet.Options, _ *podnet.State) { o.Network.Encap = "gre" }, `podNetwork.encap: unsupported value "gre"`},
 		{"no uplink", func(o *podnet.Options, _ *podnet.State) { o.Uplink = "" }, "no uplink"},
-		{"no node IP", func(_ *podnet.Options, s *podnet.State) { s.Local.IP = netip.Addr{} }, "node-1: node IP invalid IP is not IPv4"},
+		{"no node IP", func(_ *podnet.Options, s *podnet.State) { s.Local.IPs = nil }, "node-1: node IP invalid IP is not IPv4"},
 		{"no block", func(_ *podnet.Options, s *podnet.State) { s.Local.PodCIDR = netip.Prefix{} }, "node-1: no IPv4 pod block"},
 		{"foreign subnet", func(_ *podnet.Options, s *podnet.State) { s.Subnet = netip.MustParsePrefix("198.51.100.0/24") },
 			"underlay subnet 198.51.100.0/24 does not contain node IP 192.0.2.11"},
@@ -116,14 +116,14 @@ func TestRenderErrors(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	a, b := podnet.TunnelName(node2.IP), podnet.TunnelName(node3.IP)
+	a, b := podnet.TunnelName(node2.IP()), podnet.TunnelName(node3.IP())
 	if a == b || len(a) != 14 || !strings.HasPrefix(a, "tun-") || a != podnet.TunnelName(netip.MustParseAddr("192.0.2.12")) {
 		t.Errorf("tunnel names %q, %q: want distinct, stable, tun- and 10 hex digits", a, b)
 	}
 	if v6 := podnet.TunnelName(netip.MustParseAddr("2001:db8::1")); len(v6) > 15 {
 		t.Errorf("tunnel name %q longer than IFNAMSIZ-1", v6)
 	}
-	mac := podnet.VTEPMAC(node3.IP)
+	mac := podnet.VTEPMAC(node3.IP())
 	if mac.String() != "0a:6b:c6:33:64:0d" || mac[0]&1 != 0 || mac[0]&2 == 0 {
 		t.Errorf("VTEP MAC %s: want 0a:6b:c6:33:64:0d, unicast, locally administered", mac)
 	}

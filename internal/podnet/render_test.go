@@ -21,7 +21,7 @@ import (
 func node(name, ip, block string) model.Node {
 	n := model.Node{Name: name}
 	if ip != "" {
-		n.IP = netip.MustParseAddr(ip)
+		n.IPs = []netip.Addr{netip.MustParseAddr(ip)}
 	}
 	if block != "" {
 		n.PodCIDR = netip.MustParsePrefix(block)
@@ -40,7 +40,7 @@ var (
 func renderState() podnet.State {
 	return podnet.State{
 		Local: node1, Subnet: netip.MustParsePrefix("192.0.2.0/24"), UplinkMTU: 1500,
-		Gateways: map[netip.Addr]netip.Addr{node3.IP: netip.MustParseAddr("192.0.2.1")},
+		Gateways: map[netip.Addr]netip.Addr{node3.IP(): netip.MustParseAddr("192.0.2.1")},
 		Peers:    []model.Node{node3, node1, node("node-4", "192.0.2.14", ""), node2},
 	}
 }

@@ -84,9 +84,9 @@ func TestSyncVXLAN(t *testing.T) {
 	}
 
 	// Hand edits come back, and only they are redone.
-	mac3 := podnet.VTEPMAC(node3.IP)
+	mac3 := podnet.VTEPMAC(node3.IP())
 	must(t, ns.DeleteRoute(kernel.Route{Dst: node3.PodCIDR, Gateway: netip.MustParseAddr("10.244.3.0"), Dev: podnet.VXLANDevice, OnLink: true}))
-	must(t, ns.DeleteFDB(kernel.FDBEntry{Dev: podnet.VXLANDevice, MAC: mac3, Dst: node3.IP}))
+	must(t, ns.DeleteFDB(kernel.FDBEntry{Dev: podnet.VXLANDevice, MAC: mac3, Dst: node3.IP()}))
 	must(t, ns.DeleteNeighbor(kernel.Neighbor{Dev: podnet.VXLANDevice, IP: netip.MustParseAddr("10.244.3.0"), MAC: mac3}))
 	must(t, ns.SetMTU(podnet.VXLANDevice, 1400))
 	if ch, err := s.sync(peers); err != nil || len(ch) != 4 {
@@ -96,9 +96,9 @@ func TestSyncVXLAN(t *testing.T) {
 	// Routes of other owners are left alone, and one in the way of a
 	// peer's route is reported, not replaced.
 	foreign := []kernel.Route{
-		{Dst: netip.MustParsePrefix("10.244.3.128/25"), Gateway: node2.IP, Dev: "eth0", Protocol: unix.RTPROT_STATIC},
+		{Dst: netip.MustParsePrefix("10.244.3.128/25"), Gateway: node2.IP(), Dev: "eth0", Protocol: unix.RTPROT_STATIC},
 		{Dst: netip.MustParsePrefix("10.244.0.0/16"), Blackhole: true, Protocol: unix.RTPROT_STATIC},
-		{Dst: netip.MustParsePrefix("10.244.9.0/24"), Gateway: node2.IP, Dev: "eth0", Protocol: unix.RTPROT_STATIC},
+		{Dst: netip.MustParsePrefix("10.244.9.0/24"), Gateway: node2.IP(), Dev: "eth0", Protocol: unix.RTPROT_STATIC},
 	}
 	for _, r := range foreign {
 		must(t, ns.ReplaceRoute(r))
@@ -124,14 +124,14 @@ func TestSyncVXLAN(t *testing.T) {
 
 	// node-2 moves to a new IP: its FDB entry and neighbour follow.
 	moved := slices.Clone(peers)
-	moved[1].IP = netip.MustParseAddr("192.0.2.22")
+	moved[1].IPs = []netip.Addr{netip.MustParseAddr("192.0.2.22")}
 	if _, err := s.sync(moved); err != nil {
 		t.Fatal(err)
 	}
 	fdb, err := ns.FDB(podnet.VXLANDevice)
 	must(t, err)
 	for _, e := range fdb {
-		if e.Dst == node2.IP || e.MAC.String() == podnet.VTEPMAC(node2.IP).String() {
+		if e.Dst == node2.IP() || e.MAC.String() == podnet.VTEPMAC(node2.IP()).String() {
 			t.Errorf("fdb entry of node-2's old IP left: %s", e)
 		}
 	}
@@ -141,7 +141,7 @@ func TestSyncVXLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := kernelState(t, ns, nil)
-	if strings.Contains(state, "10.244.3.0") || strings.Contains(state, node3.IP.String()) {
+	if strings.Contains(state, "10.244.3.0") || strings.Contains(state, node3.IP().String()) {
 		t.Errorf("node-3 deleted, but entries remain:\n%s", state)
 	}
 	checkForeign("after peer deletion")
@@ -180,7 +180,7 @@ func TestSyncIPIP(t *testing.T) {
 	if ch, err := s.sync(c.peers()); err != nil || len(ch) != 0 {
 		t.Errorf("second Sync changed %v (err %v)", ch, err)
 	}
-	must(t, n1.ns.DeleteRoute(kernel.Route{Dst: node3.PodCIDR, Gateway: node3.IP, Dev: kernel.IPIPFallback, OnLink: true}))
+	must(t, n1.ns.DeleteRoute(kernel.Route{Dst: node3.PodCIDR, Gateway: node3.IP(), Dev: kernel.IPIPFallback, OnLink: true}))
 	if ch, err := s.sync(c.peers()); err != nil || len(ch) != 1 {
 		t.Errorf("Sync after a route was deleted by hand: %v (err %v), want 1 change", ch, err)
 	}
@@ -197,7 +197,7 @@ func TestSyncIPIP(t *testing.T) {
 	if _, err := s.sync(without(c.peers(), "node-3")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n1.ns.LinkByName(podnet.TunnelName(node3.IP)); !errors.Is(err, kernel.ErrNotFound) {
+	if _, err := n1.ns.LinkByName(podnet.TunnelName(node3.IP())); !errors.Is(err, kernel.ErrNotFound) {
 		t.Errorf("node-3's tunnel left after it was deleted: %v", err)
 	}
 	must(t, s.rec.Cleanup(context.Background()))

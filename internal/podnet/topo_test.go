@@ -74,12 +74,12 @@ func newCluster(t *testing.T) *cluster {
 		must(t, c.router.AddVeth(port, kernel.LinkAttrs{}, n.ns, "eth0", kernel.LinkAttrs{}))
 		must(t, c.router.SetMaster(port, zone))
 		must(t, c.router.LinkUp(port))
-		must(t, n.ns.AddAddr("eth0", netip.PrefixFrom(m.IP, 24)))
+		must(t, n.ns.AddAddr("eth0", netip.PrefixFrom(m.IP(), 24)))
 		must(t, n.ns.LinkUp("eth0"))
 		must(t, n.ns.ReplaceRoute(kernel.Route{Dst: netip.MustParsePrefix(other), Gateway: netip.MustParseAddr(gw), Dev: "eth0"}))
 		// The router knows the pod blocks (as if it heard them over BGP),
 		// so only its VPC check stops bare pod traffic.
-		must(t, c.router.ReplaceRoute(kernel.Route{Dst: m.PodCIDR, Gateway: m.IP, Dev: zone}))
+		must(t, c.router.ReplaceRoute(kernel.Route{Dst: m.PodCIDR, Gateway: m.IP(), Dev: zone}))
 		c.nodes = append(c.nodes, n)
 	}
 	return c

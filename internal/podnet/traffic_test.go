@@ -128,14 +128,14 @@ func checkPodTraffic(t *testing.T, nw model.PodNetwork) {
 	if nw.Encap == model.EncapIPIP {
 		tunnel = kernel.IPIPFallback
 		if nw.Interface == model.InterfaceBridge {
-			tunnel = podnet.TunnelName(n3.IP)
+			tunnel = podnet.TunnelName(n3.IP())
 		}
 	}
 	same := "eth0"
 	if nw.EncapPolicy == model.EncapAlways {
 		same = tunnel
 		if nw.Interface == model.InterfaceBridge {
-			same = podnet.TunnelName(n2.IP)
+			same = podnet.TunnelName(n2.IP())
 		}
 	}
 	for dst, dev := range map[netip.Addr]string{n2.podIP(): same, n3.podIP(): tunnel} {
@@ -175,7 +175,7 @@ func TestTrafficNATOutgoing(t *testing.T) {
 	c.attachPods(t, nw)
 	n1, n3 := c.nodes[0], c.nodes[2]
 	before := c.vpcDrops(t)
-	if err := tcpRoundTrip(n1.pod, n3.ns, n3.IP, 1024); err == nil {
+	if err := tcpRoundTrip(n1.pod, n3.ns, n3.IP(), 1024); err == nil {
 		t.Errorf("without natOutgoing, pod on node-1 -> node-3's address got through the VPC router")
 	}
 	if c.vpcDrops(t) == before {
@@ -196,7 +196,7 @@ func TestTrafficNATOutgoing(t *testing.T) {
 			t.Errorf("table %s lacks %q:\n%s", podnet.NATTable, want, out)
 		}
 	}
-	if err := tcpRoundTrip(n1.pod, n3.ns, n3.IP, 1024); err != nil {
+	if err := tcpRoundTrip(n1.pod, n3.ns, n3.IP(), 1024); err != nil {
 		t.Errorf("with natOutgoing, pod on node-1 -> node-3's address: %v", err)
 	}
 	// Between pods the source stays: node-3's pod sees node-1's pod; to
@@ -204,8 +204,8 @@ func TestTrafficNATOutgoing(t *testing.T) {
 	if got := peerSource(t, n1.pod, n3.pod, n3.podIP()); got != n1.podIP() {
 		t.Errorf("pod on node-3 saw pod on node-1 come from %s, want %s (not masqueraded)", got, n1.podIP())
 	}
-	if got := peerSource(t, n1.pod, n3.ns, n3.IP); got != n1.IP {
-		t.Errorf("node-3 saw pod on node-1 come from %s, want node-1's %s (masqueraded)", got, n1.IP)
+	if got := peerSource(t, n1.pod, n3.ns, n3.IP()); got != n1.IP() {
+		t.Errorf("node-3 saw pod on node-1 come from %s, want node-1's %s (masqueraded)", got, n1.IP())
 	}
 	sync(false)
 	if has, err := n1.ns.HasNftTable("ip", podnet.NATTable); err != nil || has {

@@ -41,10 +41,10 @@ func (r *renderer) vxlanDevice() {
 // MAC is behind its node IP (FDB), its VTEP address has that MAC
 // (neighbour), and its block is behind its VTEP address (route).
 func (r *renderer) vxlanPeer(peer model.Node) {
-	mac, vtep := VTEPMAC(peer.IP), vtepAddr(peer.PodCIDR)
+	mac, vtep := VTEPMAC(peer.IP()), vtepAddr(peer.PodCIDR)
 	r.p.FDB = append(r.p.FDB, FDBEntry{
-		Entry: kernel.FDBEntry{Dev: VXLANDevice, MAC: mac, Dst: peer.IP}, Node: peer.Name,
-		Reason: fmt.Sprintf("%s's VTEP is at %s", peer.Name, peer.IP),
+		Entry: kernel.FDBEntry{Dev: VXLANDevice, MAC: mac, Dst: peer.IP()}, Node: peer.Name,
+		Reason: fmt.Sprintf("%s's VTEP is at %s", peer.Name, peer.IP()),
 	})
 	r.p.Neighbors = append(r.p.Neighbors, NeighEntry{
 		Neighbor: kernel.Neighbor{Dev: VXLANDevice, IP: vtep, MAC: mac, Permanent: true}, Node: peer.Name,

@@ -8,13 +8,6 @@ import (
 )
 
 // Node is the node the proxy runs on, as the backends need it.
-type Node struct {
-	Name string
-	Zone string
-	// IPs are the node's addresses; the first is its primary (InternalIP).
-	IPs []netip.Addr
-}
-
 // Config are the proxy settings every backend honours.
 type Config struct {
 	// ClusterCIDRs are the pod network's ranges: traffic to a cluster IP
@@ -35,7 +28,7 @@ type Config struct {
 // Backends render it and apply the difference; they make no policy
 // decisions of their own.
 type Desired struct {
-	Node   Node
+	Node   model.Node
 	Config Config
 	// NodePortIPs are the addresses NodePorts answer on (from
 	// Config.NodePortAddresses and the node's IPs, plus 127.0.0.1 with
@@ -48,6 +41,12 @@ type Desired struct {
 	// Changed names the ports that changed since the previous Sync (added,
 	// changed or removed). nil means "everything": a full sync.
 	Changed map[model.ServicePortName]bool
+}
+
+// NewDesired is an empty Desired for node under cfg, its NodePortIPs
+// computed (NodePortIPs).
+func NewDesired(cfg Config, node model.Node) *Desired {
+	return &Desired{Node: node, Config: cfg, NodePortIPs: NodePortIPs(cfg, node)}
 }
 
 // Port is a service port with the endpoints each kind of traffic uses.
@@ -110,7 +109,7 @@ func (p *Port) usesLocal() bool {
 // hints apply: topology), falling back to serving-terminating ones when
 // none is ready; local endpoints are this node's ready ones, else its
 // serving-terminating ones.
-func Resolve(sp model.ServicePort, node Node) *Port {
+func Resolve(sp model.ServicePort, node model.Node) *Port {
 	p := &Port{ServicePort: sp}
 	eps := sp.Endpoints
 	if p.usesCluster() {
@@ -155,7 +154,7 @@ func Resolve(sp model.ServicePort, node Node) *Port {
 // else when every ready endpoint has zone hints and one is for this
 // node's zone, those for the zone; else all (rather than black-holing the
 // node or zone).
-func topology(sp model.ServicePort, node Node) func(model.Endpoint) bool {
+func topology(sp model.ServicePort, node model.Node) func(model.Endpoint) bool {
 	allNode, forNode, allZone, forZone := true, false, true, false
 	for _, e := range sp.Endpoints {
 		if !e.Ready {
@@ -186,7 +185,7 @@ func filter(eps []model.Endpoint, keep func(model.Endpoint) bool) []model.Endpoi
 }
 
 // NodePortIPs resolves where NodePorts answer on a node.
-func NodePortIPs(cfg Config, node Node) []netip.Addr {
+func NodePortIPs(cfg Config, node model.Node) []netip.Addr {
 	out := nodePortNodeIPs(cfg, node)
 	if cfg.LocalhostNodePorts {
 		out = append(out, netip.MustParseAddr("127.0.0.1"))
@@ -197,7 +196,7 @@ func NodePortIPs(cfg Config, node Node) []netip.Addr {
 // nodePortNodeIPs are the node's addresses NodePorts answer on:
 // Config.NodePortAddresses matched against the node's IPs, or its
 // primary IP without them.
-func nodePortNodeIPs(cfg Config, node Node) []netip.Addr {
+func nodePortNodeIPs(cfg Config, node model.Node) []netip.Addr {
 	var out []netip.Addr
 	if len(cfg.NodePortAddresses) == 0 {
 		if len(node.IPs) > 0 {
@@ -228,7 +227,7 @@ func nodePortNodeIPs(cfg Config, node Node) []netip.Addr {
 // nodePortAddresses to the primary IP and so binds health check ports
 // there; its iptables and ipvs modes, like kdive in every mode, listen on
 // every address when nodePortAddresses is unset.
-func HealthCheckIPs(cfg Config, node Node) []netip.Addr {
+func HealthCheckIPs(cfg Config, node model.Node) []netip.Addr {
 	if len(cfg.NodePortAddresses) == 0 || slices.ContainsFunc(cfg.NodePortAddresses, func(p netip.Prefix) bool { return p.Bits() == 0 }) {
 		return []netip.Addr{netip.IPv4Unspecified()}
 	}

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"github.com/kdive/kdive/internal/model"
 	"net/netip"
 	"slices"
 	"testing"
@@ -48,7 +49,7 @@ func TestHealthCheckIPs(t *testing.T) {
 		}
 		return out
 	}
-	node := proxy.Node{Name: "n1", IPs: addrs("192.0.2.10", "198.51.100.10")}
+	node := model.Node{Name: "n1", IPs: addrs("192.0.2.10", "198.51.100.10")}
 	for _, c := range []struct {
 		name string
 		cfg  proxy.Config

@@ -26,7 +26,7 @@ type Tracker struct {
 	dirty map[string]bool                // "ns/name" of services to recompute
 	ports map[string][]model.ServicePort // per service, as last computed
 	errs  map[string]error               // per service, why it is not served
-	node  Node                           // node the cache was resolved for
+	node  model.Node                     // node the cache was resolved for
 	cache map[string][]*Port             // per service, resolved for node
 }
 
@@ -77,7 +77,7 @@ func (t *Tracker) MarkAll() error {
 // services that changed since the previous call. Invalid services are left
 // out and reported, each error naming the object and the field; everything
 // else is served.
-func (t *Tracker) Desired(node Node, cfg Config, full bool) (*Desired, []error) {
+func (t *Tracker) Desired(node model.Node, cfg Config, full bool) (*Desired, []error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	changed := map[model.ServicePortName]bool{}
@@ -105,7 +105,8 @@ func (t *Tracker) Desired(node Node, cfg Config, full bool) (*Desired, []error) 
 		}
 	}
 	t.dirty = map[string]bool{}
-	d := &Desired{Node: node, Config: cfg, NodePortIPs: NodePortIPs(cfg, node), Changed: changed}
+	d := NewDesired(cfg, node)
+	d.Changed = changed
 	if full {
 		d.Changed = nil
 	}
@@ -153,6 +154,6 @@ func splitKey(key string) (string, string) {
 	return "", key
 }
 
-func sameNode(a, b Node) bool {
+func sameNode(a, b model.Node) bool {
 	return a.Name == b.Name && a.Zone == b.Zone && slices.Equal(a.IPs, b.IPs)
 }

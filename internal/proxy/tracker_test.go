@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/kdive/kdive/internal/model"
 	"net/netip"
 	"slices"
 	"strings"
@@ -89,7 +90,7 @@ func TestServicePortsTerminatingButReady(t *testing.T) {
 	if err != nil || len(ports) != 1 {
 		t.Fatalf("ports = %+v, %v", ports, err)
 	}
-	p := Resolve(ports[0], Node{Name: "node-2"})
+	p := Resolve(ports[0], model.Node{Name: "node-2"})
 	if len(p.Cluster) != 1 || p.Cluster[0].IP.String() != "10.0.1.2" || !p.HasEndpoints {
 		t.Errorf("cluster endpoints of a ready terminating pod = %+v, want 10.0.1.2", p.Cluster)
 	}
@@ -144,14 +145,14 @@ func TestServicePortsSkipsAndRejects(t *testing.T) {
 type fixture struct {
 	svcs, slices cache.Indexer
 	tr           *Tracker
-	node         Node
+	node         model.Node
 }
 
 func newFixture() *fixture {
 	f := &fixture{
 		svcs:   cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}),
 		slices: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}),
-		node:   Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}},
+		node:   model.Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}},
 	}
 	f.tr = NewTracker(corelisters.NewServiceLister(f.svcs), discoverylisters.NewEndpointSliceLister(f.slices))
 	return f

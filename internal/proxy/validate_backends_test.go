@@ -21,11 +21,11 @@ import (
 // whose sizes or overlaps no sane cluster has. Every backend renders it,
 // and the nftables table (the default mode) is accepted by the kernel.
 
-var badNode = proxy.Node{Name: "node-0", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
+var badNode = model.Node{Name: "node-0", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
 
 func badDesired(ports ...model.ServicePort) *proxy.Desired {
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	d := &proxy.Desired{Node: badNode, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, badNode)}
+	d := proxy.NewDesired(cfg, badNode)
 	for _, sp := range ports {
 		d.Services = append(d.Services, proxy.Resolve(sp, badNode))
 	}

@@ -18,12 +18,12 @@ func Node(n *corev1.Node) (_ model.Node, problem string) {
 	for _, ad := range n.Status.Addresses {
 		if ad.Type == corev1.NodeInternalIP {
 			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
-				mn.IP = ip
+				mn.IPs = []netip.Addr{ip}
 				break
 			}
 		}
 	}
-	if !mn.IP.IsValid() {
+	if !mn.IP().IsValid() {
 		return mn, "no IPv4 InternalIP in status.addresses"
 	}
 	if n.Spec.PodCIDR == "" {

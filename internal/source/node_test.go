@@ -30,18 +30,18 @@ func TestNode(t *testing.T) {
 		problem string
 	}{
 		{"complete", node("10.244.1.0/24", v6, ext, v4),
-			model.Node{Name: "n1", Zone: "zone-a", IP: ip, PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, ""},
+			model.Node{Name: "n1", Zone: "zone-a", IPs: []netip.Addr{ip}, PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, ""},
 		{"no IPv4 InternalIP", node("10.244.1.0/24", v6, ext),
 			model.Node{Name: "n1", Zone: "zone-a"}, "no IPv4 InternalIP in status.addresses"},
 		{"no pod CIDR yet", node("", v4),
-			model.Node{Name: "n1", Zone: "zone-a", IP: ip}, "no spec.podCIDR yet"},
+			model.Node{Name: "n1", Zone: "zone-a", IPs: []netip.Addr{ip}}, "no spec.podCIDR yet"},
 		{"pod CIDR with host bits", node("10.244.1.1/24", v4),
-			model.Node{Name: "n1", Zone: "zone-a", IP: ip}, `spec.podCIDR "10.244.1.1/24" is not an IPv4 CIDR`},
+			model.Node{Name: "n1", Zone: "zone-a", IPs: []netip.Addr{ip}}, `spec.podCIDR "10.244.1.1/24" is not an IPv4 CIDR`},
 		{"IPv6 pod CIDR", node("fd00:1::/64", v4),
-			model.Node{Name: "n1", Zone: "zone-a", IP: ip}, `spec.podCIDR "fd00:1::/64" is not an IPv4 CIDR`},
+			model.Node{Name: "n1", Zone: "zone-a", IPs: []netip.Addr{ip}}, `spec.podCIDR "fd00:1::/64" is not an IPv4 CIDR`},
 	} {
 		got, problem := source.Node(c.n)
-		if got != c.want || problem != c.problem {
+		if !got.Equal(c.want) || problem != c.problem {
 			t.Errorf("%s: %+v, %q; want %+v, %q", c.what, got, problem, c.want, c.problem)
 		}
 	}

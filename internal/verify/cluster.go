@@ -81,7 +81,7 @@ func (e *env) openCluster(ctx context.Context, rep *Report) error {
 	var left []string
 	for _, n := range nodes.Items {
 		local, _ := source.Node(&n)
-		ip := local.IP
+		ip := local.IP()
 		switch {
 		case !nodeReady(&n):
 			left = append(left, n.Name+" (not Ready)")

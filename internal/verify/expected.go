@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"github.com/kdive/kdive/internal/model"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
@@ -17,18 +18,18 @@ import (
 // proxy skips (headless, another proxy's) or rejects as invalid give no
 // ports, as in the agent.
 
-// proxyInputs are the proxy.Config and proxy.Node a lab agent programs
+// proxyInputs are the proxy.Config and model.Node a lab agent programs
 // node n with: the lab runs every agent with --cluster-cidr set to the
 // lab's pod CIDR and the rest of the proxy configuration at its defaults,
 // and agent.ProxyInputs is how an agent turns that and its Node into them.
-func proxyInputs(p *lab.Plan, n *corev1.Node) (proxy.Config, proxy.Node) {
+func proxyInputs(p *lab.Plan, n *corev1.Node) (proxy.Config, model.Node) {
 	local, _ := source.Node(n) // the proxy needs no pod CIDR
 	return agent.ProxyInputs(agent.ProxyConfig{Mode: p.Proxy.Mode, ClusterCIDR: p.PodCIDR.String()}, local)
 }
 
 // desiredFor is the Desired snapshot of one node.
-func desiredFor(cfg proxy.Config, node proxy.Node, snap *labstore.Snapshot) *proxy.Desired {
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+func desiredFor(cfg proxy.Config, node model.Node, snap *labstore.Snapshot) *proxy.Desired {
+	d := proxy.NewDesired(cfg, node)
 	for i := range snap.Services {
 		svc := &snap.Services[i]
 		var slices []*discoveryv1.EndpointSlice

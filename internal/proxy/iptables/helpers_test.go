@@ -178,9 +178,9 @@ func port(d *proxy.Desired, name string) *proxy.Port {
 // scaleDesired is n services with eps endpoints each (10.96.0.0/12 cluster
 // IPs, pods in 10.64.0.0/10), as the benchmark has them.
 func scaleDesired(n, eps int) *proxy.Desired {
-	node := proxy.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
+	node := model.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.64.0.0/10")}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for i := 0; i < n; i++ {
 		sp := model.ServicePort{
 			Name:       model.ServicePortName{Namespace: fmt.Sprintf("ns%d", i%100), Name: fmt.Sprintf("svc%d", i), Port: "http", Protocol: model.ProtocolTCP},

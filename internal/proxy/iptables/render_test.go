@@ -18,9 +18,9 @@ var update = flag.Bool("update", false, "rewrite testdata/golden.rules")
 // (NodePort, eTP Local, health check, LoadBalancer with source ranges)
 // and a UDP port without endpoints.
 func goldenDesired() *proxy.Desired {
-	node := proxy.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.168.0.2")}}
+	node := model.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.168.0.2")}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	ep := func(ip string, port int, node string) model.Endpoint {
 		return model.Endpoint{IP: netip.MustParseAddr(ip), Port: port, NodeName: node, Ready: true, Serving: true}
 	}

@@ -66,7 +66,7 @@ func newTrafficLab(t *testing.T) *trafficLab {
 	serve(t, l.pod1, "pod1")
 	serve(t, l.pod2, "pod2")
 
-	node := proxy.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("10.250.0.1")}}
+	node := model.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("10.250.0.1")}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.251.0.0/16")}}
 	ep := func(ip, node string) model.Endpoint {
 		return model.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, NodeName: node, Ready: true, Serving: true}
@@ -83,7 +83,7 @@ func newTrafficLab(t *testing.T) *trafficLab {
 	remote.InternalPolicyLocal = true
 	sticky := svc("sticky", "10.252.0.13", ep("10.251.1.2", "node-1"), ep("10.251.2.2", "node-1"))
 	sticky.AffinityTimeout = 60
-	l.d = &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	l.d = proxy.NewDesired(cfg, node)
 	for _, sp := range []model.ServicePort{empty, remote, sticky, web} {
 		l.d.Services = append(l.d.Services, proxy.Resolve(sp, node))
 	}

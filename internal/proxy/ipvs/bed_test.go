@@ -219,7 +219,7 @@ func udpAsk(ns *kernel.NetNS, addr string) (string, error) {
 
 // Service and snapshot builders.
 
-var node = proxy.Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{nodeIP}}
+var node = model.Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{nodeIP}}
 
 func ep(pod string, nodeName string) model.Endpoint {
 	return model.Endpoint{IP: podIPs[pod], Port: 8080, NodeName: nodeName, Ready: true, Serving: true, Pod: "default/" + pod}
@@ -234,7 +234,7 @@ func svc(name, clusterIP string, eps ...model.Endpoint) model.ServicePort {
 
 func desired(sps ...model.ServicePort) *proxy.Desired {
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{podCIDR}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for _, sp := range sps {
 		d.Services = append(d.Services, proxy.Resolve(sp, node))
 	}

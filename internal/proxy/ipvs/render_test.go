@@ -50,9 +50,9 @@ func line(ls []string, i int) string {
 }
 
 func generated(n int) *proxy.Desired {
-	node := proxy.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
+	node := model.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for i := range n {
 		sp := model.ServicePort{
 			Name:       model.ServicePortName{Namespace: "bench", Name: fmt.Sprintf("svc-%04d", i), Port: "http", Protocol: model.ProtocolTCP},

@@ -24,9 +24,9 @@ var (
 // 1% are on this node. It is the state `kdive bench sync` and the
 // benchmarks program; up to 1,000,000 services and pods.
 func GenerateDesired(services, endpoints int) *proxy.Desired {
-	node := proxy.Node{Name: "node-0", IPs: []netip.Addr{GeneratedNodeIP}}
+	node := model.Node{Name: "node-0", IPs: []netip.Addr{GeneratedNodeIP}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{generatedClusterCIDR}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for i := range services {
 		d.Services = append(d.Services, proxy.Resolve(GeneratedPort(i, endpoints), node))
 	}

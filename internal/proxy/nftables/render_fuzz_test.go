@@ -53,7 +53,7 @@ var fuzzPorts = []int{80, 443, 53, 1, 65535, 8080}
 // service ports with valid but random ports, addresses, endpoints,
 // affinity and traffic policies, shared addresses and node ports included.
 func fuzzDesired(fb *fuzzBytes) *proxy.Desired {
-	node := proxy.Node{Name: "node-0", Zone: fb.pick("", "zone-a"), IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
+	node := model.Node{Name: "node-0", Zone: fb.pick("", "zone-a"), IPs: []netip.Addr{netip.MustParseAddr("172.20.1.10")}}
 	if fb.bit() {
 		node.IPs = append(node.IPs, netip.MustParseAddr("192.168.5.10"))
 	}
@@ -64,7 +64,7 @@ func fuzzDesired(fb *fuzzBytes) *proxy.Desired {
 	if fb.bit() {
 		cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix(fb.pick("172.20.0.0/16", "192.168.5.0/24", "0.0.0.0/0"))}
 	}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	seen := map[model.ServicePortName]bool{}
 	for range 1 + fb.n(6) {
 		sp := model.ServicePort{

@@ -40,7 +40,7 @@ func stateOf(d *proxy.Desired) *state {
 
 // desired resolves the ports; changed names what changed (nil: all).
 func (s *state) desired(changed ...model.ServicePortName) *proxy.Desired {
-	d := &proxy.Desired{Node: s.d.Node, Config: s.d.Config, NodePortIPs: proxy.NodePortIPs(s.d.Config, s.d.Node)}
+	d := proxy.NewDesired(s.d.Config, s.d.Node)
 	for _, sp := range s.ports {
 		d.Services = append(d.Services, proxy.Resolve(sp, d.Node))
 	}

@@ -121,9 +121,9 @@ func ask(ns *kernel.NetNS, network, addr string, timeout time.Duration) (string,
 }
 
 func (tb *testbed) desired(ports ...model.ServicePort) *proxy.Desired {
-	node := proxy.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("10.250.0.1")}}
+	node := model.Node{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("10.250.0.1")}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for _, sp := range ports {
 		d.Services = append(d.Services, proxy.Resolve(sp, node))
 	}

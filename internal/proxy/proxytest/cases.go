@@ -69,7 +69,7 @@ func port(ns, name, portName string, proto model.Protocol, clusterIP string, p i
 
 // Fixture is the node and services the cases run against.
 func Fixture() *proxy.Desired {
-	node := proxy.Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{NodeIP}}
+	node := model.Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{NodeIP}}
 	cfg := proxy.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}
 
 	web := port("default", "web", "http", model.ProtocolTCP, "10.1.0.2", 80,
@@ -119,7 +119,7 @@ func Fixture() *proxy.Desired {
 	sameNode := port("default", "same-node", "", model.ProtocolTCP, "10.1.0.12", 80,
 		ep("10.0.1.12", 8080, "node-1", nodeHinted), ep("10.0.2.12", 8080, "node-2", nodeHinted), ep("10.0.3.12", 8080, "node-3", nodeHinted))
 
-	d := &proxy.Desired{Node: node, Config: cfg, NodePortIPs: proxy.NodePortIPs(cfg, node)}
+	d := proxy.NewDesired(cfg, node)
 	for _, sp := range []model.ServicePort{web, webTLS, dnsUDP, dnsTCP, empty, local, localNone, itpLocal, affinity, term, close, auto, sameNode} {
 		d.Services = append(d.Services, proxy.Resolve(sp, node))
 	}
