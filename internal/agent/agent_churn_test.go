@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -252,8 +253,36 @@ func watchElements(t *testing.T, ns *kernel.NetNS, size int) *elementWatch {
 		}
 	}()
 	t.Cleanup(w.stop)
-	time.Sleep(200 * time.Millisecond) // let it subscribe
+	w.sync(t, ns, watchSubscribed) // it has subscribed
 	return w
+}
+
+// The marker elements sync adds: TEST-NET-1 addresses no churn writes.
+var (
+	watchSubscribed = netip.MustParseAddr("192.0.2.254")
+	watchCaughtUp   = netip.MustParseAddr("192.0.2.253")
+)
+
+// sync adds an element whose value is marker to a table of its own until
+// the watch has seen it: the kernel reports a namespace's changes in
+// order, so once it is seen, so is every element added before.
+func (w *elementWatch) sync(t *testing.T, ns *kernel.NetNS, marker netip.Addr) {
+	t.Helper()
+	ctx := context.Background()
+	mustNoErr(t, ns.Nft(ctx, "add table inet ktest-watch\nadd map inet ktest-watch m { type ipv4_addr : ipv4_addr; }\n"))
+	ktest.Eventually(t, 10*time.Second, "nft monitor to report marker "+marker.String(), func() error {
+		if _, ok := w.when(marker); ok {
+			return nil
+		}
+		if err := ns.Nft(ctx, fmt.Sprintf("flush map inet ktest-watch m\nadd element inet ktest-watch m { %s : %s }\n", marker, marker)); err != nil {
+			return err
+		}
+		if _, ok := w.when(marker); !ok {
+			return errors.New("not reported yet")
+		}
+		return nil
+	})
+	mustNoErr(t, ns.Nft(ctx, "delete table inet ktest-watch\n"))
 }
 
 func (w *elementWatch) stop() {
@@ -477,7 +506,7 @@ func TestAgentChurn(t *testing.T) {
 	// How long it took is reported, not asserted (performance is measured,
 	// not tested; converged above already failed on a real backlog).
 	t.Logf("converged %s after the last write", took)
-	time.Sleep(300 * time.Millisecond) // the monitor's last lines
+	mon.sync(t, b.node, watchCaughtUp) // the monitor's last lines
 	mon.stop()
 
 	// Every change programmed, at the rate asked, without the latency
