@@ -229,14 +229,14 @@ func (p *Proxier) generation() (uint32, error) {
 // elements (clients the kernel added itself), naming the ports of
 // shortened comments as known says. A missing table is os.ErrNotExist.
 func (p *Proxier) read(ctx context.Context, known portNames) (*Ruleset, error) {
-	out, err := p.opts.NetNS.Run(ctx, "", "nft", "-j", "list", "table", Family, Table)
+	out, err := p.opts.NetNS.NftListJSON(ctx, "table", Family, Table)
 	if err != nil {
-		if strings.Contains(err.Error(), "No such file or directory") {
+		if errors.Is(err, kernel.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %w", os.ErrNotExist, err)
 		}
 		return nil, err
 	}
-	l, err := parseListing([]byte(out))
+	l, err := parseListing(out)
 	if err != nil {
 		return nil, err
 	}
