@@ -10,7 +10,9 @@
 // themselves but run the tools through NetNS.Run.
 //
 // A NetNS names a network namespace (bind-mounted under /run/netns like
-// `ip netns add` does, so `ip netns exec` works on it too) and carries a
+// `ip netns add` does, so `ip netns exec` works on it too; /run/netns is
+// made a shared mount point of its own first, as `ip netns add` makes it,
+// so that nobody's later bind of it hides kdive's mounts) and carries a
 // netlink handle opened in it, so most operations never switch the calling
 // thread. Operations that must run inside the namespace (sysctls, execs of
 // `nft`) lock the OS thread, enter, and always come back.
