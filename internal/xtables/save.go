@@ -32,8 +32,8 @@ func (t *SavedTable) Lines(chain string) []string {
 	return out
 }
 
-// ParseSave reads iptables-save output (with or without -c counters
-// stripped: a "[packets:bytes] " rule prefix is not understood here).
+// ParseSave reads iptables-save output printed without -c (a rule's
+// "[packets:bytes] " prefix is not understood here).
 func ParseSave(out string) Saved {
 	s := Saved{}
 	var cur *SavedTable

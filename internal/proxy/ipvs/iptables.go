@@ -133,7 +133,7 @@ func (p *Proxier) syncIptables(ctx context.Context, r *Ruleset, stats *SyncStats
 		return nil
 	}
 	if _, err := ns.Run(ctx, in, f.Restore(), "--noflush", "-w", "5"); err != nil {
-		return fmt.Errorf("restore iptables (%s): %w", string(f), err)
+		return fmt.Errorf("restore iptables (%s): %w", f, err)
 	}
 	stats.IptablesRestored = true
 	return nil
@@ -249,7 +249,7 @@ func cleanupIptables(ctx context.Context, ns *kernel.NetNS) error {
 			continue
 		}
 		if _, err := ns.Run(ctx, in, f.Restore(), "--noflush", "-w", "5"); err != nil {
-			errs = append(errs, fmt.Errorf("remove iptables rules (%s): %w", string(f), err))
+			errs = append(errs, fmt.Errorf("remove iptables rules (%s): %w", f, err))
 		}
 	}
 	return errors.Join(errs...)
