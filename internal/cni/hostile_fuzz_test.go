@@ -3,7 +3,6 @@ package cni
 import (
 	"encoding/json"
 	"errors"
-	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -148,31 +147,5 @@ func FuzzAttachmentArgs(f *testing.F) {
 		if back, ok := aliasAttachment(vethAlias(a)); !ok || back != (ipam.Attachment{ContainerID: id, IfName: ifname}) {
 			t.Fatalf("alias %q reads back as %v, %v", vethAlias(a), back, ok)
 		}
-	})
-}
-
-// FuzzParseProgrammed: nft's JSON listing of the hostPort table, which
-// the plugin reads for CHECK, DEL and GC. It never panics (on nesting
-// included), and what it returns can be queried.
-func FuzzParseProgrammed(f *testing.F) {
-	for _, s := range []string{
-		`{"nftables": [{"metainfo": {}}, {"table": {"family": "ip", "name": "kdive-hostport"}},
-			{"chain": {"name": "prerouting"}},
-			{"map": {"name": "hostports", "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["10.0.1.2", 80]}]]}},
-			{"set": {"name": "hairpin", "elem": [{"elem": {"val": "10.0.1.2", "comment": "c1/eth0"}}, {"prefix": {"addr": "10.0.0.0", "len": 8}}]}}]}`,
-		`{"nftables": [{"map": {"name": "m", "elem": [[1]]}}]}`,
-		`{"nftables": [{"set": {"name": "s", "elem": [{"concat": [{"concat": [{"concat": []}]}]}]}}]}`,
-		`{"nftables": [{"set": {"name": "s", "elem": [{"range": ["10.0.0.1", "10.0.0.9"]}, true, null, {}]}}]}`,
-		`[]`, `{"nftables": null}`,
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := parseProgrammed(data)
-		if err != nil || p == nil {
-			return
-		}
-		_ = p.has(element{})
-		_ = p.leadingTo(func(netip.Addr) bool { return true })
 	})
 }

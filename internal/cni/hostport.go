@@ -56,6 +56,7 @@ import (
 	"github.com/kdive/kdive/internal/cni/ipam"
 	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 const (
@@ -70,44 +71,50 @@ const (
 	hostPortTimeout = 30 * time.Second
 )
 
-// hostPortSkeleton creates the table, its maps, set and chains, and
-// rewrites the chains' rules, with idempotent commands only: it opens every
-// ADD's transaction. nft 1.0 knows the priority names dstnat and srcnat for
+// hostPortTableID is the table, as the nft door names it.
+var hostPortTableID = nft.Table{Family: nft.IPv4, Name: hostPortTable}
+
+// addSkeleton adds to tx the table, its maps, set and chains, and rewrites
+// the chains' rules, with idempotent operations only: it opens every ADD's
+// transaction. nft 1.0 knows the priority names dstnat and srcnat for
 // prerouting and postrouting only, so the priorities are numbers.
-func hostPortSkeleton() string {
-	t := "ip " + hostPortTable
-	var b strings.Builder
-	for _, l := range []string{
-		"add table " + t,
-		"add map " + t + " " + hostPortMap + " { type inet_proto . inet_service : ipv4_addr . inet_service; }",
-		"add map " + t + " " + hostPortIPMap + " { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
-		"add set " + t + " " + hairpinSet + " { type ipv4_addr . ipv4_addr; }",
-		"add chain " + t + " hostports",
-		"add chain " + t + " prerouting { type nat hook prerouting priority -101; policy accept; }", // dstnat - 1
-		"add chain " + t + " output { type nat hook output priority -101; policy accept; }",         // dstnat - 1
-		"add chain " + t + " postrouting { type nat hook postrouting priority 99; policy accept; }", // srcnat - 1
-		"flush chain " + t + " hostports",
-		"flush chain " + t + " prerouting",
-		"flush chain " + t + " output",
-		"flush chain " + t + " postrouting",
-		"add rule " + t + " hostports meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @" + hostPortIPMap,
-		"add rule " + t + " hostports meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @" + hostPortMap,
-		"add rule " + t + " prerouting fib daddr type local ip daddr != 127.0.0.0/8 jump hostports",
-		"add rule " + t + " output fib daddr type local ip daddr != 127.0.0.0/8 jump hostports",
-		"add rule " + t + " output ip daddr 127.0.0.0/8 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @" + hostPortIPMap,
-		"add rule " + t + " postrouting ct status dnat ip saddr . ip daddr @" + hairpinSet + " masquerade",
-	} {
-		b.WriteString(l + "\n")
+func addSkeleton(tx *nft.Transaction) {
+	tx.Add(&nft.Table{})
+	tx.Add(&nft.Map{Name: hostPortMap, Type: "inet_proto . inet_service : ipv4_addr . inet_service"})
+	tx.Add(&nft.Map{Name: hostPortIPMap, Type: "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service"})
+	tx.Add(&nft.Set{Name: hairpinSet, Type: "ipv4_addr . ipv4_addr"})
+	chains := []*nft.Chain{
+		{Name: "hostports"},
+		{Name: "prerouting", Type: "nat", Hook: "prerouting", Priority: "-101"}, // dstnat - 1
+		{Name: "output", Type: "nat", Hook: "output", Priority: "-101"},         // dstnat - 1
+		{Name: "postrouting", Type: "nat", Hook: "postrouting", Priority: "99"}, // srcnat - 1
 	}
-	return b.String()
+	for _, c := range chains {
+		tx.Add(c)
+	}
+	for _, c := range chains {
+		tx.Flush(c)
+	}
+	for _, r := range []nft.Rule{
+		{Chain: "hostports", Rule: "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @" + hostPortIPMap},
+		{Chain: "hostports", Rule: "meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @" + hostPortMap},
+		{Chain: "prerouting", Rule: "fib daddr type local ip daddr != 127.0.0.0/8 jump hostports"},
+		{Chain: "output", Rule: "fib daddr type local ip daddr != 127.0.0.0/8 jump hostports"},
+		{Chain: "output", Rule: "ip daddr 127.0.0.0/8 meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @" + hostPortIPMap},
+		{Chain: "postrouting", Rule: "ct status dnat ip saddr . ip daddr @" + hairpinSet + " masquerade"},
+	} {
+		tx.Add(&r)
+	}
 }
 
 // CleanupHostPorts deletes the hostPort table from host (for `kdive agent
 // --cleanup`): every pod's hostPorts stop working. A missing table is
 // success. State files stay; a later DEL or GC finds nothing to delete.
 func CleanupHostPorts(ctx context.Context, host *kernel.NetNS) error {
-	t := "ip " + hostPortTable
-	if err := host.Nft(ctx, "add table "+t+"\ndelete table "+t+"\n"); err != nil {
+	tx := nft.NewTransaction(hostPortTableID)
+	tx.Add(&nft.Table{})
+	tx.Delete(&nft.Table{})
+	if err := nft.New(host).Run(ctx, tx); err != nil {
 		return fmt.Errorf("delete the hostPort table: %w", err)
 	}
 	return nil
@@ -175,28 +182,26 @@ func (s *hostPortState) elements() []element {
 	return append(out, hairpinElement(s.PodIP))
 }
 
-func renderElements(verb string, elems []element) string {
-	var b strings.Builder
-	for _, e := range elems {
-		item := e.String()
-		if verb == "delete" {
-			item = e.key
-		}
-		fmt.Fprintf(&b, "%s element ip %s %s { %s }\n", verb, hostPortTable, e.set, item)
+func (e element) object() *nft.Element {
+	o := &nft.Element{Key: []string{e.key}}
+	if e.value == "" {
+		o.Set = e.set
+	} else {
+		o.Map, o.Value = e.set, []string{e.value}
 	}
-	return b.String()
+	return o
 }
 
 // hostPorts programs attachments' mappings into the node's namespace and
 // keeps their state files in dir, one "<containerID>@<ifname>.json" each
 // ('@' cannot occur in a container ID, so no two attachments share a name).
 type hostPorts struct {
-	host *kernel.NetNS
-	dir  string
+	nft nft.Interface
+	dir string
 }
 
 func newHostPorts(host *kernel.NetNS, dataDir string) *hostPorts {
-	return &hostPorts{host: host, dir: filepath.Join(dataDir, hostPortDir)}
+	return &hostPorts{nft: nft.New(host), dir: filepath.Join(dataDir, hostPortDir)}
 }
 
 // add programs a's mappings to ip, all or none, and records them. It fails,
@@ -222,7 +227,12 @@ func (h *hostPorts) add(ctx context.Context, a ipam.Attachment, ip netip.Addr, m
 		if err := writeFileAtomic(path, st); err != nil {
 			return fmt.Errorf("record hostPorts of %s: %w", a, err)
 		}
-		if err := h.host.Nft(ctx, hostPortSkeleton()+renderElements("add", st.elements())); err != nil {
+		tx := nft.NewTransaction(hostPortTableID)
+		addSkeleton(tx)
+		for _, e := range st.elements() {
+			tx.Add(e.object())
+		}
+		if err := h.nft.Run(ctx, tx); err != nil {
 			os.Remove(path)
 			return fmt.Errorf("program hostPorts of %s: %w", a, err)
 		}
@@ -302,7 +312,11 @@ func (h *hostPorts) delete(ctx context.Context, elems []element) error {
 	if len(elems) == 0 {
 		return nil
 	}
-	err := h.host.Nft(ctx, renderElements("delete", elems))
+	tx := nft.NewTransaction(hostPortTableID)
+	for _, e := range elems {
+		tx.Delete(e.object())
+	}
+	err := h.nft.Run(ctx, tx)
 	if err == nil {
 		return nil
 	}
@@ -439,114 +453,31 @@ func (p *programmed) leadingTo(match func(netip.Addr) bool) []element {
 
 // list reads the table; a missing table is an empty one.
 func (h *hostPorts) list(ctx context.Context) (*programmed, error) {
-	out, err := h.host.NftListJSON(ctx, "table", "ip", hostPortTable)
-	if errors.Is(err, kernel.ErrNotFound) {
+	l, err := h.nft.List(ctx, hostPortTableID)
+	if errors.Is(err, nft.ErrNotFound) {
 		return &programmed{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	p, err := parseProgrammed(out)
-	if err != nil {
-		return nil, fmt.Errorf("read table ip %s: %w", hostPortTable, err)
-	}
-	return p, nil
-}
-
-// parseProgrammed reads `nft -j list table`: map elements are [key, value]
-// pairs, set elements keys; a concatenation is {"concat": [...]}, an element
-// with options {"elem": {"val": ...}}.
-func parseProgrammed(out []byte) (*programmed, error) {
-	var doc struct {
-		Nftables []struct {
-			Map   *nftSetJSON `json:"map"`
-			Set   *nftSetJSON `json:"set"`
-			Chain *struct {
-				Name string `json:"name"`
-			} `json:"chain"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		return nil, err
-	}
 	p := &programmed{exists: true, chains: map[string]bool{}, elems: map[string]map[string]string{}}
-	for _, o := range doc.Nftables {
-		if o.Chain != nil {
-			p.chains[o.Chain.Name] = true
+	for _, c := range l.Chains {
+		p.chains[c.Name] = true
+	}
+	add := func(name string, es []nft.Element) {
+		m := map[string]string{}
+		p.elems[name] = m
+		for _, e := range es {
+			m[strings.Join(e.Key, " . ")] = strings.Join(e.Value, " . ")
 		}
-		s, isMap := o.Map, o.Map != nil
-		if s == nil {
-			s = o.Set
-		}
-		if s == nil {
-			continue
-		}
-		es := map[string]string{}
-		p.elems[s.Name] = es
-		for _, raw := range s.Elem {
-			var key, value string
-			var err error
-			if isMap {
-				var pair []json.RawMessage
-				if err = json.Unmarshal(raw, &pair); err == nil && len(pair) != 2 {
-					err = fmt.Errorf("map element %s is not a key and a value", raw)
-				}
-				if err == nil {
-					if key, err = nftValue(pair[0]); err == nil {
-						value, err = nftValue(pair[1])
-					}
-				}
-			} else {
-				key, err = nftValue(raw)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", s.Name, err)
-			}
-			es[key] = value
-		}
+	}
+	for _, s := range l.Sets {
+		add(s.Name, s.Elements)
+	}
+	for _, m := range l.Maps {
+		add(m.Name, m.Elements)
 	}
 	return p, nil
-}
-
-type nftSetJSON struct {
-	Name string            `json:"name"`
-	Elem []json.RawMessage `json:"elem"`
-}
-
-// nftValue renders a JSON element value in nft syntax ("tcp . 8080").
-func nftValue(raw json.RawMessage) (string, error) {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s, nil
-	}
-	var n json.Number
-	if json.Unmarshal(raw, &n) == nil {
-		return n.String(), nil
-	}
-	var obj struct {
-		Concat []json.RawMessage `json:"concat"`
-		Elem   *struct {
-			Val json.RawMessage `json:"val"`
-		} `json:"elem"`
-	}
-	if err := json.Unmarshal(raw, &obj); err != nil {
-		return "", fmt.Errorf("element %s: %w", raw, err)
-	}
-	switch {
-	case obj.Elem != nil:
-		return nftValue(obj.Elem.Val)
-	case obj.Concat != nil:
-		parts := make([]string, len(obj.Concat))
-		for i, c := range obj.Concat {
-			v, err := nftValue(c)
-			if err != nil {
-				return "", err
-			}
-			parts[i] = v
-		}
-		return strings.Join(parts, " . "), nil
-	}
-	return "", fmt.Errorf("element %s: unknown form", raw)
 }
 
 func (h *hostPorts) statePath(a ipam.Attachment) string {

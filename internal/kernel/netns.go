@@ -34,6 +34,10 @@ type NetNS struct {
 // Name is the namespace's name under NetNSDir (empty when opened by path).
 func (n *NetNS) Name() string { return n.name }
 
+// FD is the namespace's file descriptor, for sockets opened in it (see
+// netlink.Config.NetNS); valid until Close.
+func (n *NetNS) FD() int { return int(n.fd) }
+
 // Path is the namespace's file, usable with setns(2) and nsenter --net=.
 func (n *NetNS) Path() string { return n.path }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy/proxytest"
 )
@@ -35,10 +36,11 @@ func TestKernelAdoptsTableOnRestart(t *testing.T) {
 	// Same state: nothing is sent.
 	second := &kernelProxier{Proxier: New(Options{NetNS: first.ns}), ns: first.ns}
 	t.Cleanup(func() { second.Close() })
-	second.nft = func(ctx context.Context, script string) error {
+	second.run = func(ctx context.Context, tx *nft.Transaction) error {
+		script := tx.String()
 		second.runs++
 		second.last = script
-		return second.runNft(ctx, script)
+		return second.apply(ctx, tx)
 	}
 	if err := second.Sync(context.Background(), d); err != nil {
 		t.Fatal(err)
@@ -54,10 +56,11 @@ func TestKernelAdoptsTableOnRestart(t *testing.T) {
 	// A third proxier, with one service changed: only the difference.
 	third := &kernelProxier{Proxier: New(Options{NetNS: first.ns}), ns: first.ns}
 	t.Cleanup(func() { third.Close() })
-	third.nft = func(ctx context.Context, script string) error {
+	third.run = func(ctx context.Context, tx *nft.Transaction) error {
+		script := tx.String()
 		third.runs++
 		third.last = script
-		return third.runNft(ctx, script)
+		return third.apply(ctx, tx)
 	}
 	s := stateOf(d)
 	s.edit(t, "default/web:http", func(sp *model.ServicePort) { sp.Endpoints = sp.Endpoints[:1] })

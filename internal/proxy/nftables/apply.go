@@ -7,11 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
@@ -21,6 +21,10 @@ type Options struct {
 	// NetNS is the network namespace whose nftables the proxier programs
 	// (the node's).
 	NetNS *kernel.NetNS
+	// NFT, when set, stands for the namespace's nftables (tests give an
+	// nft.Fake); by default the proxier talks to NetNS's through an
+	// nft.Conn with a session.
+	NFT nft.Interface
 	// OnRepair, when set, is told what a full Sync (Desired.Changed nil)
 	// found changed in the kernel's table by someone else and put back:
 	// one entry per chain, set or element (the agent counts them).
@@ -37,12 +41,10 @@ type Proxier struct {
 	// Sync, after a failed one, after Cleanup): the next Sync replaces the
 	// table whole.
 	cur *Ruleset
-	// session applies incremental transactions without starting nft;
-	// noSession: it failed, use nft -f.
-	session   *kernel.NftSession
-	noSession bool
-	// nft applies a script; tests wrap it.
-	nft func(ctx context.Context, script string) error
+	// conn is the namespace's nftables (nil without a namespace).
+	conn nft.Interface
+	// run applies a transaction through conn; tests wrap it.
+	run func(ctx context.Context, tx *nft.Transaction) error
 	// adopted is the table an earlier proxier left in the kernel (an
 	// agent before a restart), read by the first Sync; adoptTried says it
 	// was looked for.
@@ -55,16 +57,15 @@ type Proxier struct {
 	genOK bool
 }
 
-// maxSessionScript: bigger transactions (and every table replace) go
-// through `nft -f` rather than the session.
-const maxSessionScript = 512 << 10 // lines of 600 KB were tried
-
 var _ proxy.Backend = (*Proxier)(nil)
 
 // New returns a Proxier; it does nothing until Sync.
 func New(opts Options) *Proxier {
-	p := &Proxier{opts: opts}
-	p.nft = p.runNft
+	p := &Proxier{opts: opts, conn: opts.NFT}
+	if p.conn == nil && opts.NetNS != nil {
+		p.conn = nft.New(opts.NetNS, nft.WithSession())
+	}
+	p.run = p.apply
 	return p
 }
 
@@ -76,38 +77,12 @@ func (p *Proxier) Mode() string { return Mode }
 
 var errNoNetNS = errors.New("nftables proxier: no network namespace")
 
-// runNft applies a script: a table replace (multi-line blocks) or a big
-// one with `nft -f`, an incremental one (one command per line) through the
-// long-running session.
-func (p *Proxier) runNft(ctx context.Context, script string) error {
-	if p.opts.NetNS == nil {
+// apply applies a transaction to the namespace's table.
+func (p *Proxier) apply(ctx context.Context, tx *nft.Transaction) error {
+	if p.conn == nil {
 		return errNoNetNS
 	}
-	if strings.HasPrefix(script, "add table") || len(script) > maxSessionScript {
-		return p.opts.NetNS.Nft(ctx, script)
-	}
-	if p.noSession {
-		return p.opts.NetNS.Nft(ctx, script)
-	}
-	if p.session == nil {
-		p.session = p.opts.NetNS.NftSession()
-	}
-	err := p.session.Apply(ctx, strings.Split(strings.TrimSuffix(script, "\n"), "\n"))
-	var nerr *kernel.NftError
-	if err == nil || errors.As(err, &nerr) || ctx.Err() != nil {
-		return err
-	}
-	// The session broke, or this nft has no interactive mode: from now on
-	// use nft -f, once that works (when nft itself is missing or broken,
-	// the session is tried again later). Retrying is safe: the transaction
-	// either was applied whole, and then fails again (forcing a replace),
-	// or not at all.
-	p.session.Close()
-	if err := p.opts.NetNS.Nft(ctx, script); err != nil {
-		return err
-	}
-	p.noSession = true
-	return nil
+	return p.conn.Run(ctx, tx)
 }
 
 // Close stops the helper process the proxier keeps for incremental
@@ -115,10 +90,10 @@ func (p *Proxier) runNft(ctx context.Context, script string) error {
 func (p *Proxier) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.session == nil {
-		return nil
+	if c, ok := p.conn.(*nft.Conn); ok {
+		return c.Close()
 	}
-	return p.session.Close()
+	return nil
 }
 
 // Sync makes the table implement d. The first Sync adopts the table an
@@ -147,12 +122,12 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 		p.cur = next
 		return nil
 	}
-	w := t.script()
 	g0, err0 := p.generation()
-	if err := p.nft(ctx, w.String()); err != nil {
+	if err := p.run(ctx, t.nft()); err != nil {
 		p.cur, p.genOK = nil, false
-		if owners := w.owners(errLines(err)); len(owners) > 0 {
-			return fmt.Errorf("sync service %s: %w", strings.Join(owners, ", "), err)
+		var nerr *nft.Error
+		if errors.As(err, &nerr) && len(nerr.Labels) > 0 {
+			return fmt.Errorf("sync service %s: %w", strings.Join(nerr.Labels, ", "), err)
 		}
 		return fmt.Errorf("sync table %s %s: %w", Family, Table, err)
 	}
@@ -177,7 +152,7 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 // (or replaces the table), and returns what differed. Reading costs about
 // what adopting a table on restart does.
 func (p *Proxier) checkKernel(ctx context.Context, d *proxy.Desired) ([]string, error) {
-	if p.opts.NetNS == nil {
+	if p.reader() == nil {
 		return nil, nil
 	}
 	g, gerr := p.generation()
@@ -219,19 +194,31 @@ func (p *Proxier) checkKernel(ctx context.Context, d *proxy.Desired) ([]string, 
 
 // generation is the namespace's nftables generation.
 func (p *Proxier) generation() (uint32, error) {
-	if p.opts.NetNS == nil {
+	if p.conn == nil {
 		return 0, errNoNetNS
 	}
-	return p.opts.NetNS.NftGeneration()
+	return p.conn.Generation()
+}
+
+// jsonLister reads a table as nft's JSON: an nft.Conn does, a Fake not
+// (the proxier then never reads its table back).
+type jsonLister interface {
+	ListJSON(ctx context.Context, t nft.Table) ([]byte, error)
+}
+
+// reader is what reads the table back, or nil.
+func (p *Proxier) reader() jsonLister {
+	r, _ := p.conn.(jsonLister)
+	return r
 }
 
 // read reads the table from the kernel, without the affinity sets'
 // elements (clients the kernel added itself), naming the ports of
 // shortened comments as known says. A missing table is os.ErrNotExist.
 func (p *Proxier) read(ctx context.Context, known portNames) (*Ruleset, error) {
-	out, err := p.opts.NetNS.NftListJSON(ctx, "table", Family, Table)
+	out, err := p.reader().ListJSON(ctx, nftTable)
 	if err != nil {
-		if errors.Is(err, kernel.ErrNotFound) {
+		if errors.Is(err, nft.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %w", os.ErrNotExist, err)
 		}
 		return nil, err
@@ -258,7 +245,7 @@ func (p *Proxier) read(ctx context.Context, known portNames) (*Ruleset, error) {
 // means no adoption: the first Sync replaces the table as before.
 // Shortened comments are resolved with d's names.
 func (p *Proxier) adopt(ctx context.Context, d *proxy.Desired) *Ruleset {
-	if p.opts.NetNS == nil {
+	if p.reader() == nil {
 		return nil
 	}
 	rs, err := p.read(ctx, p.portNames(d))
@@ -323,23 +310,6 @@ func (p *Proxier) plan(d *proxy.Desired) (*Transaction, *Ruleset) {
 	}
 	rs = Render(d)
 	return &Transaction{Replace: rs}, rs
-}
-
-// errLines are the script lines (1-based) an nft error points at.
-func errLines(err error) []int {
-	var lines []int
-	var nerr *kernel.NftError
-	if errors.As(err, &nerr) {
-		for _, c := range nerr.Commands {
-			lines = append(lines, c+1)
-		}
-		return lines
-	}
-	for _, m := range nftErrLine.FindAllStringSubmatch(err.Error(), -1) {
-		n, _ := strconv.Atoi(m[1])
-		lines = append(lines, n)
-	}
-	return lines
 }
 
 // findPort finds a port in d.Services, which are sorted by name.

@@ -3,6 +3,8 @@ package nftables
 import (
 	"context"
 	"fmt"
+
+	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 // Cleanup deletes the table and everything in it; a missing table is not
@@ -11,14 +13,16 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cur = nil
-	if p.session != nil {
-		p.session.Close()
+	if c, ok := p.conn.(*nft.Conn); ok {
+		c.Close()
 	}
-	tbl := Family + " " + Table
 	// Adding first makes the delete succeed when the table is missing,
 	// in the same atomic transaction.
-	if err := p.nft(ctx, "add table "+tbl+"\ndelete table "+tbl+"\n"); err != nil {
-		return fmt.Errorf("cleanup table %s: %w", tbl, err)
+	tx := nft.NewTransaction(nftTable)
+	tx.Add(&nft.Table{})
+	tx.Delete(&nft.Table{})
+	if err := p.run(ctx, tx); err != nil {
+		return fmt.Errorf("cleanup table %s: %w", nftTable, err)
 	}
 	return nil
 }

@@ -3,7 +3,7 @@ package nftables
 import (
 	"slices"
 
-	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 // view is a ruleset as the diff reads it: the old one is either a whole
@@ -243,69 +243,61 @@ func union(a, b []string) []string {
 	return slices.Compact(out)
 }
 
-// script renders the transaction as one nft script.
-func (t *Transaction) script() *scriptWriter {
-	w := &scriptWriter{}
-	tbl := Family + " " + Table
+// nft is the transaction for the nft door, each operation labelled with
+// its service port.
+func (t *Transaction) nft() *nft.Transaction {
+	tx := nft.NewTransaction(nftTable)
 	if t.Replace != nil {
-		w.line("add table " + tbl)
-		w.line("delete table " + tbl)
-		t.Replace.write(w, false)
-		return w
+		tx.Add(&nft.Table{})
+		tx.Delete(&nft.Table{})
+		t.Replace.addTo(tx, false)
+		return tx
 	}
 	for _, c := range t.AddChains {
-		w.owner(c.Service)
-		if c.Hook != nil {
-			w.line("add chain " + tbl + " " + c.Name + " { " + c.Hook.String() + " }")
-		} else {
-			w.line("add chain " + tbl + " " + c.Name)
-		}
+		tx.Label(svcName(c.Service))
+		tx.Add(c.object())
 	}
 	for _, s := range t.AddSets {
-		w.owner(s.Service)
-		w.line("add " + s.keyword() + " " + tbl + " " + s.Name + " { " + s.decl() + "; }")
+		tx.Label(svcName(s.Service))
+		tx.Add(s.object())
 	}
 	deleted := map[string]bool{}
 	for _, s := range t.DelSets {
 		deleted[s.Name] = true
 	}
-	writeElems := func(verb string, ses []SetElems, withValues bool) {
+	elems := func(ses []SetElems, do func(nft.Object)) {
 		for _, se := range ses {
 			if deleted[se.Set.Name] {
 				continue
 			}
 			for _, e := range se.Elems {
-				w.owner(e.Service)
-				text := e.keyString(se.Set.Kind)
-				if withValues {
-					text = e.text(se.Set.Kind)
-				}
-				w.line(verb + " element " + tbl + " " + se.Set.Name + " { " + text + " }")
+				tx.Label(svcName(e.Service))
+				do(e.object(se.Set))
 			}
 		}
 	}
-	writeElems("delete", t.DelElems, false)
-	w.owner(model.ServicePortName{})
+	elems(t.DelElems, tx.Delete)
+	tx.Label("")
 	for _, c := range t.FlushChains {
-		w.line("flush chain " + tbl + " " + c)
+		tx.Flush(&nft.Chain{Name: c})
 	}
 	for _, c := range t.SetRules {
-		w.owner(c.Service)
+		tx.Label(svcName(c.Service))
 		for _, r := range c.Rules {
-			w.line("add rule " + tbl + " " + c.Name + " " + r.String())
+			tx.Add(&nft.Rule{Chain: c.Name, Rule: r.String()})
 		}
 	}
-	writeElems("add", t.AddElems, true)
+	elems(t.AddElems, tx.Add)
 	for _, s := range t.DelSets {
-		w.owner(s.Service)
-		w.line("delete " + s.keyword() + " " + tbl + " " + s.Name)
+		tx.Label(svcName(s.Service))
+		tx.Delete(s.object())
 	}
-	w.owner(model.ServicePortName{})
+	tx.Label("")
 	for _, c := range t.DelChains {
-		w.line("delete chain " + tbl + " " + c)
+		tx.Delete(&nft.Chain{Name: c})
 	}
-	return w
+	return tx
 }
 
 // String is the transaction's nft script.
-func (t *Transaction) String() string { return t.script().String() }
+func (t *Transaction) String() string { return t.nft().String() }

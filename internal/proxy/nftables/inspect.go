@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
@@ -22,25 +23,23 @@ import (
 // with the node's addresses (for `fib saddr type local`) from ns's links.
 // A table with a rule or set kdive never writes is an error wrapping
 // ErrUnknownShape (an *UnknownRuleError for a rule, naming its chain and
-// handle); no table is an error wrapping kernel.ErrNotFound. Service
+// handle); no table is an error wrapping nft.ErrNotFound (kernel.ErrNotFound). Service
 // ports whose names were too long for a comment read as the shortened
 // comment until ResolveNames is given their full names.
 func Inspect(ctx context.Context, ns *kernel.NetNS) (proxy.Inspection, error) {
 	if ns == nil {
 		return nil, errNoNetNS
 	}
-	out, err := ns.Run(ctx, "", "nft", "-j", "list", "table", Family, Table)
+	conn := nft.New(ns)
+	out, err := conn.ListJSON(ctx, nftTable)
 	if err != nil {
-		if strings.Contains(err.Error(), "No such file or directory") {
-			return nil, fmt.Errorf("inspect %s: table %s %s: %w (%w)", ns, Family, Table, kernel.ErrNotFound, err)
-		}
 		return nil, fmt.Errorf("inspect %s: %w", ns, err)
 	}
-	l, err := parseListing([]byte(out))
+	l, err := parseListing(out)
 	if err != nil {
 		var ue *UnknownRuleError
 		if errors.As(err, &ue) {
-			ue.Text = ruleText(ctx, ns, ue.Chain, ue.Handle)
+			ue.Text = conn.RuleText(ctx, nftTable, ue.Chain, ue.Handle)
 		}
 		return nil, fmt.Errorf("inspect %s: %w", ns, err)
 	}
@@ -56,21 +55,6 @@ func Inspect(ctx context.Context, ns *kernel.NetNS) (proxy.Inspection, error) {
 		}
 	}
 	return &inspection{l}, nil
-}
-
-// ruleText is a rule as `nft -a list chain` prints it, or "".
-func ruleText(ctx context.Context, ns *kernel.NetNS, chain string, handle int) string {
-	out, err := ns.Run(ctx, "", "nft", "-a", "list", "chain", Family, Table, chain)
-	if err != nil {
-		return ""
-	}
-	suffix := fmt.Sprintf(" # handle %d", handle)
-	for _, line := range strings.Split(out, "\n") {
-		if rule, ok := strings.CutSuffix(strings.TrimSpace(line), suffix); ok {
-			return rule
-		}
-	}
-	return ""
 }
 
 // inspection answers from the table read back.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/proxytest"
@@ -73,7 +74,7 @@ func FuzzParseListing(f *testing.F) {
 		if err := ns.Nft(ctx, (&Transaction{Replace: l.rs}).String()); err != nil {
 			return // a listing no kernel would print: not loadable, nothing to compare
 		}
-		js, err := ns.NftListJSON(ctx, "table", Family, Table)
+		js, err := nft.New(ns).ListJSON(ctx, nftTable)
 		if err != nil {
 			t.Fatal(err)
 		}

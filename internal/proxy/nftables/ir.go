@@ -8,7 +8,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 )
 
@@ -45,14 +47,27 @@ type Hook struct {
 }
 
 func (h *Hook) String() string {
-	prio := fmt.Sprint(h.Priority)
+	return fmt.Sprintf("type %s hook %s priority %s; policy accept;", h.Type, h.Hook, h.priority())
+}
+
+// priority is the hook's priority as nft names it.
+func (h *Hook) priority() string {
 	switch {
 	case h.Hook == "prerouting" && h.Priority == -100:
-		prio = "dstnat"
+		return "dstnat"
 	case h.Hook == "postrouting" && h.Priority == 100:
-		prio = "srcnat"
+		return "srcnat"
 	}
-	return fmt.Sprintf("type %s hook %s priority %s; policy accept;", h.Type, h.Hook, prio)
+	return strconv.Itoa(h.Priority)
+}
+
+// object is the chain for the nft door (without its rules).
+func (c *Chain) object() *nft.Chain {
+	o := &nft.Chain{Name: c.Name}
+	if h := c.Hook; h != nil {
+		o.Type, o.Hook, o.Priority, o.Policy = h.Type, h.Hook, h.priority(), "accept"
+	}
+	return o
 }
 
 // Chain is a chain of rules.
@@ -105,22 +120,23 @@ type Set struct {
 // IsMap says whether elements carry values.
 func (s *Set) IsMap() bool { return s.Kind == ServiceVerdicts || s.Kind == EndpointBuckets }
 
-func (s *Set) decl() string {
+// object is the set or map for the nft door (without its elements).
+func (s *Set) object() nft.Object {
 	switch s.Kind {
 	case ServiceVerdicts:
-		return "type ipv4_addr . inet_proto . inet_service : verdict"
+		return &nft.Map{Name: s.Name, Type: "ipv4_addr . inet_proto . inet_service : verdict"}
 	case EndpointBuckets:
 		// nft 1.0.6 cannot name numgen in typeof; meta length is a
 		// 32-bit integer like numgen's result.
-		return "typeof ip daddr . meta l4proto . th dport . meta length : ip daddr . th dport"
+		return &nft.Map{Name: s.Name, TypeOf: "ip daddr . meta l4proto . th dport . meta length : ip daddr . th dport"}
 	case AddrPairs:
-		return "type ipv4_addr . ipv4_addr"
+		return &nft.Set{Name: s.Name, Type: "ipv4_addr . ipv4_addr"}
 	case Prefixes:
-		return "type ipv4_addr; flags interval"
+		return &nft.Set{Name: s.Name, Type: "ipv4_addr", Flags: []string{"interval"}}
 	case Clients:
-		return fmt.Sprintf("type ipv4_addr; flags dynamic,timeout; timeout %ds", s.Timeout)
+		return &nft.Set{Name: s.Name, Type: "ipv4_addr", Flags: []string{"dynamic", "timeout"}, Timeout: time.Duration(s.Timeout) * time.Second}
 	}
-	return "invalid"
+	return &nft.Set{Name: s.Name, Type: "invalid"}
 }
 
 func (s *Set) keyword() string {
@@ -252,9 +268,29 @@ type Element struct {
 // keyString renders the key the way nft reads it.
 func (e Element) keyString(kind SetKind) string { return string(e.appendKey(nil, kind)) }
 
-// text renders the element with its value (and, in verdict maps, a
-// comment naming the service port: elemComment).
-func (e Element) text(kind SetKind) string { return string(e.appendText(nil, kind)) }
+// text renders the element with its value as nft writes it in a set of
+// that kind.
+func (e Element) text(kind SetKind) string { return e.object(&Set{Kind: kind}).String() }
+
+// object is the element of set s for the nft door: its key, and in a
+// verdict map a comment naming the service port (elemComment) and the
+// verdict, in an endpoint map the endpoint.
+func (e Element) object(s *Set) *nft.Element {
+	o := &nft.Element{Key: []string{string(e.appendKey(nil, s.Kind))}}
+	if !s.IsMap() {
+		o.Set = s.Name
+		return o
+	}
+	o.Map = s.Name
+	switch s.Kind {
+	case ServiceVerdicts:
+		o.Comment = elemComment(e.Service)
+		o.Value = []string{e.Verdict.String()}
+	case EndpointBuckets:
+		o.Value = []string{e.Endpoint.Addr().String(), strconv.Itoa(int(e.Endpoint.Port()))}
+	}
+	return o
+}
 
 func (e Element) appendKey(b []byte, kind SetKind) []byte {
 	k := e.Key
@@ -278,23 +314,6 @@ func (e Element) appendKey(b []byte, kind SetKind) []byte {
 		return netip.PrefixFrom(k.Addr, int(k.Bits)).AppendTo(b)
 	}
 	return k.Addr.AppendTo(b)
-}
-
-func (e Element) appendText(b []byte, kind SetKind) []byte {
-	b = e.appendKey(b, kind)
-	switch kind {
-	case ServiceVerdicts:
-		b = append(b, " comment "...)
-		b = strconv.AppendQuote(b, elemComment(e.Service))
-		b = append(b, " : "...)
-		b = append(b, e.Verdict.String()...)
-	case EndpointBuckets:
-		b = append(b, " : "...)
-		b = e.Endpoint.Addr().AppendTo(b)
-		b = append(b, " . "...)
-		b = strconv.AppendUint(b, uint64(e.Endpoint.Port()), 10)
-	}
-	return b
 }
 
 func proto(p model.Protocol) string {

@@ -91,7 +91,7 @@ func TestKernelRepairsDrift(t *testing.T) {
 			}
 			// ... and the next need not read the table back: no nftables
 			// transaction happened since.
-			if g, err := kp.ns.NftGeneration(); err != nil || !kp.genOK || kp.gen != g {
+			if g, err := kp.conn.Generation(); err != nil || !kp.genOK || kp.gen != g {
 				t.Errorf("the table is not known intact at generation %d (%v): genOK %v gen %d", g, err, kp.genOK, kp.gen)
 			}
 		})
@@ -119,14 +119,14 @@ func TestKernelGenerationCountsTransactions(t *testing.T) {
 	s := stateOf(proxytest.Fixture())
 	step := func(what string, d func() error, wantReplace bool) {
 		t.Helper()
-		g0, err := kp.ns.NftGeneration()
+		g0, err := kp.conn.Generation()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := d(); err != nil {
 			t.Fatal(err)
 		}
-		g1, _ := kp.ns.NftGeneration()
+		g1, _ := kp.conn.Generation()
 		if g1 != g0+1 || !kp.genOK || kp.gen != g1 {
 			t.Errorf("%s: generation %d -> %d, genOK %v at %d; want one transaction, known", what, g0, g1, kp.genOK, kp.gen)
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/proxytest"
@@ -120,10 +121,11 @@ func TestKernelLongServiceNames(t *testing.T) {
 	// A new proxier adopts the table: nothing to send.
 	second := &kernelProxier{Proxier: New(Options{NetNS: kp.ns}), ns: kp.ns}
 	t.Cleanup(func() { second.Close() })
-	second.nft = func(ctx context.Context, script string) error {
+	second.run = func(ctx context.Context, tx *nft.Transaction) error {
+		script := tx.String()
 		second.runs++
 		second.last = script
-		return second.runNft(ctx, script)
+		return second.apply(ctx, tx)
 	}
 	var repaired [][]string
 	second.opts.OnRepair = func(objs []string) { repaired = append(repaired, objs) }

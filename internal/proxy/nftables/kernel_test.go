@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
@@ -20,13 +21,14 @@ import (
 // as root; they skip otherwise.
 
 // kernelProxier is a Proxier on a fresh namespace that counts its nft
-// runs; tamper, when set, edits the next script.
+// runs and keeps the last script; tamper, when set, edits the next
+// transaction.
 type kernelProxier struct {
 	*Proxier
 	ns     *kernel.NetNS
 	runs   int
 	last   string
-	tamper func(string) string
+	tamper func(*nft.Transaction)
 }
 
 func newKernelProxier(t *testing.T) *kernelProxier {
@@ -35,13 +37,15 @@ func newKernelProxier(t *testing.T) *kernelProxier {
 	ns := ktest.NewNetNS(t)
 	kp := &kernelProxier{Proxier: New(Options{NetNS: ns}), ns: ns}
 	t.Cleanup(func() { kp.Close() })
-	kp.nft = func(ctx context.Context, script string) error {
+	kp.run = func(ctx context.Context, tx *nft.Transaction) error {
+		script := tx.String()
 		kp.runs++
 		if kp.tamper != nil {
-			script, kp.tamper = kp.tamper(script), nil
+			kp.tamper(tx)
+			kp.tamper, script = nil, tx.String()
 		}
 		kp.last = script
-		return kp.runNft(ctx, script)
+		return kp.apply(ctx, tx)
 	}
 	return kp
 }
@@ -138,10 +142,12 @@ func TestKernelSyncReadback(t *testing.T) {
 	// one of default/terminating: the kernel refuses (EEXIST) after the
 	// transaction already deleted the old element, and must roll back.
 	tampered := false
-	kp.tamper = func(script string) string {
-		out := strings.Replace(script, "{ 10.1.0.9 . tcp . 80 . 0 : 10.0.2.98 . 8080 }", "{ 10.1.0.8 . tcp . 80 . 0 : 10.0.2.98 . 8080 }", 1)
-		tampered = out != script
-		return out
+	kp.tamper = func(tx *nft.Transaction) {
+		for _, o := range tx.Objects() {
+			if e, ok := o.(*nft.Element); ok && e.String() == "10.1.0.9 . tcp . 80 . 0 : 10.0.2.98 . 8080" {
+				e.Key, tampered = []string{"10.1.0.8 . tcp . 80 . 0"}, true
+			}
+		}
 	}
 	n = s.edit(t, "default/prefer-close", func(sp *model.ServicePort) { sp.Endpoints[0].IP = ip("10.0.2.98") })
 	err := kp.Sync(ctx, s.desired(n))

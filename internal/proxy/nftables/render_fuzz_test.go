@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 )
@@ -204,7 +205,7 @@ func FuzzRenderAccepted(f *testing.F) {
 		if err := kp.Sync(ctx, d2); err != nil {
 			t.Fatalf("sync the second snapshot incrementally: %v", err)
 		}
-		js, err := ns.NftListJSON(ctx, "table", Family, Table)
+		js, err := nft.New(ns).ListJSON(ctx, nftTable)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/proxytest"
@@ -18,8 +19,8 @@ import (
 
 func fakeProxier() (*Proxier, *fakeNft) {
 	f := newFakeNft()
-	p := New(Options{})
-	p.nft = f.nft
+	p := New(Options{NFT: f.Fake})
+	p.run = f.run
 	return p, f
 }
 
@@ -107,7 +108,7 @@ func TestSyncReplacesFirstThenSendsNothing(t *testing.T) {
 	p, f := fakeProxier()
 	d := proxytest.Fixture()
 	mustSync(t, p, d)
-	if len(f.scripts) != 1 || !strings.HasPrefix(f.scripts[0], "add table ip kdive-proxy\ndelete table ip kdive-proxy\ntable ip kdive-proxy {\n") {
+	if len(f.scripts) != 1 || !strings.HasPrefix(f.scripts[0], "add table ip kdive-proxy\ndelete table ip kdive-proxy\nadd table ip kdive-proxy {") {
 		t.Fatalf("first sync should replace the table in one script; got %d scripts:\n%s", len(f.scripts), strings.Join(f.scripts, "\n---\n"))
 	}
 	checkTable(t, p, f, d)
@@ -192,8 +193,8 @@ func TestSyncIncremental(t *testing.T) {
 			if st.maxLines == 0 && !replaced {
 				t.Errorf("a changed set declaration should replace the table:\n%s", script)
 			}
-			if n := strings.Count(script, "\n"); st.maxLines > 0 && (replaced || n > st.maxLines) {
-				t.Errorf("script has %d lines (replace %v), want at most %d:\n%s", n, replaced, st.maxLines, script)
+			if n := f.ops[len(f.ops)-1]; st.maxLines > 0 && (replaced || n > st.maxLines) {
+				t.Errorf("transaction has %d operations (replace %v), want at most %d:\n%s", n, replaced, st.maxLines, script)
 			}
 			mustSync(t, p, d)
 			if len(f.scripts) != before+1 {
@@ -315,9 +316,13 @@ func TestSyncFailureKeepsOldRulesAndRetriesWhole(t *testing.T) {
 func TestSyncErrorNamesService(t *testing.T) {
 	p, f := fakeProxier()
 	// Break the element of default/web:https so that nft refuses it.
-	p.nft = func(ctx context.Context, script string) error {
-		script = strings.Replace(script, `comment "default/web:https" : goto cluster-ip-3`, `comment "default/web:https" : goto no-such-chain`, 1)
-		return f.nft(ctx, script)
+	p.run = func(ctx context.Context, tx *nft.Transaction) error {
+		for _, o := range tx.Objects() {
+			if e, ok := o.(*nft.Element); ok && e.Comment == "default/web:https" && e.Value[0] == "goto cluster-ip-3" {
+				e.Value = []string{"goto no-such-chain"}
+			}
+		}
+		return f.run(ctx, tx)
 	}
 	err := p.Sync(context.Background(), proxytest.Fixture())
 	if err == nil || !strings.HasPrefix(err.Error(), "sync service default/web:https: ") {

@@ -1,4 +1,4 @@
-package kernel
+package nft
 
 import (
 	"bufio"
@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/kdive/kdive/internal/kernel"
 )
 
-// NftSession applies nft transactions through one long-running `nft -i`
+// session applies nft transactions through one long-running `nft -i`
 // inside a namespace. Compared with a `nft -f` per transaction it saves
 // the process start and cache load (a few ms) and, above all, the wait
 // every nft process pays on exit after a transaction that deleted
@@ -20,12 +22,12 @@ import (
 // destruction, an RCU grace period (about 10 ms here). A small incremental
 // change takes well under a millisecond instead of about 15 ms.
 //
-// Each Apply is one line of commands separated by "; ", which nft runs as
+// Each apply is one line of commands separated by "; ", which nft runs as
 // one atomic batch.
 // nft's interactive mode keeps every line in its history, so the session
-// restarts itself after MaxSessionBytes of input. Close ends it.
-type NftSession struct {
-	ns *NetNS
+// restarts itself after maxSessionBytes of input. close ends it.
+type session struct {
+	ns *kernel.NetNS
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -36,23 +38,23 @@ type NftSession struct {
 	bytes  int
 }
 
-// MaxSessionBytes is how much input a session takes before it restarts.
-const MaxSessionBytes = 16 << 20
+// maxSessionBytes is how much input a session takes before it restarts.
+const maxSessionBytes = 16 << 20
 
-// NftError is nft refusing a transaction: its message, and which commands
-// (0-based, in the order given to Apply) it pointed at.
-type NftError struct {
+// sessionError is nft refusing a transaction: its message, and which
+// commands (0-based, in the order given to apply) it pointed at.
+type sessionError struct {
 	Msg      string
 	Commands []int
 }
 
-func (e *NftError) Error() string { return "nft: " + e.Msg }
+func (e *sessionError) Error() string { return "nft: " + e.Msg }
 
-// NftSession returns a session in the namespace; its process starts with
-// the first Apply.
-func (n *NetNS) NftSession() *NftSession { return &NftSession{ns: n} }
+// newSession returns a session in the namespace; its process starts with
+// the first apply.
+func newSession(ns *kernel.NetNS) *session { return &session{ns: ns} }
 
-func (s *NftSession) start() error {
+func (s *session) start() error {
 	cmd := exec.Command("nft", "-i")
 	// No history file: interactive nft reads and writes $HOME/.nft.history.
 	// A dumb terminal: its line editor looks the terminal up in terminfo.
@@ -79,7 +81,7 @@ func (s *NftSession) start() error {
 }
 
 // stop ends the process (if any) and waits for it.
-func (s *NftSession) stop() {
+func (s *session) stop() {
 	if s.cmd == nil {
 		return
 	}
@@ -88,25 +90,25 @@ func (s *NftSession) stop() {
 	s.cmd = nil
 }
 
-// Close ends the session's process. Apply after Close starts a new one.
-func (s *NftSession) Close() error {
+// close ends the session's process. apply after close starts a new one.
+func (s *session) close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stop()
 	return nil
 }
 
-// Apply runs commands (single-line nft commands, e.g. "add element ip t
+// apply runs commands (single-line nft commands, e.g. "add element ip t
 // m { ... }") as one atomic transaction. When nft refuses it, nothing is
-// applied and the error is an *NftError. When ctx ends first, the process
+// applied and the error is a *sessionError. When ctx ends first, the process
 // is killed and whether the transaction was applied is unknown.
-func (s *NftSession) Apply(ctx context.Context, commands []string) error {
+func (s *session) apply(ctx context.Context, commands []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(commands) == 0 {
 		return nil
 	}
-	if s.cmd != nil && s.bytes > MaxSessionBytes {
+	if s.cmd != nil && s.bytes > maxSessionBytes {
 		s.stop()
 	}
 	if s.cmd == nil {
@@ -198,8 +200,8 @@ var editorNoise = map[string]bool{
 // nftError reads nft's complaints about a line of commands: each is
 // "Error: ...", the input line, then spaces and carets under the part it
 // refuses. The message names the commands rather than repeating the line.
-func nftError(out, input string, commands []string, starts []int) *NftError {
-	e := &NftError{}
+func nftError(out, input string, commands []string, starts []int) *sessionError {
+	e := &sessionError{}
 	var msgs []string
 	lines := strings.Split(out, "\n")
 	for i := 0; i < len(lines); i++ {

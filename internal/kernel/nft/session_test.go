@@ -1,4 +1,4 @@
-package kernel_test
+package nft
 
 import (
 	"context"
@@ -15,31 +15,31 @@ import (
 	"github.com/kdive/kdive/internal/kernel/ktest"
 )
 
-func TestNftSession(t *testing.T) {
+func TestSession(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	ns := ktest.NewNetNS(t)
 	ctx := context.Background()
 	must(t, ns.Nft(ctx, "table ip kdive-t {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n\tchain c {\n\t}\n}\n"))
-	s := ns.NftSession()
-	t.Cleanup(func() { s.Close() })
+	s := newSession(ns)
+	t.Cleanup(func() { s.close() })
 	list := func() string {
 		out, err := ns.Run(ctx, "", "nft", "list", "set", "ip", "kdive-t", "s")
 		must(t, err)
 		return out
 	}
-	must(t, s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.1 }", "add element ip kdive-t s { 192.0.2.2 }"}))
+	must(t, s.apply(ctx, []string{"add element ip kdive-t s { 192.0.2.1 }", "add element ip kdive-t s { 192.0.2.2 }"}))
 	if got := list(); !strings.Contains(got, "192.0.2.1") || !strings.Contains(got, "192.0.2.2") {
 		t.Fatalf("set after Apply:\n%s", got)
 	}
 	// One refused command refuses the whole transaction and is named.
-	err := s.Apply(ctx, []string{
+	err := s.apply(ctx, []string{
 		"delete element ip kdive-t s { 192.0.2.1 }",
 		"add element ip kdive-t s { 192.0.2.3 }",
 		"add rule ip kdive-t c jump no-such-chain",
 	})
-	var nerr *kernel.NftError
+	var nerr *sessionError
 	if !errors.As(err, &nerr) || len(nerr.Commands) != 1 || nerr.Commands[0] != 2 {
-		t.Fatalf("Apply of a bad transaction = %#v, want an NftError pointing at command 2", err)
+		t.Fatalf("Apply of a bad transaction = %#v, want a sessionError pointing at command 2", err)
 	}
 	if want := "nft: Error: Could not process rule: No such file or directory: add rule ip kdive-t c jump no-such-chain"; err.Error() != want {
 		t.Errorf("error = %q, want %q", err, want)
@@ -50,25 +50,25 @@ func TestNftSession(t *testing.T) {
 	// The session goes on after an error, and is quick.
 	start := time.Now()
 	for i := range 20 {
-		must(t, s.Apply(ctx, []string{fmt.Sprintf("add element ip kdive-t s { 192.0.2.%d }", 10+i), "delete element ip kdive-t s { 192.0.2.1 }", "add element ip kdive-t s { 192.0.2.1 }"}))
+		must(t, s.apply(ctx, []string{fmt.Sprintf("add element ip kdive-t s { 192.0.2.%d }", 10+i), "delete element ip kdive-t s { 192.0.2.1 }", "add element ip kdive-t s { 192.0.2.1 }"}))
 	}
 	t.Logf("20 transactions with deletions in %v", time.Since(start))
-	if err := s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.200 }\nflush ruleset"}); err == nil {
+	if err := s.apply(ctx, []string{"add element ip kdive-t s { 192.0.2.200 }\nflush ruleset"}); err == nil {
 		t.Errorf("a command spanning lines was accepted")
 	}
 	// After Close, Apply starts a new process.
-	must(t, s.Close())
-	must(t, s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.99 }"}))
+	must(t, s.close())
+	must(t, s.apply(ctx, []string{"add element ip kdive-t s { 192.0.2.99 }"}))
 	if got := list(); !strings.Contains(got, "192.0.2.99") {
 		t.Errorf("Apply after Close did not apply:\n%s", got)
 	}
 	// A cancelled context ends the process; the next Apply works again.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := s.Apply(cctx, []string{"add element ip kdive-t s { 192.0.2.98 }"}); !errors.Is(err, context.Canceled) {
+	if err := s.apply(cctx, []string{"add element ip kdive-t s { 192.0.2.98 }"}); !errors.Is(err, context.Canceled) {
 		t.Logf("Apply with a cancelled context = %v (it may finish first)", err)
 	}
-	must(t, s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.97 }"}))
+	must(t, s.apply(ctx, []string{"add element ip kdive-t s { 192.0.2.97 }"}))
 }
 
 // TestNftSessionWithoutTerminfo: in a container image without a terminfo
@@ -76,7 +76,7 @@ func TestNftSession(t *testing.T) {
 // is no refusal, and the first transaction must apply. (A wrapper first on
 // PATH stands for such an nft: it writes libedit's warning, then runs the
 // real one.)
-func TestNftSessionWithoutTerminfo(t *testing.T) {
+func TestSessionWithoutTerminfo(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	real, err := exec.LookPath("nft")
 	if err != nil {
@@ -91,14 +91,21 @@ func TestNftSessionWithoutTerminfo(t *testing.T) {
 	ns := ktest.NewNetNS(t)
 	ctx := context.Background()
 	must(t, ns.Nft(ctx, "table ip kdive-t {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n}\n"))
-	s := ns.NftSession()
-	t.Cleanup(func() { s.Close() })
-	if err := s.Apply(ctx, []string{"add element ip kdive-t s { 192.0.2.1 }"}); err != nil {
+	s := newSession(ns)
+	t.Cleanup(func() { s.close() })
+	if err := s.apply(ctx, []string{"add element ip kdive-t s { 192.0.2.1 }"}); err != nil {
 		t.Fatalf("first Apply after the editor's warning: %v", err)
 	}
 	out, err := ns.Run(ctx, "", real, "list", "set", "ip", "kdive-t", "s")
 	must(t, err)
 	if !strings.Contains(out, "192.0.2.1") {
 		t.Errorf("set after Apply:\n%s", out)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
