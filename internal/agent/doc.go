@@ -16,11 +16,20 @@
 // and etcd from internal/source/kubetest, RBAC with deploy/kdive.yaml's
 // ClusterRole); everywhere else through a lab's store.
 //
-// The sync loop is bounded in frequency: changes trigger a sync no sooner
-// than MinSyncPeriod after the previous one, and every SyncPeriod
-// everything is re-applied anyway, which repairs what someone changed by
-// hand. A failed sync is logged and retried with backoff; the agent keeps
-// serving what it last programmed.
+// The two halves are reconcilers (loop.go), each with its own dirty mark,
+// backoff and health: the pod network (podnetwork.go), which Node events
+// mark, and the service proxy (proxy.go), which Node, Service and
+// EndpointSlice events mark, so a Service change never re-runs the pod
+// network; NetworkPolicy will be the third. One loop runs them, in that
+// order, bounded in frequency: a change syncs its reconcilers no sooner
+// than MinSyncPeriod after the previous sync, and every SyncPeriod every
+// reconciler re-applies everything anyway, which repairs what someone
+// changed by hand. A failed sync is logged (with its part) and retried
+// with backoff, as a full sync that takes the changes meanwhile along; the
+// other reconciler goes on meanwhile, and the agent keeps serving what it
+// last programmed. /healthz is healthy only while neither has a change
+// stuck for two sync periods; a pod network waiting for spec.podCIDR
+// (ErrNotReady) is not unhealthy.
 //
 // The agent is the only place that logs: libraries return errors.
 package agent

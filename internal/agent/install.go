@@ -58,7 +58,7 @@ func InstallCNI(ctx context.Context, cfg *Configuration, o InstallOptions) error
 	if err != nil {
 		return err
 	}
-	a := New(Options{Config: cfg, Client: client, NetNS: ns})
+	pn := &podnetRunner{a: New(Options{Config: cfg, Client: client, NetNS: ns})}
 	// An informer (list, then watch), as the ClusterRole grants the agent
 	// list and watch only. A lab's store ignores the field selector, so the
 	// lister is asked for the name.
@@ -77,11 +77,11 @@ func InstallCNI(ctx context.Context, cfg *Configuration, o InstallOptions) error
 		if err == nil {
 			local, problem := source.Node(n)
 			if problem == "" {
-				up, err := a.findUplink(local.IP())
+				up, err := pn.findUplink(local.IP())
 				if err != nil {
 					return err
 				}
-				return a.writeConfList(local, up)
+				return pn.writeConfList(local, up)
 			}
 			err = fmt.Errorf("node %s: %s", cfg.NodeName, problem)
 		} else if apierrors.IsNotFound(err) {

@@ -27,6 +27,7 @@ import (
 // Service and EndpointSlice informers, the mode's backend, the health
 // check ports, and what was programmed last (for stale conntrack entries).
 type proxyRunner struct {
+	a        *Agent
 	backend  proxy.Backend
 	tracker  *proxy.Tracker
 	health   *proxy.HealthServer
@@ -55,18 +56,18 @@ func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
 	svcInf := factory.Core().V1().Services()
 	sliceInf := factory.Discovery().V1().EndpointSlices()
 	pr := &proxyRunner{
-		backend: backend, tracker: proxy.NewTracker(svcInf.Lister(), sliceInf.Lister()),
+		a: a, backend: backend, tracker: proxy.NewTracker(svcInf.Lister(), sliceInf.Lister()),
 		health: &proxy.HealthServer{Listen: listenIn(a.opts.NetNS)}, needFull: true, reported: map[string]bool{},
 	}
 	svcHandler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { pr.serviceEvent(o); a.Trigger() },
-		UpdateFunc: func(_, o any) { pr.serviceEvent(o); a.Trigger() },
-		DeleteFunc: func(o any) { pr.serviceEvent(o); a.Trigger() },
+		AddFunc:    func(o any) { pr.serviceEvent(o); a.mark(a.proxyPart) },
+		UpdateFunc: func(_, o any) { pr.serviceEvent(o); a.mark(a.proxyPart) },
+		DeleteFunc: func(o any) { pr.serviceEvent(o); a.mark(a.proxyPart) },
 	}
 	sliceHandler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { pr.sliceEvent(o); a.Trigger() },
-		UpdateFunc: func(_, o any) { pr.sliceEvent(o); a.Trigger() },
-		DeleteFunc: func(o any) { pr.sliceEvent(o); a.Trigger() },
+		AddFunc:    func(o any) { pr.sliceEvent(o); a.mark(a.proxyPart) },
+		UpdateFunc: func(_, o any) { pr.sliceEvent(o); a.mark(a.proxyPart) },
+		DeleteFunc: func(o any) { pr.sliceEvent(o); a.mark(a.proxyPart) },
 	}
 	if _, err := svcInf.Informer().AddEventHandler(svcHandler); err != nil {
 		return fmt.Errorf("watch services: %w", err)
@@ -75,7 +76,22 @@ func (a *Agent) setupProxy(factory informers.SharedInformerFactory) error {
 		return fmt.Errorf("watch endpoint slices: %w", err)
 	}
 	a.proxy = pr
+	a.proxyPart = &part{reconciler: pr}
+	a.parts = append(a.parts, a.proxyPart)
 	return nil
+}
+
+func (pr *proxyRunner) name() string { return "proxy" }
+
+// sync programs this node's Services (full: every service, not only the
+// ones the tracker marked). It needs of the Node only its address, not
+// the pod network.
+func (pr *proxyRunner) sync(ctx context.Context, full bool) error {
+	local, err := pr.a.localNode()
+	if err != nil {
+		return err
+	}
+	return pr.a.syncProxy(ctx, local, full)
 }
 
 // localhostNodePorts tells whether the proxy serves NodePorts on

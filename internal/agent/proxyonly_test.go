@@ -82,8 +82,8 @@ func TestAgentProxyOnly(t *testing.T) {
 
 // TestAgentProxyBeforePodCIDR: with the pod network on, a node whose
 // spec.podCIDR is not assigned yet still gets its Services programmed, as
-// kube-proxy's would; the pod network waits (no CNI config) and follows as
-// soon as the block is assigned.
+// kube-proxy's would, and is healthy; the pod network waits (no CNI
+// config) and follows as soon as the block is assigned.
 func TestAgentProxyBeforePodCIDR(t *testing.T) {
 	bed := newAgentBed(t, "nftables", time.Minute)
 	bed.nodes = []corev1.Node{testNode("n1", "192.0.2.10", ""), testNode("n2", "192.0.2.11", "10.244.2.0/24")}
@@ -96,6 +96,8 @@ func TestAgentProxyBeforePodCIDR(t *testing.T) {
 	ktest.Eventually(t, 10*time.Second, `the agent's "waiting" for the pod network`, ktest.Holds(func() bool {
 		return len(bed.logs.since(time.Time{}, "waiting")) > 0
 	}))
+	// Waiting for the cluster is not being broken: /healthz is 200.
+	bed.checkHealthy()
 	conf := filepath.Join(bed.cfg.CNI.ConfDir, cni.ConfListFile)
 	if _, err := os.Stat(conf); !os.IsNotExist(err) {
 		t.Errorf("a CNI config before the node has a pod CIDR (stat: %v)", err)

@@ -5,45 +5,96 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// health is what /healthz and /livez report, kube-proxy style: healthy
-// once a sync succeeded, as long as no change (or failed sync) has been
-// waiting to be programmed for more than two sync periods; the body names
-// the last error.
+// health is what /healthz and /livez report, kube-proxy style, over the
+// agent's parts: healthy once every part synced (or waits for the
+// cluster: a pod network without spec.podCIDR is no reason to fail the
+// proxy's health) and the whole agent synced at least once, as long as no
+// part has had a change (or failed sync) waiting to be programmed for more
+// than two sync periods; the body names the parts' last errors.
 type health struct {
 	mu          sync.Mutex
 	period      time.Duration
-	lastSuccess time.Time
+	lastSuccess time.Time // when a sync last left no part failing
+	parts       map[string]*partHealth
+}
+
+type partHealth struct {
 	pendingFrom time.Time // first unprogrammed change; zero when none
 	lastError   string
+	ready       bool // synced at least once, or waiting for the cluster
 }
 
-func (h *health) changed() {
-	h.mu.Lock()
-	if h.pendingFrom.IsZero() {
-		h.pendingFrom = time.Now()
+func (h *health) part(name string) *partHealth {
+	if h.parts == nil {
+		h.parts = map[string]*partHealth{}
 	}
-	h.mu.Unlock()
+	p := h.parts[name]
+	if p == nil {
+		p = &partHealth{}
+		h.parts[name] = p
+	}
+	return p
 }
 
-func (h *health) synced(err error) {
+func (h *health) changed(part string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if err != nil {
-		h.lastError = err.Error()
-		if h.pendingFrom.IsZero() {
-			h.pendingFrom = time.Now()
+	if p := h.part(part); p.pendingFrom.IsZero() {
+		p.pendingFrom = time.Now()
+	}
+}
+
+// synced records a sync of part. An error wrapping ErrNotReady is no
+// failure: the part waits for the cluster, with nothing pending.
+func (h *health) synced(part string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.part(part)
+	if err != nil && !errors.Is(err, ErrNotReady) {
+		p.lastError = err.Error()
+		if p.pendingFrom.IsZero() {
+			p.pendingFrom = time.Now()
 		}
 		return
 	}
-	h.lastSuccess, h.pendingFrom, h.lastError = time.Now(), time.Time{}, ""
+	p.pendingFrom, p.lastError, p.ready = time.Time{}, "", true
+	if err != nil {
+		return
+	}
+	for _, q := range h.parts {
+		if q.lastError != "" {
+			return
+		}
+	}
+	h.lastSuccess = time.Now()
+}
+
+// state is what the handlers report: healthy or not, and the parts' last
+// errors (by part name).
+func (h *health) state(now time.Time) (ok bool, lastError string) {
+	ok = !h.lastSuccess.IsZero()
+	var errs []string
+	for _, name := range slices.Sorted(maps.Keys(h.parts)) {
+		p := h.parts[name]
+		if !p.ready || !p.pendingFrom.IsZero() && now.Sub(p.pendingFrom) >= 2*h.period {
+			ok = false
+		}
+		if p.lastError != "" {
+			errs = append(errs, p.lastError)
+		}
+	}
+	return ok, strings.Join(errs, "; ")
 }
 
 type healthReply struct {
@@ -57,8 +108,8 @@ func (h *health) handler(withNode bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
 		h.mu.Lock()
 		now := time.Now()
-		ok := !h.lastSuccess.IsZero() && (h.pendingFrom.IsZero() || now.Sub(h.pendingFrom) < 2*h.period)
-		r := healthReply{LastUpdated: h.lastSuccess, CurrentTime: now, LastError: h.lastError}
+		ok, lastError := h.state(now)
+		r := healthReply{LastUpdated: h.lastSuccess, CurrentTime: now, LastError: lastError}
 		h.mu.Unlock()
 		if withNode {
 			eligible := true
