@@ -2,7 +2,8 @@
 // pass: one node's services (Fixture) and packets with the verdict
 // kube-proxy's semantics give them. A backend's test renders the fixture,
 // traces each packet through its rendered rules (without root, without the
-// kernel) and hands the result to Run, which compares.
+// kernel) and hands the result to Run, which compares. Package bed sends
+// the same cases through the kernel as real connections.
 package proxytest
 
 import (
