@@ -12,6 +12,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy/ipvs"
+	"github.com/kdive/kdive/internal/proxy/proxytest/bed"
 )
 
 // kernelState is what the node holds, read back.
@@ -122,15 +123,15 @@ func (s kernelState) weights(vs string) map[string]int {
 func TestIPVSSyncLifecycle(t *testing.T) {
 	b := newBed(t)
 	ctx := t.Context()
-	web := svc("web", "10.1.0.2", ep("pod-a", "node-1"), ep("pod-b", "node-1"))
+	web := svc("web", "10.1.0.2", ep(podA, "node-1"), ep(podB, "node-1"))
 	web.NodePort = 30080
-	other := svc("other", "10.1.0.3", ep("pod-a", "node-1"), ep("pod-c", "node-1"))
-	p := ipvs.New(ipvs.Options{NetNS: b.node, DrainTimeout: 30 * time.Second})
+	other := svc("other", "10.1.0.3", ep(podA, "node-1"), ep(podC, "node-1"))
+	p := ipvs.New(ipvs.Options{NetNS: b.Node, DrainTimeout: 30 * time.Second})
 	if err := p.Sync(ctx, desired(web, other)); err != nil {
 		t.Fatal(err)
 	}
-	st := readState(t, b.node).readRules(t, b.node)
-	if out, err := b.node.Run(ctx, "", "ipvsadm", "-Ln"); err == nil {
+	st := readState(t, b.Node).readRules(t, b.Node)
+	if out, err := b.Node.Run(ctx, "", "ipvsadm", "-Ln"); err == nil {
 		t.Logf("ipvsadm -Ln:\n%s", out)
 	}
 	wantVS := map[string]map[string]int{
@@ -168,7 +169,7 @@ func TestIPVSSyncLifecycle(t *testing.T) {
 	}
 
 	// Again, and from a new Proxier: nothing changes.
-	for i, px := range []*ipvs.Proxier{p, ipvs.New(ipvs.Options{NetNS: b.node})} {
+	for i, px := range []*ipvs.Proxier{p, ipvs.New(ipvs.Options{NetNS: b.Node})} {
 		if err := px.Sync(ctx, desired(web, other)); err != nil {
 			t.Fatal(err)
 		}
@@ -178,9 +179,9 @@ func TestIPVSSyncLifecycle(t *testing.T) {
 	}
 
 	// A new node-wide scheduler updates the virtual servers in place.
-	long := connectTo(t, b.pods["pod-c"], "10.1.0.2:80", "pod-b")
+	long := connectTo(t, b, "10.1.0.2:80", podB)
 	defer long.Close()
-	wlc := ipvs.New(ipvs.Options{NetNS: b.node, Scheduler: "wlc", Flavour: "nft"})
+	wlc := ipvs.New(ipvs.Options{NetNS: b.Node, Scheduler: "wlc", Flavour: "nft"})
 	if err := wlc.Sync(ctx, desired(web, other)); err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestIPVSSyncLifecycle(t *testing.T) {
 	if err := p.Sync(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	st = readState(t, b.node)
+	st = readState(t, b.Node)
 	if got := st.weights("TCP 10.1.0.2:80"); !mapsEqual(got, map[string]int{"10.0.1.2:8080": 1, "10.0.1.3:8080": 0}) {
 		t.Errorf("after pod-b left web: %v, want pod-b draining at weight 0", got)
 	}
@@ -211,15 +212,15 @@ func TestIPVSSyncLifecycle(t *testing.T) {
 	if s := p.LastSync(); s.RealServersDraining != 1 {
 		t.Errorf("stats %+v, want one real server draining", s)
 	}
-	if pod, _, err := long.ask(); err != nil || pod != "pod-b" {
-		t.Errorf("the open connection to pod-b after it left: %q, %v", pod, err)
+	if a, err := long.Ask(within); err != nil || a.Endpoint.Addr().String() != podB {
+		t.Errorf("the open connection to pod-b after it left: %s, %v", a, err)
 	}
 
 	// other goes: its virtual server and address too.
 	if err := p.Sync(ctx, desired(web)); err != nil {
 		t.Fatal(err)
 	}
-	st = readState(t, b.node)
+	st = readState(t, b.Node)
 	if _, ok := st.vs["TCP 10.1.0.3:80"]; ok || slices.Contains(st.addrs, netip.MustParsePrefix("10.1.0.3/32")) {
 		t.Errorf("service other left: virtual servers %v, kube-ipvs0 %v", st.vs, st.addrs)
 	}
@@ -227,7 +228,7 @@ func TestIPVSSyncLifecycle(t *testing.T) {
 		t.Errorf("KUBE-CLUSTER-IP holds %v", got)
 	}
 
-	checkCleanup(t, p, b.node)
+	checkCleanup(t, p, b.Node)
 }
 
 // TestIPVSCleanupBothFlavours leaves rules in iptables-nft and
@@ -236,31 +237,31 @@ func TestIPVSSyncLifecycle(t *testing.T) {
 func TestIPVSCleanupBothFlavours(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureIPVS)
 	ktest.RequireFeature(t, kernel.FeatureDummy)
-	b := &bed{node: ktest.NewNetNS(t)} // no pods: no traffic here
+	node := ktest.NewNetNS(t) // no pods: no traffic here
 	ctx := t.Context()
-	if _, err := b.node.EnsureDummy("eth0", kernel.LinkAttrs{}); err != nil {
+	if _, err := node.EnsureDummy("eth0", kernel.LinkAttrs{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.node.AddAddr("eth0", netip.PrefixFrom(nodeIP, 24)); err != nil {
+	if err := node.AddAddr("eth0", netip.PrefixFrom(nodeIP, 24)); err != nil {
 		t.Fatal(err)
 	}
 	// An iptables-mode KUBE-SERVICES in legacy's filter table must stay;
 	// so does KUBE-FORWARD there, which both modes write alike: with the
 	// iptables mode present, it is that mode's.
-	if _, err := b.node.Run(ctx, "*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n-A KUBE-SERVICES -d 10.9.9.9/32 -j REJECT\nCOMMIT\n",
+	if _, err := node.Run(ctx, "*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n-A KUBE-SERVICES -d 10.9.9.9/32 -j REJECT\nCOMMIT\n",
 		"iptables-legacy-restore", "--noflush"); err != nil {
 		t.Fatal(err)
 	}
 	// An eTP Local NodePort brings a firewall-mark virtual server.
-	local := svc("local", "10.1.0.4", ep("pod-a", "node-2"))
+	local := svc("local", "10.1.0.4", ep(podA, "node-2"))
 	local.NodePort, local.ExternalPolicyLocal = 30082, true
-	d := desired(svc("web", "10.1.0.2", ep("pod-a", "node-1")), local)
+	d := desired(svc("web", "10.1.0.2", ep(podA, "node-1")), local)
 	for _, f := range []string{"legacy", "nft"} {
-		if err := ipvs.New(ipvs.Options{NetNS: b.node, Flavour: f}).Sync(ctx, d); err != nil {
+		if err := ipvs.New(ipvs.Options{NetNS: node, Flavour: f}).Sync(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	st := readState(t, b.node).readRules(t, b.node)
+	st := readState(t, node).readRules(t, node)
 	if len(st.vs) != 4 || st.vs["FWM 0"] != nil {
 		t.Errorf("virtual servers %v, want 4 (a firewall-mark one among them)", st.vs)
 	}
@@ -269,12 +270,12 @@ func TestIPVSCleanupBothFlavours(t *testing.T) {
 			t.Fatalf("%s has no rules of the mode:\n%s", f, st.rules[f])
 		}
 	}
-	cleaner := ipvs.New(ipvs.Options{NetNS: b.node})
-	checkCleanup(t, cleaner, b.node, "iptables-legacy-save KUBE-FORWARD")
+	cleaner := ipvs.New(ipvs.Options{NetNS: node})
+	checkCleanup(t, cleaner, node, "iptables-legacy-save KUBE-FORWARD")
 	if err := cleaner.Cleanup(ctx); err != nil {
 		t.Errorf("cleanup again: %v", err)
 	}
-	st = readState(t, b.node).readRules(t, b.node)
+	st = readState(t, node).readRules(t, node)
 	if !strings.Contains(st.rules["iptables-legacy-save"], "-A KUBE-SERVICES -d 10.9.9.9/32 -j REJECT") {
 		t.Errorf("cleanup removed the iptables mode's chain:\n%s", st.rules["iptables-legacy-save"])
 	}
@@ -303,25 +304,26 @@ func checkCleanup(t *testing.T, p *ipvs.Proxier, ns *kernel.NetNS, allowed ...st
 	}
 }
 
-// connectTo dials addr from ns until the endpoint want answers, and
-// returns that open connection.
-func connectTo(t *testing.T, ns *kernel.NetNS, addr, want string) *conn {
+// connectTo dials addr from the client pod until the endpoint pod
+// answers, and returns that open connection.
+func connectTo(t *testing.T, b *bed.Bed, addr, pod string) *bed.Conn {
 	t.Helper()
 	for range 20 {
-		c, err := dial(ns, netip.Addr{}, addr, 3*time.Second)
+		c, err := bed.Dial(b.NS(client), client, "tcp", addr, within)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pod, _, err := c.ask()
+		a, err := c.Ask(within)
 		if err != nil {
+			c.Close()
 			t.Fatal(err)
 		}
-		if pod == want {
+		if a.Endpoint.Addr().String() == pod {
 			return c
 		}
 		c.Close()
 	}
-	t.Fatalf("%s never answered on %s", want, addr)
+	t.Fatalf("%s never answered on %s", pod, addr)
 	return nil
 }
 
