@@ -3,7 +3,7 @@ package cni
 // Source guard of bridge-mode pods. On a bridge no reverse path check
 // applies (pod to pod is switched; the node's route back to any address of
 // the block is the bridge itself), so each pod's bridge port is guarded by
-// the node's bridge table kdive-antispoof (kernel.PortGuard): a frame from
+// the node's bridge table kdive-antispoof (nft.PortGuard): a frame from
 // the port passes only as IPv4 or ARP from the pod's own MAC and address.
 // A pod that adds another address, takes a neighbour's, or changes its MAC
 // (to teach the bridge another pod's MAC) sends nothing. Routed-mode pods
@@ -21,12 +21,13 @@ import (
 	"slices"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 // AntiSpoofTable is the bridge-family table guarding bridge-mode pods.
 const AntiSpoofTable = "kdive-antispoof"
 
-func antiSpoof(host *kernel.NetNS) *kernel.PortGuard { return host.PortGuard(AntiSpoofTable) }
+func antiSpoof(host *kernel.NetNS) *nft.PortGuard { return nft.NewPortGuard(host, AntiSpoofTable) }
 
 // CleanupAntiSpoof deletes the guard table (for `kdive agent --cleanup`):
 // bridge-mode pods are no longer kept to their own addresses.
@@ -36,7 +37,7 @@ func CleanupAntiSpoof(host *kernel.NetNS) error {
 
 // guardPort lets the host veth's pod send as its own MAC and address only.
 func (at *attach) guardPort(pod kernel.Link) error {
-	if err := antiSpoof(at.host).Allow(kernel.PortSource{Port: at.hostVeth, MAC: pod.MAC, Addr: at.ip}); err != nil {
+	if err := antiSpoof(at.host).Allow(nft.PortSource{Port: at.hostVeth, MAC: pod.MAC, Addr: at.ip}); err != nil {
 		return fmt.Errorf("guard the pod's bridge port against spoofing: %w", err)
 	}
 	return nil
@@ -92,7 +93,7 @@ func (c *checker) guard(ip netip.Addr, port string) {
 		c.missing("node: %v", err)
 		return
 	}
-	if !slices.Contains(ports, port) || !slices.ContainsFunc(srcs, func(s kernel.PortSource) bool {
+	if !slices.Contains(ports, port) || !slices.ContainsFunc(srcs, func(s nft.PortSource) bool {
 		return s.Port == port && s.Addr == ip && s.MAC.String() == pl.MAC.String()
 	}) {
 		c.missing("node: bridge port %s is not guarded for %s (%s) in table bridge %s", port, ip, pl.MAC, AntiSpoofTable)

@@ -10,7 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/kdive/kdive/internal/cni"
-	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 )
 
@@ -18,7 +18,7 @@ import (
 // addresses each may send from.
 func guarded(t *testing.T, h *harness) map[string][]string {
 	t.Helper()
-	g := h.node.PortGuard(cni.AntiSpoofTable)
+	g := nft.NewPortGuard(h.node, cni.AntiSpoofTable)
 	srcs, err := g.Sources()
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +75,7 @@ func TestBridgePortGuardLifecycle(t *testing.T) {
 	}
 
 	// Someone deletes A's element: CHECK names what is missing.
-	if err := h.node.PortGuard(cni.AntiSpoofTable).Forget(va); err != nil {
+	if err := nft.NewPortGuard(h.node, cni.AntiSpoofTable).Forget(va); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.check(a); err == nil || !strings.Contains(err.Error(), "not guarded") {
@@ -99,8 +99,8 @@ func TestBridgePortGuardLifecycle(t *testing.T) {
 
 	// A stale element (a port no veth has any more) and A, which the
 	// runtime no longer lists: GC forgets both.
-	stale := kernel.PortSource{Port: "kdvgone", MAC: []byte{2, 0, 0, 0, 0, 9}, Addr: a.ip(t)}
-	if err := h.node.PortGuard(cni.AntiSpoofTable).Allow(stale); err != nil {
+	stale := nft.PortSource{Port: "kdvgone", MAC: []byte{2, 0, 0, 0, 0, 9}, Addr: a.ip(t)}
+	if err := nft.NewPortGuard(h.node, cni.AntiSpoofTable).Allow(stale); err != nil {
 		t.Fatal(err)
 	}
 	fresh := newCNIConfig(t)

@@ -73,7 +73,7 @@
 // sysctls are the agent's.
 //
 // On a bridge no reverse path check applies, so each pod's port is guarded
-// by the bridge table "bridge kdive-antispoof" (kernel.PortGuard, spoken
+// by the bridge table "bridge kdive-antispoof" (nft.PortGuard, spoken
 // over netlink: no nft binary needed): a frame from the port passes only
 // as IPv4 or ARP from the pod's own MAC and address; another source
 // address, another MAC (which would teach the bridge a neighbour's MAC),

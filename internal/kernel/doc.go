@@ -1,13 +1,14 @@
 // Package kernel is kdive's one door to the operating system: network
 // namespaces, links, addresses, routes, tunnels (IPIP, VXLAN) with their
-// FDB and neighbour entries, dummy devices, sysctls and modules, the
-// netfilter tools (nft, also as a long-lived `nft -i` session; iptables
-// table info), a bridge port source guard (PortGuard: an nftables table of
-// the bridge family spoken over netlink), IPVS, ipsets and conntrack. Every
-// other package asks this one; none of them calls netlink, setns or execs
-// `nft` itself: one narrow door to the OS, so what kdive does to a kernel is
-// read in one package. The proxy backends build the iptables-restore input
-// themselves but run the tools through NetNS.Run.
+// FDB and neighbour entries, dummy devices, sysctls and modules, iptables
+// table info, IPVS, ipsets and conntrack; nftables has its own door, the
+// nft subpackage (typed transactions and listings, the `nft -i` session,
+// the generation, the bridge port guard, a fake). Every other package asks
+// these; none of them calls netlink, setns or execs `nft` itself: one
+// narrow door to the OS, so what kdive does to a kernel is read in one
+// place. The proxy backends build the iptables-restore input themselves but
+// run the tools through NetNS.Run. NetNS.Nft runs a raw nft script: for
+// the feature probe and for tests that play someone else changing a table.
 //
 // A NetNS names a network namespace (bind-mounted under /run/netns like
 // `ip netns add` does, so `ip netns exec` works on it too; /run/netns is

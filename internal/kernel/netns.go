@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -304,31 +303,4 @@ func (n *NetNS) String() string {
 		return n.name
 	}
 	return n.path
-}
-
-// HasNftTable tells whether the namespace has nftables table name in
-// family ("ip", "inet", "bridge"), over netlink: no nft process.
-func (n *NetNS) HasNftTable(family, name string) (bool, error) {
-	fam, ok := map[string]nftables.TableFamily{
-		"ip": nftables.TableFamilyIPv4, "ip6": nftables.TableFamilyIPv6, "inet": nftables.TableFamilyINet,
-		"bridge": nftables.TableFamilyBridge,
-	}[family]
-	if !ok {
-		return false, fmt.Errorf("nftables family %q", family)
-	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(n.fd)))
-	if err != nil {
-		return false, err
-	}
-	defer c.CloseLasting()
-	tables, err := c.ListTablesOfFamily(fam)
-	if err != nil {
-		return false, err
-	}
-	for _, t := range tables {
-		if t.Name == name {
-			return true, nil
-		}
-	}
-	return false, nil
 }

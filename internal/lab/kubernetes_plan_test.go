@@ -37,7 +37,7 @@ func TestKubernetesPlan(t *testing.T) {
 	if !strings.Contains(strings.Join(hosts, ","), ControlPlaneName) {
 		t.Errorf("the router's hosts %v lack the control plane", hosts)
 	}
-	if rs := p.routerRuleset(); !strings.Contains(rs, k.ControlPlane.MAC+" . 172.20.1.254") {
+	if rs := p.routerRuleset().String(); !strings.Contains(rs, k.ControlPlane.MAC+" . 172.20.1.254") {
 		t.Errorf("the router's VPC check does not admit the control plane:\n%s", rs)
 	}
 	plain, _, err := Prepare("kp", Source{Preset: "D"})
@@ -107,22 +107,22 @@ func TestKubernetesPlanPodBlocks(t *testing.T) {
 	podToPod := "ip saddr @pod_sources ip daddr @pod_blocks"
 	cp := kdive.Kubernetes.ControlPlane
 	node := kdive.Nodes[0]
-	rs := kdive.routerRuleset()
-	if !strings.Contains(rs, "elements = { "+cp.MAC+" . "+cp.IP.String()+" }") || strings.Contains(rs, podToPod) {
+	rs := kdive.routerRuleset().String()
+	if !strings.Contains(rs, "pod_peers { "+cp.MAC+" . "+cp.IP.String()+" }") || strings.Contains(rs, podToPod) {
 		t.Errorf("kdive's pod network: pod_peers must be the control plane alone, and no pod-to-pod rule:\n%s", rs)
 	}
-	rs = cloud.routerRuleset()
-	if !strings.Contains(rs, node.MAC+" . "+node.IP.String()+", ") || !strings.Contains(rs, podToPod) {
+	rs = cloud.routerRuleset().String()
+	if !strings.Contains(rs, "\t"+node.MAC+" . "+node.IP.String()+",\n") || !strings.Contains(rs, podToPod) {
 		t.Errorf("the cloud's pod network: nodes must be pod peers, and pods reach other nodes' pods:\n%s", rs)
 	}
-	peers, _, _ := strings.Cut(rs[strings.Index(rs, "set pod_peers"):], "}")
+	peers, _, _ := strings.Cut(rs[strings.Index(rs, "add element inet "+RouterTable+" pod_peers"):], "}")
 	if strings.Contains(peers, cloud.External.MAC) {
 		t.Errorf("the external client may not reach pods: %s", peers)
 	}
 	if _, err := exec.LookPath("nft"); err == nil && os.Geteuid() == 0 {
 		for _, p := range []*Plan{kdive, cloud} {
 			cmd := exec.Command("nft", "-c", "-f", "-")
-			cmd.Stdin = strings.NewReader(strings.Replace(p.routerRuleset(), "delete table inet "+RouterTable+"\n", "", 1))
+			cmd.Stdin = strings.NewReader(strings.Replace(p.routerRuleset().String(), "delete table inet "+RouterTable+"\n", "", 1))
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Errorf("nft -c refuses the router ruleset (interface %s): %v\n%s", p.PodNetwork.Interface, err, out)
 			}

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/lab/k8s"
 )
 
@@ -93,17 +93,17 @@ func (p *Plan) routePodBlocks(ctx context.Context) error {
 		return err
 	}
 	defer router.Close()
-	var blocks, sources []string
+	tx := nft.NewTransaction(routerTable)
 	for _, n := range p.Nodes {
 		if err := router.ReplaceRoute(kernel.Route{Dst: n.PodCIDR, Gateway: n.IP, Dev: p.bridgeOf(n.Subnet)}); err != nil {
 			return err
 		}
-		blocks = append(blocks, n.PodCIDR.String())
-		sources = append(sources, n.MAC+" . "+n.PodCIDR.String())
+		tx.Add(&nft.Element{Set: "pod_blocks", Key: []string{n.PodCIDR.String()}})
 	}
-	script := fmt.Sprintf("add element inet %[1]s pod_blocks { %[2]s }\nadd element inet %[1]s pod_sources { %[3]s }\n",
-		RouterTable, strings.Join(blocks, ", "), strings.Join(sources, ", "))
-	if err := router.Nft(ctx, script); err != nil {
+	for _, n := range p.Nodes {
+		tx.Add(&nft.Element{Set: "pod_sources", Key: []string{n.MAC, n.PodCIDR.String()}})
+	}
+	if err := nft.New(router).Run(ctx, tx); err != nil {
 		return fmt.Errorf("router: pod blocks: %w", err)
 	}
 	cp := p.Kubernetes.ControlPlane

@@ -135,7 +135,7 @@ func TestPlanAddresses(t *testing.T) {
 	if p.Subnets[1].Bridge != "br1" || p.Subnets[1].Gateway.String() != "172.20.2.1" {
 		t.Errorf("subnet b = %+v", p.Subnets[1])
 	}
-	rs := p.routerRuleset()
+	rs := p.routerRuleset().String()
 	for _, w := range []string{
 		"02:6b:ac:14:01:32 . 172.20.1.50", "02:6b:c6:33:64:0a . 198.51.100.10",
 		`counter name "dropped" drop`, "fib daddr type local accept",

@@ -2,19 +2,17 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"strings"
-	"text/template"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/source/labstore"
 )
 
@@ -114,7 +112,7 @@ func buildUnderlay(ctx context.Context, p *Plan) error {
 	if err := router.AddAddr(p.External.RouterPort, netip.PrefixFrom(p.External.Gateway, p.External.CIDR.Bits())); err != nil {
 		return err
 	}
-	return router.Nft(ctx, p.routerRuleset())
+	return nft.New(router).Run(ctx, p.routerRuleset())
 }
 
 // attachHost creates a host namespace whose eth0 is a veth to the router,
@@ -199,15 +197,16 @@ func (p *Plan) syncRouter(ctx context.Context, snap *labstore.Snapshot) error {
 	}
 	defer router.Close()
 	targets := p.routerTargets(snap)
-	var b strings.Builder
-	fmt.Fprintf(&b, "flush set inet %s service_addrs\nflush set inet %s service_sources\n", RouterTable, RouterTable)
+	tx := nft.NewTransaction(routerTable)
+	tx.Flush(&nft.Set{Name: "service_addrs"})
+	tx.Flush(&nft.Set{Name: "service_sources"})
 	for a := range targets {
-		fmt.Fprintf(&b, "add element inet %s service_addrs { %s }\n", RouterTable, a)
+		tx.Add(&nft.Element{Set: "service_addrs", Key: []string{a.String()}})
 		for _, n := range p.Nodes {
-			fmt.Fprintf(&b, "add element inet %s service_sources { %s . %s }\n", RouterTable, n.MAC, a)
+			tx.Add(&nft.Element{Set: "service_sources", Key: []string{n.MAC, a.String()}})
 		}
 	}
-	if err := router.Nft(ctx, b.String()); err != nil {
+	if err := nft.New(router).Run(ctx, tx); err != nil {
 		return fmt.Errorf("router service addresses: %w", err)
 	}
 	routes, err := router.Routes()
@@ -310,107 +309,86 @@ func (p *Plan) hostNetworks() []netip.Prefix {
 // RouterTable is the nftables table holding the router's VPC check.
 const RouterTable = "kdive_underlay"
 
-var routerTmpl = template.Must(template.New("router").Parse(`
-table inet {{.Table}}
-delete table inet {{.Table}}
-table inet {{.Table}} {
-	comment "kdive lab {{.Lab}}: VPC source/destination check"
-	# A host may only send with its own address ...
-	set hosts {
-		type ether_addr . ipv4_addr
-		elements = { {{.Hosts}} }
-	}
-	# ... to another host. Pod addresses are neither, so pod traffic
-	# crosses subnets only encapsulated between node addresses.
-	set destinations {
-		type ipv4_addr
-		flags interval
-		elements = { {{.Dests}} }
-	}
-	# LoadBalancer and external IPs the router forwards to a node, and
-	# the nodes that may answer from them (kept up to date by the lab).
-	set service_addrs {
-		type ipv4_addr
-	}
-	set service_sources {
-		type ether_addr . ipv4_addr
-	}
-	# A Kubernetes lab's pod blocks, routed to their nodes as a cloud's
-	# route table does (filled once the controller-manager has handed
-	# them out), the nodes that may send from them, the hosts that may
-	# reach them and the addresses pods may answer: the control plane
-	# only (the API server proxies to pods), unless the pod network is
-	# the cloud's own (podNetwork.interface none: then pods of every
-	# node reach each other and the hosts through the router).
-	set pod_blocks {
-		type ipv4_addr
-		flags interval
-	}
-	set pod_sources {
-		type ether_addr . ipv4_addr
-		flags interval
-	}
-	set pod_peers {
-		type ether_addr . ipv4_addr
-		{{- if .PodPeers}}
-		elements = { {{.PodPeers}} }
-		{{- end}}
-	}
-	set pod_answered {
-		type ipv4_addr
-		flags interval
-		{{- if .PodAnswered}}
-		elements = { {{.PodAnswered}} }
-		{{- end}}
-	}
-	counter forwarded { }
-	counter dropped { }
-	# Checked before routing, so a packet to an address the router has no
-	# route for (a pod's) is counted as dropped too, not silently lost.
-	chain prerouting {
-		type filter hook prerouting priority filter; policy accept;
-		fib daddr type local accept
-		ether saddr . ip saddr @hosts ip daddr @destinations counter name "forwarded" accept
-		ether saddr . ip saddr @hosts ip daddr @service_addrs counter name "forwarded" accept
-		ether saddr . ip saddr @service_sources ip daddr @destinations counter name "forwarded" accept
-		ether saddr . ip saddr @pod_peers ip daddr @pod_blocks counter name "forwarded" accept
-		ether saddr . ip saddr @pod_sources ip daddr @pod_answered counter name "forwarded" accept
-		{{- if .CloudPods}}
-		ether saddr . ip saddr @pod_sources ip daddr @pod_blocks counter name "forwarded" accept
-		{{- end}}
-		counter name "dropped" drop
-	}
-}
-`))
+// routerTable is the router's table, as the nft door names it.
+var routerTable = nft.Table{Family: nft.Inet, Name: RouterTable}
 
-func (p *Plan) routerRuleset() string {
-	var hosts, dests, peers, answered []string
-	for _, h := range p.hosts() {
-		hosts = append(hosts, h.MAC+" . "+h.IP.String())
-		dests = append(dests, h.IP.String())
+// routerRuleset replaces the router's table: the VPC source/destination
+// check.
+func (p *Plan) routerRuleset() *nft.Transaction {
+	tx := nft.NewTransaction(routerTable)
+	tx.Add(&nft.Table{})
+	tx.Delete(&nft.Table{})
+	tx.Add(&nft.Table{Comment: "kdive lab " + p.Name + ": VPC source/destination check"})
+	sets := []*nft.Set{
+		// A host may only send with its own address ...
+		{Name: "hosts", Type: "ether_addr . ipv4_addr"},
+		// ... to another host. Pod addresses are neither, so pod traffic
+		// crosses subnets only encapsulated between node addresses.
+		{Name: "destinations", Type: "ipv4_addr", Flags: []string{"interval"}},
+		// LoadBalancer and external IPs the router forwards to a node,
+		// and the nodes that may answer from them (kept up to date by the
+		// lab).
+		{Name: "service_addrs", Type: "ipv4_addr"},
+		{Name: "service_sources", Type: "ether_addr . ipv4_addr"},
+		// A Kubernetes lab's pod blocks, routed to their nodes as a
+		// cloud's route table does (filled once the controller-manager
+		// has handed them out), the nodes that may send from them, the
+		// hosts that may reach them and the addresses pods may answer:
+		// the control plane only (the API server proxies to pods), unless
+		// the pod network is the cloud's own (podNetwork.interface none:
+		// then pods of every node reach each other and the hosts through
+		// the router).
+		{Name: "pod_blocks", Type: "ipv4_addr", Flags: []string{"interval"}},
+		{Name: "pod_sources", Type: "ether_addr . ipv4_addr", Flags: []string{"interval"}},
+		{Name: "pod_peers", Type: "ether_addr . ipv4_addr"},
+		{Name: "pod_answered", Type: "ipv4_addr", Flags: []string{"interval"}},
 	}
-	cloudPods := ""
+	for _, s := range sets {
+		tx.Add(s)
+	}
+	tx.Add(&nft.Counter{Name: "forwarded"})
+	tx.Add(&nft.Counter{Name: "dropped"})
+	// Checked before routing, so a packet to an address the router has no
+	// route for (a pod's) is counted as dropped too, not silently lost.
+	tx.Add(&nft.Chain{Name: "prerouting", Type: "filter", Hook: "prerouting", Priority: "filter"})
+	rules := []string{
+		"fib daddr type local accept",
+		"ether saddr . ip saddr @hosts ip daddr @destinations counter name \"forwarded\" accept",
+		"ether saddr . ip saddr @hosts ip daddr @service_addrs counter name \"forwarded\" accept",
+		"ether saddr . ip saddr @service_sources ip daddr @destinations counter name \"forwarded\" accept",
+		"ether saddr . ip saddr @pod_peers ip daddr @pod_blocks counter name \"forwarded\" accept",
+		"ether saddr . ip saddr @pod_sources ip daddr @pod_answered counter name \"forwarded\" accept",
+	}
+	if p.cloudPodNetwork() {
+		rules = append(rules, "ether saddr . ip saddr @pod_sources ip daddr @pod_blocks counter name \"forwarded\" accept")
+	}
+	for _, r := range append(rules, "counter name \"dropped\" drop") {
+		tx.Add(&nft.Rule{Chain: "prerouting", Rule: r})
+	}
+	var cluster []HostPlan
 	if k := p.Kubernetes; k != nil {
-		cluster := []HostPlan{k.ControlPlane}
+		cluster = []HostPlan{k.ControlPlane}
 		if p.cloudPodNetwork() {
-			cloudPods = "yes"
 			for _, n := range p.Nodes {
 				cluster = append(cluster, n.HostPlan)
 			}
 		}
-		for _, h := range cluster {
-			peers = append(peers, h.MAC+" . "+h.IP.String())
-			answered = append(answered, h.IP.String())
+	}
+	// Each set's elements together: one command each.
+	for _, e := range []struct {
+		set   string
+		hosts []HostPlan
+		mac   bool
+	}{{"hosts", p.hosts(), true}, {"destinations", p.hosts(), false}, {"pod_peers", cluster, true}, {"pod_answered", cluster, false}} {
+		for _, h := range e.hosts {
+			key := []string{h.IP.String()}
+			if e.mac {
+				key = []string{h.MAC, h.IP.String()}
+			}
+			tx.Add(&nft.Element{Set: e.set, Key: key})
 		}
 	}
-	var b strings.Builder
-	_ = routerTmpl.Execute(&b, map[string]string{
-		"Table": RouterTable, "Lab": p.Name,
-		"Hosts": strings.Join(hosts, ", "), "Dests": strings.Join(dests, ", "),
-		"PodPeers": strings.Join(peers, ", "), "PodAnswered": strings.Join(answered, ", "),
-		"CloudPods": cloudPods,
-	})
-	return b.String()
+	return tx
 }
 
 // Counter is a packet and byte count read from the kernel.
@@ -426,32 +404,16 @@ func RouterCounters(ctx context.Context, p *Plan) (forwarded, dropped Counter, e
 		return forwarded, dropped, err
 	}
 	defer n.Close()
-	out, err := n.Run(ctx, "", "nft", "-j", "list", "counters", "table", "inet", RouterTable)
+	l, err := nft.New(n).List(ctx, routerTable)
 	if err != nil {
 		return forwarded, dropped, err
 	}
-	var doc struct {
-		Nftables []struct {
-			Counter *struct {
-				Name    string `json:"name"`
-				Packets uint64 `json:"packets"`
-				Bytes   uint64 `json:"bytes"`
-			} `json:"counter"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		return forwarded, dropped, fmt.Errorf("parse router counters: %w", err)
-	}
-	for _, o := range doc.Nftables {
-		if o.Counter == nil {
-			continue
-		}
-		c := Counter{Packets: o.Counter.Packets, Bytes: o.Counter.Bytes}
-		switch o.Counter.Name {
+	for _, c := range l.Counters {
+		switch c.Name {
 		case "forwarded":
-			forwarded = c
+			forwarded = Counter{Packets: c.Packets, Bytes: c.Bytes}
 		case "dropped":
-			dropped = c
+			dropped = Counter{Packets: c.Packets, Bytes: c.Bytes}
 		}
 	}
 	return forwarded, dropped, nil

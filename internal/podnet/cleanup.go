@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 // Cleanup removes everything podnet owns on the node, whatever process or
@@ -45,10 +46,10 @@ func (r *Reconciler) Cleanup(ctx context.Context) error {
 	for _, err := range removeTunnels(ns, func(string) bool { return true }, r.opts.OnChange) {
 		errs = append(errs, fmt.Errorf("podnet cleanup: %w", err))
 	}
-	if has, err := ns.HasNftTable("ip", NATTable); err != nil {
+	if has, err := nft.HasTable(ns, natTable); err != nil {
 		errs = append(errs, fmt.Errorf("podnet cleanup: %w", err))
 	} else if has {
-		if err := ns.Nft(ctx, removeNATTable); err != nil {
+		if err := nft.New(ns).Run(ctx, removeNATTable()); err != nil {
 			errs = append(errs, fmt.Errorf("podnet cleanup: nftables table %s: %w", NATTable, err))
 		} else if r.opts.OnChange != nil {
 			r.opts.OnChange(Change{Action: "delete", Object: "nftables table " + NATTable})

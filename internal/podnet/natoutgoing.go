@@ -3,7 +3,8 @@ package podnet
 import (
 	"fmt"
 	"net/netip"
-	"strings"
+
+	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 // NATTable is the nftables table of natOutgoing.
@@ -16,38 +17,40 @@ const NATTable = "kdive-natoutgoing"
 // Without it, an underlay that routes only host addresses (a cloud VPC's
 // source/destination check, the lab's router) drops those packets.
 // Traffic between pods, across nodes too, keeps its source.
-func natOutgoingRuleset(block netip.Prefix, blocks []netip.Prefix) string {
-	var elems []string
+func natOutgoingRuleset(block netip.Prefix, blocks []netip.Prefix) *nft.Transaction {
+	tx := nft.NewTransaction(natTable)
+	tx.Add(&nft.Table{})
+	tx.Delete(&nft.Table{})
+	tx.Add(&nft.Table{Comment: "kdive pod network: natOutgoing"})
+	tx.Add(&nft.Set{Name: "pod-blocks", Type: "ipv4_addr", Flags: []string{"interval"}, AutoMerge: true})
+	tx.Add(&nft.Chain{Name: "postrouting", Type: "nat", Hook: "postrouting", Priority: "srcnat"})
+	tx.Add(&nft.Rule{Chain: "postrouting", Rule: "ip saddr " + block.String() + " ip daddr != @pod-blocks masquerade"})
 	for _, b := range blocks {
-		elems = append(elems, b.String())
+		tx.Add(&nft.Element{Set: "pod-blocks", Key: []string{b.String()}})
 	}
-	return fmt.Sprintf(`table ip %[1]s
-delete table ip %[1]s
-table ip %[1]s {
-	comment "kdive pod network: natOutgoing"
-	set pod-blocks {
-		type ipv4_addr
-		flags interval
-		auto-merge
-		elements = { %[2]s }
-	}
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr %[3]s ip daddr != @pod-blocks masquerade
-	}
-}
-`, NATTable, strings.Join(elems, ", "), block)
+	return tx
 }
 
+// natTable is the table, as the nft door names it.
+var natTable = nft.Table{Family: nft.IPv4, Name: NATTable}
+
 // removeNATTable deletes the table whether or not it exists.
-const removeNATTable = "table ip " + NATTable + "\ndelete table ip " + NATTable + "\n"
+func removeNATTable() *nft.Transaction {
+	tx := nft.NewTransaction(natTable)
+	tx.Add(&nft.Table{})
+	tx.Delete(&nft.Table{})
+	return tx
+}
 
 // natOutgoing keeps the table as the plan says, replacing it (one nft
 // transaction) when it differs from what this reconciler last applied or
 // is gone.
 func (a *applier) natOutgoing() error {
-	want := a.p.NATOutgoing
-	exists, err := a.ns.HasNftTable("ip", NATTable)
+	var want string
+	if a.p.NATOutgoing != nil {
+		want = a.p.NATOutgoing.String()
+	}
+	exists, err := nft.HasTable(a.ns, natTable)
 	if err != nil {
 		return fmt.Errorf("read nftables tables of %s: %w", a.p.Node, err)
 	}
@@ -55,7 +58,7 @@ func (a *applier) natOutgoing() error {
 	case want == "" && !exists:
 		return nil
 	case want == "":
-		if err := a.ns.Nft(a.ctx, removeNATTable); err != nil {
+		if err := nft.New(a.ns).Run(a.ctx, removeNATTable()); err != nil {
 			a.fail(a.p.Node, "remove nftables table "+NATTable, err)
 			return nil
 		}
@@ -63,7 +66,7 @@ func (a *applier) natOutgoing() error {
 	case exists && want == *a.lastNAT:
 		return nil
 	default:
-		if err := a.ns.Nft(a.ctx, want); err != nil {
+		if err := nft.New(a.ns).Run(a.ctx, a.p.NATOutgoing); err != nil {
 			a.fail(a.p.Node, "nftables table "+NATTable, err)
 			return nil
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 )
 
@@ -26,8 +27,9 @@ type Plan struct {
 	FDB       []FDBEntry
 	Neighbors []NeighEntry
 	Routes    []RouteEntry
-	// NATOutgoing is the natOutgoing table's nft script, "" when off.
-	NATOutgoing string
+	// NATOutgoing is the transaction replacing the natOutgoing table, nil
+	// when off.
+	NATOutgoing *nft.Transaction
 	// Skipped lists the peers left out, with why.
 	Skipped []Skipped
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/podnet"
 )
@@ -208,12 +209,12 @@ func TestTrafficNATOutgoing(t *testing.T) {
 		t.Errorf("node-3 saw pod on node-1 come from %s, want node-1's %s (masqueraded)", got, n1.IP())
 	}
 	sync(false)
-	if has, err := n1.ns.HasNftTable("ip", podnet.NATTable); err != nil || has {
+	if has, err := nft.HasTable(n1.ns, nft.Table{Family: nft.IPv4, Name: podnet.NATTable}); err != nil || has {
 		t.Errorf("natOutgoing off: table still there (%v, %v)", has, err)
 	}
 	sync(true)
 	must(t, n1.rec.Cleanup(ctx))
-	if has, err := n1.ns.HasNftTable("ip", podnet.NATTable); err != nil || has {
+	if has, err := nft.HasTable(n1.ns, nft.Table{Family: nft.IPv4, Name: podnet.NATTable}); err != nil || has {
 		t.Errorf("after Cleanup: table still there (%v, %v)", has, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 
 	"github.com/kdive/kdive/internal/kernel"
@@ -214,4 +215,31 @@ func (c *Conn) Close() error {
 		return err
 	}
 	return nil
+}
+
+// HasTable tells whether ns has table t, over netlink: no nft process (a
+// node without the nft binary can ask).
+func HasTable(ns *kernel.NetNS, t Table) (bool, error) {
+	fam, ok := map[Family]nftables.TableFamily{
+		IPv4: nftables.TableFamilyIPv4, IPv6: nftables.TableFamilyIPv6, Inet: nftables.TableFamilyINet,
+		Bridge: nftables.TableFamilyBridge,
+	}[t.Family]
+	if !ok {
+		return false, fmt.Errorf("nftables family %q", t.Family)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(ns.FD()))
+	if err != nil {
+		return false, err
+	}
+	defer c.CloseLasting()
+	tables, err := c.ListTablesOfFamily(fam)
+	if err != nil {
+		return false, fmt.Errorf("list nftables tables of %s: %w", ns, err)
+	}
+	for _, x := range tables {
+		if x.Name == t.Name {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -28,7 +28,8 @@
 //     refuses (a missing table, chain, set or element; a chain or set
 //     created twice; an element added twice with another value).
 //
-// The bridge guard (kernel.PortGuard) speaks netlink through
-// github.com/google/nftables instead, so that a node without the nft
-// binary still guards its bridge ports; its table never changes shape.
+// The bridge guard (PortGuard) and HasTable speak netlink through
+// github.com/google/nftables instead of running nft, so that a node
+// without the nft binary still guards its bridge ports; the guard's table
+// never changes shape, only its sets' elements.
 package nft

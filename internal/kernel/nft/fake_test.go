@@ -32,12 +32,14 @@ func TestFakeAtomic(t *testing.T) {
 		t.Errorf("generation %d after a refused transaction, want %d", g, g0)
 	}
 	for name, tx := range map[string]func(*Transaction){
-		"element of a missing set":       func(tx *Transaction) { tx.Add(&Element{Set: "nope", Key: []string{"1.2.3.4"}}) },
-		"element added with a new value": func(tx *Transaction) { tx.Add(&Element{Map: "vips", Key: []string{"10.96.0.1", "udp", "53"}, Value: []string{"drop"}}) },
-		"chain created twice":            func(tx *Transaction) { tx.Create(&Chain{Name: "svc"}) },
-		"non-empty chain deleted":        func(tx *Transaction) { tx.Delete(&Chain{Name: "svc"}) },
-		"rule of a missing chain":        func(tx *Transaction) { tx.Add(&Rule{Chain: "nope", Rule: "accept"}) },
-		"missing rule deleted":           func(tx *Transaction) { tx.Delete(&Rule{Chain: "svc", Handle: 99}) },
+		"element of a missing set": func(tx *Transaction) { tx.Add(&Element{Set: "nope", Key: []string{"1.2.3.4"}}) },
+		"element added with a new value": func(tx *Transaction) {
+			tx.Add(&Element{Map: "vips", Key: []string{"10.96.0.1", "udp", "53"}, Value: []string{"drop"}})
+		},
+		"chain created twice":     func(tx *Transaction) { tx.Create(&Chain{Name: "svc"}) },
+		"non-empty chain deleted": func(tx *Transaction) { tx.Delete(&Chain{Name: "svc"}) },
+		"rule of a missing chain": func(tx *Transaction) { tx.Add(&Rule{Chain: "nope", Rule: "accept"}) },
+		"missing rule deleted":    func(tx *Transaction) { tx.Delete(&Rule{Chain: "svc", Handle: 99}) },
 	} {
 		x := NewTransaction(testTable)
 		tx(x)

@@ -47,7 +47,10 @@ type Set struct {
 	TypeOf  string
 	Flags   []string // "interval", "timeout", "dynamic"
 	Timeout time.Duration
-	Comment string
+	// AutoMerge merges adjacent and overlapping intervals as they are
+	// added (an interval set's auto-merge).
+	AutoMerge bool
+	Comment   string
 }
 
 // Map is a map of the transaction's table: Type is "key type : value type"
@@ -163,7 +166,7 @@ func (c *Chain) appendOp(b []byte, v verb, t Table) []byte {
 	return append(b, " }"...)
 }
 
-func appendSetDecl(b []byte, typ, typeOf string, flags []string, timeout time.Duration, comment string) []byte {
+func appendSetDecl(b []byte, typ, typeOf string, flags []string, timeout time.Duration, autoMerge bool, comment string) []byte {
 	b = append(b, " {"...)
 	if typeOf != "" {
 		b = append(b, " typeof "+typeOf+";"...)
@@ -178,6 +181,9 @@ func appendSetDecl(b []byte, typ, typeOf string, flags []string, timeout time.Du
 		b = strconv.AppendInt(b, int64(timeout/time.Second), 10)
 		b = append(b, "s;"...)
 	}
+	if autoMerge {
+		b = append(b, " auto-merge;"...)
+	}
 	if comment != "" {
 		b = appendComment(b, comment)
 		b = append(b, ';')
@@ -190,7 +196,7 @@ func (s *Set) appendOp(b []byte, v verb, t Table) []byte {
 	b = append(b, ' ')
 	b = append(b, s.Name...)
 	if v == add || v == create {
-		b = appendSetDecl(b, s.Type, s.TypeOf, s.Flags, s.Timeout, s.Comment)
+		b = appendSetDecl(b, s.Type, s.TypeOf, s.Flags, s.Timeout, s.AutoMerge, s.Comment)
 	}
 	return b
 }
@@ -200,7 +206,7 @@ func (m *Map) appendOp(b []byte, v verb, t Table) []byte {
 	b = append(b, ' ')
 	b = append(b, m.Name...)
 	if v == add || v == create {
-		b = appendSetDecl(b, m.Type, m.TypeOf, m.Flags, 0, m.Comment)
+		b = appendSetDecl(b, m.Type, m.TypeOf, m.Flags, 0, false, m.Comment)
 	}
 	return b
 }

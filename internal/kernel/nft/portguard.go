@@ -1,4 +1,4 @@
-package kernel
+package nft
 
 import (
 	"errors"
@@ -11,6 +11,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/kdive/kdive/internal/kernel"
 )
 
 // A PortGuard lets each guarded bridge port send only from its own
@@ -36,7 +38,7 @@ import (
 // VLAN-tagged frames) is dropped before the bridge learns or forwards it.
 // Frames from other ports, and from the node itself, are not looked at.
 type PortGuard struct {
-	ns    *NetNS
+	ns    *kernel.NetNS
 	table string
 }
 
@@ -63,13 +65,13 @@ const (
 
 var guardKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
 
-// PortGuard returns the guard kept in the bridge table named table.
-func (n *NetNS) PortGuard(table string) *PortGuard {
-	return &PortGuard{ns: n, table: table}
+// NewPortGuard returns the guard kept in ns's bridge table named table.
+func NewPortGuard(ns *kernel.NetNS, table string) *PortGuard {
+	return &PortGuard{ns: ns, table: table}
 }
 
 func (g *PortGuard) conn() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithNetNSFd(int(g.ns.fd)))
+	return nftables.New(nftables.WithNetNSFd(g.ns.FD()))
 }
 
 func (g *PortGuard) tableRef() *nftables.Table {

@@ -1,4 +1,4 @@
-package kernel_test
+package nft
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 )
 
@@ -20,10 +19,10 @@ import (
 func TestPortGuardTable(t *testing.T) {
 	ktest.RequireRoot(t)
 	ns := ktest.NewNetNS(t)
-	g := ns.PortGuard("kdive-test-guard")
+	g := NewPortGuard(ns, "kdive-test-guard")
 	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
-	a := kernel.PortSource{Port: "kdvaaaaaaaaaaaa", MAC: mac("02:00:00:00:00:0a"), Addr: netip.MustParseAddr("192.0.2.10")}
-	b := kernel.PortSource{Port: "kdvb", MAC: mac("02:00:00:00:00:0b"), Addr: netip.MustParseAddr("192.0.2.11")}
+	a := PortSource{Port: "kdvaaaaaaaaaaaa", MAC: mac("02:00:00:00:00:0a"), Addr: netip.MustParseAddr("192.0.2.10")}
+	b := PortSource{Port: "kdvb", MAC: mac("02:00:00:00:00:0b"), Addr: netip.MustParseAddr("192.0.2.11")}
 	if got, err := g.Sources(); err != nil || len(got) != 0 {
 		t.Fatalf("sources without a table: %v, %v; want none, no error", got, err)
 	}
@@ -72,7 +71,7 @@ func TestPortGuardTable(t *testing.T) {
 	if ports, err := g.Ports(); err != nil || len(ports) != 2 || !slices.Contains(ports, a.Port) || !slices.Contains(ports, b.Port) {
 		t.Errorf("guarded ports read back: %v, %v; want %s and %s", ports, err, a.Port, b.Port)
 	}
-	if len(srcs) != 2 || !slices.ContainsFunc(srcs, func(s kernel.PortSource) bool {
+	if len(srcs) != 2 || !slices.ContainsFunc(srcs, func(s PortSource) bool {
 		return s.Port == a.Port && s.Addr == a.Addr && s.MAC.String() == a.MAC.String()
 	}) {
 		t.Errorf("sources read back: %v; want %v and %v", srcs, a, b)
@@ -85,7 +84,7 @@ func TestPortGuardTable(t *testing.T) {
 	if len(srcs) != 1 || srcs[0].Port != a.Port || !slices.Equal(ports, []string{a.Port}) {
 		t.Errorf("after forgetting kdvb: sources %v, ports %v; want only %s", srcs, ports, a.Port)
 	}
-	if err := g.Allow(kernel.PortSource{Port: "kdvc", MAC: mac("02:00:00:00:00:0c"), Addr: netip.MustParseAddr("2001:db8::1")}); err == nil {
+	if err := g.Allow(PortSource{Port: "kdvc", MAC: mac("02:00:00:00:00:0c"), Addr: netip.MustParseAddr("2001:db8::1")}); err == nil {
 		t.Errorf("an IPv6 source was accepted")
 	}
 	for range 2 {
@@ -105,9 +104,9 @@ func TestPortGuardTable(t *testing.T) {
 func BenchmarkPortGuardAllowForget(b *testing.B) {
 	ktest.RequireRoot(b)
 	ns := ktest.NewNetNS(b)
-	g := ns.PortGuard("kdive-bench-guard")
+	g := NewPortGuard(ns, "kdive-bench-guard")
 	for i := range 100 {
-		src := kernel.PortSource{Port: fmt.Sprintf("kdvbench%d", i), MAC: net.HardwareAddr{2, 0, 0, 0, 1, byte(i)},
+		src := PortSource{Port: fmt.Sprintf("kdvbench%d", i), MAC: net.HardwareAddr{2, 0, 0, 0, 1, byte(i)},
 			Addr: netip.AddrFrom4([4]byte{10, 9, 0, byte(i + 1)})}
 		if err := g.Allow(src); err != nil {
 			b.Fatal(err)
@@ -120,7 +119,7 @@ func BenchmarkPortGuardAllowForget(b *testing.B) {
 			}
 		}
 	})
-	src := kernel.PortSource{Port: "kdvbenchnew", MAC: net.HardwareAddr{2, 0, 0, 0, 2, 1}, Addr: netip.MustParseAddr("10.9.1.1")}
+	src := PortSource{Port: "kdvbenchnew", MAC: net.HardwareAddr{2, 0, 0, 0, 2, 1}, Addr: netip.MustParseAddr("10.9.1.1")}
 	b.Run("allow-forget", func(b *testing.B) {
 		for b.Loop() {
 			if err := g.Allow(src); err != nil {

@@ -71,7 +71,7 @@ func TestSession(t *testing.T) {
 	must(t, s.apply(ctx, []string{"add element ip kdive-t s { 192.0.2.97 }"}))
 }
 
-// TestNftSessionWithoutTerminfo: in a container image without a terminfo
+// TestSessionWithoutTerminfo: in a container image without a terminfo
 // database, interactive nft's line editor warns on stderr at start; that
 // is no refusal, and the first transaction must apply. (A wrapper first on
 // PATH stands for such an nft: it writes libedit's warning, then runs the

@@ -118,8 +118,11 @@
 // closes its netlink socket, for the kernel's deferred destruction (an
 // RCU grace period, about 10 ms here): a one-element change by `nft -f`
 // takes about 15-19 ms. So incremental transactions go through one
-// long-running `nft -i` (kernel.NftSession), where they take well under a
-// millisecond; replaces and very large transactions use `nft -f`.
+// long-running `nft -i` (the session of the nft door, internal/kernel/nft),
+// where they take well under a millisecond; replaces and very large
+// transactions use `nft -f`. The proxier builds a typed nft.Transaction
+// (each operation labelled with its service port, so a refusal names the
+// service) and reads the table back as nft's JSON through the same door.
 //
 // Measured with MeasureSync (medians of 5 runs, 2 cores shared with other
 // work), GenerateDesired(10000, 10): 111,001 elements, 16 rules, a 5.9 MB

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
-	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/kernel/ktest"
+	"github.com/kdive/kdive/internal/kernel/nft"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/proxy/proxytest"
