@@ -2,8 +2,6 @@ package nftables
 
 import (
 	"slices"
-
-	"github.com/kdive/kdive/internal/kernel/nft"
 )
 
 // view is a ruleset as the diff reads it: the old one is either a whole
@@ -103,34 +101,6 @@ func (v recorded) elem(set string, k mkey) (Element, bool) {
 		return *e, true
 	}
 	return v.cur.elem(set, k)
-}
-
-// Transaction is the change from one ruleset to another, in the order nft
-// must apply it. Applied with one `nft -f`, it is atomic.
-type Transaction struct {
-	// Replace, when set, deletes the table and creates this ruleset.
-	Replace *Ruleset
-
-	AddChains   []*Chain
-	AddSets     []*Set
-	DelElems    []SetElems
-	FlushChains []string
-	SetRules    []*Chain // chains whose rules are added (after a flush, or new)
-	AddElems    []SetElems
-	DelSets     []*Set
-	DelChains   []string
-}
-
-// SetElems are elements of one set.
-type SetElems struct {
-	Set   *Set
-	Elems []Element
-}
-
-// Empty says there is nothing to send.
-func (t *Transaction) Empty() bool {
-	return t.Replace == nil && len(t.AddChains)+len(t.AddSets)+len(t.DelElems)+len(t.FlushChains)+
-		len(t.SetRules)+len(t.AddElems)+len(t.DelSets)+len(t.DelChains) == 0
 }
 
 // diff computes the transaction turning old into cur. With rec nil it
@@ -242,62 +212,3 @@ func union(a, b []string) []string {
 	slices.Sort(out)
 	return slices.Compact(out)
 }
-
-// nft is the transaction for the nft door, each operation labelled with
-// its service port.
-func (t *Transaction) nft() *nft.Transaction {
-	tx := nft.NewTransaction(nftTable)
-	if t.Replace != nil {
-		tx.Add(&nft.Table{})
-		tx.Delete(&nft.Table{})
-		t.Replace.addTo(tx, false)
-		return tx
-	}
-	for _, c := range t.AddChains {
-		tx.Label(svcName(c.Service))
-		tx.Add(c.object())
-	}
-	for _, s := range t.AddSets {
-		tx.Label(svcName(s.Service))
-		tx.Add(s.object())
-	}
-	deleted := map[string]bool{}
-	for _, s := range t.DelSets {
-		deleted[s.Name] = true
-	}
-	elems := func(ses []SetElems, do func(nft.Object)) {
-		for _, se := range ses {
-			if deleted[se.Set.Name] {
-				continue
-			}
-			for _, e := range se.Elems {
-				tx.Label(svcName(e.Service))
-				do(e.object(se.Set))
-			}
-		}
-	}
-	elems(t.DelElems, tx.Delete)
-	tx.Label("")
-	for _, c := range t.FlushChains {
-		tx.Flush(&nft.Chain{Name: c})
-	}
-	for _, c := range t.SetRules {
-		tx.Label(svcName(c.Service))
-		for _, r := range c.Rules {
-			tx.Add(&nft.Rule{Chain: c.Name, Rule: r.String()})
-		}
-	}
-	elems(t.AddElems, tx.Add)
-	for _, s := range t.DelSets {
-		tx.Label(svcName(s.Service))
-		tx.Delete(s.object())
-	}
-	tx.Label("")
-	for _, c := range t.DelChains {
-		tx.Delete(&nft.Chain{Name: c})
-	}
-	return tx
-}
-
-// String is the transaction's nft script.
-func (t *Transaction) String() string { return t.nft().String() }

@@ -4,7 +4,22 @@
 //
 // It owns the table `ip kdive-proxy` and nothing else: it never reads or
 // writes another table, and Cleanup deletes exactly that table. Every
-// `nft` runs through internal/kernel.
+// transaction and listing goes through the nft door, internal/kernel/nft.
+//
+// # Files, along the write path of Sync
+//
+//	proxier.go      Proxier, New, Sync: the state comes in
+//	plan.go         which ports changed and the transaction's plan
+//	render.go       Render and the Ruleset's per-port fragments
+//	render_port.go  what one service port renders to
+//	ir.go rules.go  the Ruleset's values: chains, typed rules, sets, elements
+//	comment.go      element comments, shortened when too long
+//	diff.go         the difference between two Rulesets
+//	transaction.go  that difference as an nft.Transaction
+//	apply.go        running it through the door
+//	readback.go     the table read back: adoption on restart, drift
+//	inspect*.go     the listing parsed into a Ruleset (also for kdive show)
+//	walk.go trace.go  the one walker, and Trace folding its steps
 //
 // # Render, then apply
 //

@@ -1,13 +1,13 @@
 package nftables
 
 import (
-	"github.com/kdive/kdive/internal/proxy"
 	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/proxy"
 )
 
 // Branch is one way the first packet of a connection can go through the
