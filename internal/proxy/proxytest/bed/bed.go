@@ -8,6 +8,7 @@
 package bed
 
 import (
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -26,7 +27,7 @@ import (
 // nothing else):
 //
 //	client 172.20.1.20/24, 198.51.100.10, 192.0.2.99 --eth0  ext0-- node 172.20.1.10/24
-//	upstream 10.255.0.2/24 (and each ACCEPT case's address) --eth0  up0-- node 10.255.0.1/24, default route
+//	upstream 10.255.0.2/24, lo 10.1.0.0/16 203.0.113.0/24 --eth0  up0-- node 10.255.0.1/24, default route
 //	pods of node-1: 10.0.1.2 .3 .4 .12 --eth0  pods0-- node 10.0.0.1/32
 //	pods of node-2: 10.0.2.x           --eth0  pods1-- node 10.0.0.1/32
 //	pods of node-3: 10.0.3.x           --eth0  pods2-- node 10.0.0.1/32
@@ -43,9 +44,10 @@ import (
 // Fixture places on node-2 and node-3 are here too: only their NodeName
 // says they are elsewhere, which is what the traffic policies read. The
 // client holds the Fixture's outside addresses and routes the service
-// ranges (10.1.0.0/16, 203.0.113.0/24) and pods to the node. Traffic that
-// no rule takes leaves the node by its default route to upstream, which
-// answers at the destinations of the ACCEPT cases.
+// ranges (10.1.0.0/16, 203.0.113.0/24) and pods to the node. A packet that
+// no rule takes reaches a listener at its own destination (sinks): on the
+// node, or upstream, where the node's default route leads and which holds
+// the service ranges.
 var (
 	NodeIP     = proxytest.NodeIP
 	ClientIP   = netip.MustParseAddr("172.20.1.20")
@@ -54,9 +56,9 @@ var (
 	nodeUpIP   = netip.MustParseAddr("10.255.0.1")
 )
 
-// Ports every pod address answers on, TCP and UDP (the Fixture's endpoint
-// ports).
-var Ports = []int{53, 8080, 8443}
+// podPorts are the ports every pod address answers on, TCP and UDP (the
+// Fixture's endpoint ports).
+var podPorts = []int{53, 8080, 8443}
 
 // A Bed is the namespaces of the plan, built for one test.
 type Bed struct {
@@ -98,8 +100,8 @@ func New(t *testing.T) *Bed {
 	outside(b.Upstream, "up0", nodeUpIP, upstreamIP)
 	must(b.Node.ReplaceRoute(kernel.Route{Gateway: upstreamIP, Dev: "up0"}))
 	must(b.Upstream.ReplaceRoute(kernel.Route{Gateway: nodeUpIP, Dev: "eth0"}))
-	for _, dst := range []string{"10.1.0.0/16", "203.0.113.0/24", "10.0.0.0/16"} {
-		must(b.Client.ReplaceRoute(kernel.Route{Dst: netip.MustParsePrefix(dst), Gateway: NodeIP}))
+	for _, dst := range slices.Concat(serviceRanges, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}) {
+		must(b.Client.ReplaceRoute(kernel.Route{Dst: dst.Masked(), Gateway: NodeIP}))
 	}
 	b.byAddr[ClientIP] = b.Client
 	for _, a := range []netip.Addr{proxytest.ExternalIP, proxytest.Stranger} {
@@ -111,7 +113,7 @@ func New(t *testing.T) *Bed {
 	// The pods, one namespace per node they are declared on.
 	for i, addrs := range podGroups() {
 		ns := ktest.NewNetNS(t)
-		host := "pods" + string(rune('0'+i))
+		host := fmt.Sprintf("pods%d", i)
 		must(b.Node.AddVeth(host, kernel.LinkAttrs{}, ns, "eth0", kernel.LinkAttrs{}))
 		must(b.Node.AddAddr(host, netip.PrefixFrom(MasqIP, 32)))
 		must(b.Node.LinkUp(host))
@@ -123,7 +125,7 @@ func New(t *testing.T) *Bed {
 		}
 		must(ns.ReplaceRoute(kernel.Route{Gateway: MasqIP, Dev: "eth0", OnLink: true}))
 		for _, a := range addrs {
-			for _, p := range Ports {
+			for _, p := range podPorts {
 				serveTCP(t, ns, netip.AddrPortFrom(a, uint16(p)))
 				serveUDP(t, ns, netip.AddrPortFrom(a, uint16(p)))
 			}
@@ -151,28 +153,36 @@ func podGroups() [][]netip.Addr {
 	return append(groups, []netip.Addr{proxytest.LocalPod})
 }
 
-// sinks answers at the destinations of the ACCEPT cases that are no pod's:
-// in upstream, where the node routes what no rule takes, and on the node
-// itself, for addresses local to it (loopback, or a cluster IP a mode puts
-// on a local device), so that a packet left alone is seen arriving where
-// it was sent.
+// sinks makes a TCP packet that no rule takes reach a listener at its own
+// destination, so that Run reads it as ACCEPT and tells it from the work
+// of a REJECT or a DROP rule: upstream holds the service ranges (on lo, all
+// their addresses are its own), the node its own addresses (and cluster IPs
+// a mode puts on a local device), and both listen at every TCP port of the
+// cases. (UDP has one case, a DNAT: no UDP sinks.)
 func (b *Bed) sinks(t *testing.T, must func(error)) {
-	nodePorts := map[int]bool{}
+	for _, p := range serviceRanges {
+		must(b.Upstream.AddAddr("lo", p))
+	}
+	ports := map[int]bool{}
 	for _, c := range proxytest.Cases() {
 		p := c.Packet
-		if c.Want.Verdict != proxy.ACCEPT || b.byAddr[p.Dst] != nil {
+		inRanges := slices.ContainsFunc(serviceRanges, func(r netip.Prefix) bool { return r.Contains(p.Dst) })
+		if c.Want.Verdict == proxy.ACCEPT && b.byAddr[p.Dst] == nil && p.Dst != NodeIP && !p.Dst.IsLoopback() && !inRanges {
+			t.Fatalf("test bed: no sink answers at %s (case %q)", p.Dst, c.Name)
+		}
+		if p.Proto != model.ProtocolTCP || ports[p.Port] {
 			continue
 		}
-		if !p.Dst.IsLoopback() {
-			must(b.Upstream.AddAddr("lo", netip.PrefixFrom(p.Dst, 32)))
-			serveTCP(t, b.Upstream, netip.AddrPortFrom(p.Dst, uint16(p.Port)))
-		}
-		if !nodePorts[p.Port] {
-			nodePorts[p.Port] = true
-			serveTCP(t, b.Node, netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p.Port)))
+		ports[p.Port] = true
+		for _, ns := range []*kernel.NetNS{b.Upstream, b.Node} {
+			serveTCP(t, ns, netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p.Port)))
 		}
 	}
 }
+
+// serviceRanges hold the Fixture's cluster, external and LoadBalancer IPs
+// (an address in each, as upstream's lo holds them).
+var serviceRanges = []netip.Prefix{netip.MustParsePrefix("10.1.255.254/16"), netip.MustParsePrefix("203.0.113.254/24")}
 
 // ns is the namespace a packet leaves from.
 func (b *Bed) ns(p proxytest.Packet) *kernel.NetNS {
@@ -182,8 +192,8 @@ func (b *Bed) ns(p proxytest.Packet) *kernel.NetNS {
 	return b.byAddr[p.Src]
 }
 
-// Node is the Fixture's node, as Desired names it.
-var Node = model.Node{Name: "node-1", Zone: "zone-a", IPs: []netip.Addr{NodeIP}}
+// Node is the Fixture's node, which Desired names.
+var Node = proxytest.Fixture().Node
 
 // EP is a ready endpoint at a pod address of the plan.
 func EP(addr string, port int, node string) model.Endpoint {
