@@ -4,47 +4,37 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/kdive/kdive/internal/xtables"
 	"strings"
 	"time"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/proxy/modes"
 )
-
-// ipvsDevice is the dummy device the IPVS mode binds service addresses to.
-const ipvsDevice = "kube-ipvs0"
 
 // measureFloor dumps what the worker left in node with the kernel's own
 // tools and times loading it into the empty namespace floor in one shot
-// per tool: the least any agent could spend on the same ruleset.
+// per tool: the least any agent could spend on the same ruleset. The
+// tools are the mode's (modes.Mode.Dumps); a missing one leaves the floor
+// unmeasured, with a note.
 func measureFloor(ctx context.Context, spec SyncSpec, node, floor *kernel.NetNS, run *SyncRun) error {
+	m, err := modes.Get(spec.Mode)
+	if err != nil {
+		return err
+	}
 	var steps []floorStep
-	switch spec.Mode {
-	case ModeNftables:
-		steps = []floorStep{{tool: kernel.ToolNft}}
-	case ModeIPTables:
-		steps = []floorStep{{tool: xtables.Flavour(spec.Flavour).Tool()}}
-	case ModeIPVS:
-		var missing []string
-		for _, t := range []kernel.RulesetTool{kernel.ToolIPSet, kernel.ToolIPVSAdm} {
-			if err := t.Installed(); err != nil {
-				missing = append(missing, err.Error())
-			}
+	var missing []string
+	for _, d := range m.Dumps(spec.Flavour) {
+		if err := d.Tool.Installed(); err != nil {
+			missing = append(missing, err.Error())
 		}
-		if len(missing) > 0 {
-			run.FloorNote = "not measured: " + strings.Join(missing, "; ")
-			return nil
-		}
-		steps = []floorStep{{tool: kernel.ToolIPSet}}
-		// The mode's rules are in the flavour it detected; take both.
-		for _, f := range xtables.Flavours {
-			if f.Tool().Installed() == nil {
-				steps = append(steps, floorStep{tool: f.Tool(), optional: true})
-			}
-		}
-		steps = append(steps, floorStep{tool: kernel.ToolIPVSAdm}, floorStep{addrs: true})
-	default:
-		return fmt.Errorf("unknown mode %q", spec.Mode)
+		steps = append(steps, floorStep{tool: d.Tool, optional: d.Optional})
+	}
+	if len(missing) > 0 {
+		run.FloorNote = "not measured: " + strings.Join(missing, "; ")
+		return nil
+	}
+	if m.Device != "" {
+		steps = append(steps, floorStep{device: m.Device})
 	}
 	var names []string
 	for i := range steps {
@@ -70,8 +60,8 @@ func measureFloor(ctx context.Context, spec SyncSpec, node, floor *kernel.NetNS,
 // namespace, loaded into the fresh one.
 type floorStep struct {
 	tool kernel.RulesetTool
-	// addrs: kube-ipvs0 and its addresses, with `ip -batch`.
-	addrs bool
+	// device: a dummy device and its addresses, with `ip -batch`.
+	device string
 	// optional: a dump without rules is left out (the iptables flavour
 	// the mode did not use).
 	optional bool
@@ -79,22 +69,22 @@ type floorStep struct {
 }
 
 func (s *floorStep) name() string {
-	if s.addrs {
+	if s.device != "" {
 		return "ip -batch"
 	}
 	return s.tool.Name
 }
 
 func (s *floorStep) save(ctx context.Context, node *kernel.NetNS) error {
-	if s.addrs {
-		l, err := node.LinkByName(ipvsDevice)
+	if s.device != "" {
+		l, err := node.LinkByName(s.device)
 		if err != nil {
 			return err
 		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "link add %s type dummy\n", ipvsDevice)
+		fmt.Fprintf(&b, "link add %s type dummy\n", s.device)
 		for _, p := range l.Addrs {
-			fmt.Fprintf(&b, "address add %s dev %s\n", p, ipvsDevice)
+			fmt.Fprintf(&b, "address add %s dev %s\n", p, s.device)
 		}
 		s.dump = b.String()
 		return nil
@@ -117,7 +107,7 @@ func (s *floorStep) restore(ctx context.Context, floor *kernel.NetNS) error {
 	if s.dump == "" {
 		return nil
 	}
-	if s.addrs {
+	if s.device != "" {
 		return floor.IPBatch(ctx, s.dump)
 	}
 	return floor.RestoreRuleset(ctx, s.tool, s.dump)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/podnet"
+	"github.com/kdive/kdive/internal/proxy/ipvs"
 )
 
 // Link roles (LinkRow.Role).
@@ -24,7 +25,7 @@ const (
 
 // IPVSDevice is the dummy device kube-proxy's (and kdive's) IPVS mode puts
 // every service address on.
-const IPVSDevice = "kube-ipvs0"
+const IPVSDevice = ipvs.Device
 
 // LinkRow is one interface of the node and its role.
 type LinkRow struct {

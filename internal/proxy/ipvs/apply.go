@@ -33,7 +33,7 @@ func (p *Proxier) apply(ctx context.Context, r *Ruleset, changed map[model.Servi
 	if err := p.ensureSysctls(); err != nil {
 		return fmt.Errorf("ipvs: %w", err)
 	}
-	if _, err := ns.EnsureDummy(dummyDevice, kernel.LinkAttrs{}); err != nil {
+	if _, err := ns.EnsureDummy(Device, kernel.LinkAttrs{}); err != nil {
 		return fmt.Errorf("ipvs: %w", err)
 	}
 	sets, err := ns.OpenIPSets()
@@ -75,7 +75,7 @@ func (p *Proxier) apply(ctx context.Context, r *Ruleset, changed map[model.Servi
 		errs = append(errs, err)
 	}
 	for _, a := range staleAddrs {
-		if err := ns.DelAddr(dummyDevice, netip.PrefixFrom(a, 32)); err != nil {
+		if err := ns.DelAddr(Device, netip.PrefixFrom(a, 32)); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 			continue
 		}
@@ -124,7 +124,7 @@ func localAddrs(links []kernel.Link) map[netip.Addr]bool {
 func (p *Proxier) addAddresses(r *Ruleset, links []kernel.Link, stats *SyncStats) (stale []netip.Addr, err error) {
 	var have []netip.Addr
 	for _, l := range links {
-		if l.Name != dummyDevice {
+		if l.Name != Device {
 			continue
 		}
 		for _, a := range l.Addrs {
@@ -138,7 +138,7 @@ func (p *Proxier) addAddresses(r *Ruleset, links []kernel.Link, stats *SyncStats
 		if slices.Contains(have, a) {
 			continue
 		}
-		if err := p.opts.NetNS.AddAddr(dummyDevice, netip.PrefixFrom(a, 32)); err != nil {
+		if err := p.opts.NetNS.AddAddr(Device, netip.PrefixFrom(a, 32)); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs: %w", err))
 			continue
 		}

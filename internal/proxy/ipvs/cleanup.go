@@ -21,7 +21,7 @@ func (p *Proxier) cleanup(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := ns.DeleteLink(dummyDevice); err != nil {
+	if err := ns.DeleteLink(Device); err != nil {
 		errs = append(errs, fmt.Errorf("ipvs: %w", err))
 	}
 	if err := cleanupIptables(ctx, ns); err != nil {

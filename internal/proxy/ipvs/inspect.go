@@ -165,7 +165,7 @@ func (s *snapshot) inspection() *inspection {
 		for _, p := range l.Addrs {
 			switch {
 			case !p.Addr().Is4():
-			case l.Name == dummyDevice:
+			case l.Name == Device:
 				r.Addresses = append(r.Addresses, p.Addr())
 			default:
 				r.NodeIPs = append(r.NodeIPs, p.Addr())

@@ -34,7 +34,7 @@ func snapshotOf(r *Ruleset) *snapshot {
 	for _, a := range r.NodeIPs {
 		eth.Addrs = append(eth.Addrs, netip.PrefixFrom(a, 24))
 	}
-	dummy := kernel.Link{Name: dummyDevice}
+	dummy := kernel.Link{Name: Device}
 	for _, a := range r.Addresses {
 		dummy.Addrs = append(dummy.Addrs, netip.PrefixFrom(a, 32))
 	}

@@ -17,8 +17,9 @@ import (
 const (
 	// Mode is the proxy mode's name.
 	Mode = "ipvs"
-	// dummyDevice holds every service address, as kube-proxy's does.
-	dummyDevice      = "kube-ipvs0"
+	// Device is the dummy device that holds every service address, as
+	// kube-proxy's kube-ipvs0 does.
+	Device           = "kube-ipvs0"
 	defaultScheduler = "rr"
 	// DefaultDrainTimeout bounds how long a removed endpoint stays at
 	// weight 0 while its connections finish.
@@ -160,7 +161,7 @@ func (s SyncStats) repairs() []string {
 		{s.VirtualServersAdded, "virtual server added"}, {s.VirtualServersUpdated, "virtual server updated"},
 		{s.VirtualServersDeleted, "virtual server deleted"}, {s.RealServersAdded, "real server added"},
 		{s.RealServersUpdated, "real server updated"}, {s.RealServersDeleted, "real server deleted"},
-		{s.AddressesAdded, "address added to " + dummyDevice}, {s.AddressesDeleted, "address deleted from " + dummyDevice},
+		{s.AddressesAdded, "address added to " + Device}, {s.AddressesDeleted, "address deleted from " + Device},
 		{s.SetEntriesAdded, "ipset entry added"}, {s.SetEntriesDeleted, "ipset entry deleted"},
 	} {
 		for range c.n {

@@ -231,7 +231,7 @@ func (r *Ruleset) String() string {
 	for _, a := range r.Addresses {
 		addrs = append(addrs, a.String()+"/32")
 	}
-	return fmt.Sprintf("%s: %s\n\n%s\n%s\n%s", dummyDevice, strings.Join(addrs, " "),
+	return fmt.Sprintf("%s: %s\n\n%s\n%s\n%s", Device, strings.Join(addrs, " "),
 		r.IPVSText(), r.SetsText(), r.IptablesText())
 }
 

@@ -146,7 +146,7 @@ func (w *walker) walk() proxy.Result {
 func (w *walker) localWhy(a netip.Addr) string {
 	switch {
 	case slices.Contains(w.r.Addresses, a):
-		return "on " + dummyDevice
+		return "on " + Device
 	case slices.Contains(w.r.NodeIPs, a):
 		return "a node address"
 	case a.IsLoopback():

@@ -16,6 +16,7 @@ import (
 	"github.com/kdive/kdive/internal/proxy/iptables"
 	"github.com/kdive/kdive/internal/proxy/ipvs"
 	"github.com/kdive/kdive/internal/proxy/nftables"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Options configure a mode's backend.
@@ -52,6 +53,33 @@ type Mode struct {
 	Inspect func(context.Context, *kernel.NetNS) (proxy.Inspection, error)
 	// Size renders a state and counts it.
 	Size func(*proxy.Desired) Size
+	// Dumps are the kernel's own tools that save and restore what the
+	// mode programs in a namespace, given the iptables flavour forced
+	// ("" when detected), and Device a dummy device whose addresses it
+	// programs ("" for none): what `kdive bench sync` loads in one shot
+	// as the floor.
+	Dumps  func(flavour string) []Dump
+	Device string
+}
+
+// Dump is a tool that saves and restores part of what a mode programs;
+// an Optional one may hold nothing (an iptables flavour the mode did not
+// use).
+type Dump struct {
+	Tool     kernel.RulesetTool
+	Optional bool
+}
+
+// installedFlavours are the iptables tools of both flavours that are
+// installed, optional: a mode that detects its flavour used one of them.
+func installedFlavours() []Dump {
+	var out []Dump
+	for _, f := range xtables.Flavours {
+		if f.Tool().Installed() == nil {
+			out = append(out, Dump{Tool: f.Tool(), Optional: true})
+		}
+	}
+	return out
 }
 
 // all are the modes, in the order reports list them.
@@ -63,6 +91,7 @@ var all = []Mode{
 			return nftables.New(nftables.Options{NetNS: o.NetNS, OnRepair: o.OnRepair})
 		},
 		Inspect: nftables.Inspect,
+		Dumps:   func(string) []Dump { return []Dump{{Tool: kernel.ToolNft}} },
 		Size: func(d *proxy.Desired) Size {
 			var s Size
 			rs := nftables.Render(d)
@@ -81,6 +110,12 @@ var all = []Mode{
 			return iptables.New(iptables.Options{NetNS: o.NetNS, Flavour: iptables.Flavour(o.Flavour), OnRepair: o.OnRepair})
 		},
 		Inspect: iptables.Inspect,
+		Dumps: func(flavour string) []Dump {
+			if flavour == "" {
+				return installedFlavours()
+			}
+			return []Dump{{Tool: xtables.Flavour(flavour).Tool()}}
+		},
 		Size: func(d *proxy.Desired) Size {
 			var s Size
 			rs := iptables.Render(d)
@@ -97,6 +132,11 @@ var all = []Mode{
 			return ipvs.New(ipvs.Options{NetNS: o.NetNS, Flavour: o.Flavour, Scheduler: o.IPVSScheduler, OnRepair: o.OnRepair})
 		},
 		Inspect: ipvs.Inspect,
+		// The mode's rules are in the flavour it detected; take both.
+		Dumps: func(string) []Dump {
+			return append(append([]Dump{{Tool: kernel.ToolIPSet}}, installedFlavours()...), Dump{Tool: kernel.ToolIPVSAdm})
+		},
+		Device: ipvs.Device,
 		Size: func(d *proxy.Desired) Size {
 			rs := ipvs.Render(d, ipvs.Config{})
 			s := Size{Rules: len(rs.Jumps), VirtualServers: len(rs.VirtualServers)}
