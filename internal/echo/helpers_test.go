@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/kdive/kdive/internal/echo"
+	"github.com/kdive/kdive/internal/kernel/ktest"
 )
 
 const ioTimeout = 5 * time.Second
@@ -79,7 +81,9 @@ func httpDo(t *testing.T, addr net.Addr, method, path string) (*http.Response, [
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+	if err := conn.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
 	resp, body := httpRoundTrip(t, conn, method, path, true)
 	return resp, body, conn.LocalAddr()
 }
@@ -116,7 +120,9 @@ func udpDo(t *testing.T, addr net.Addr, payload []byte) ([]byte, net.Addr) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+	if err := conn.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := conn.Write(payload); err != nil {
 		t.Fatal(err)
 	}
@@ -151,15 +157,20 @@ func decodeReply(t *testing.T, body []byte) echo.Reply {
 // with a dump of all goroutines if that takes too long.
 func waitGoroutines(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for runtime.NumGoroutine() > n {
-		if time.Now().After(deadline) {
+	waited := false
+	defer func() {
+		if !waited { // Eventually failed the test: show what is left
 			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("%d goroutines left, want at most %d:\n%s", runtime.NumGoroutine(), n, buf)
+			t.Logf("goroutines left:\n%s", buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	}()
+	ktest.Eventually(t, ioTimeout, fmt.Sprintf("at most %d goroutines", n), func() error {
+		if g := runtime.NumGoroutine(); g > n {
+			return fmt.Errorf("%d goroutines left", g)
+		}
+		return nil
+	})
+	waited = true
 }
 
 func loopback(proto string) echo.Listen {

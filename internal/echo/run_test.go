@@ -162,7 +162,9 @@ func TestRunStopsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+	if err := conn.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
 	if resp, _ := httpRoundTrip(t, conn, "GET", "/", false); resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}

@@ -35,7 +35,9 @@ func TestUDPDualStackSocketFillsPodIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	_ = client.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := client.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := client.Write([]byte("q")); err != nil {
 		t.Fatal(err)
 	}
