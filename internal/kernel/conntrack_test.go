@@ -25,7 +25,8 @@ func TestDeleteConntrack(t *testing.T) {
 	send := func(port int) {
 		c, err := a.DialContext(context.Background(), "udp", "192.0.2.2:"+strconv.Itoa(port))
 		must(t, err)
-		_, _ = c.Write([]byte("x"))
+		_, err = c.Write([]byte("x"))
+		must(t, err)
 		c.Close()
 	}
 	send(5353)

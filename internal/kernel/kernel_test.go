@@ -22,7 +22,7 @@ import (
 func TestNetNSLifecycle(t *testing.T) {
 	ktest.RequireRoot(t)
 	name := "kdive-test-lifecycle"
-	_ = kernel.DeleteNetNS(name)
+	_ = kernel.DeleteNetNS(name) // left by an earlier run, if any
 	n, err := kernel.CreateNetNS(name)
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +146,8 @@ func TestRoutes(t *testing.T) {
 		must(t, a.DeleteRoute(r))
 		must(t, a.DeleteRoute(r))
 	}
-	got, _ = a.Routes()
+	got, err = a.Routes()
+	must(t, err)
 	for _, r := range got {
 		if r.Dst.IsValid() && !netip.MustParsePrefix("192.0.2.0/24").Contains(r.Dst.Addr()) {
 			t.Errorf("route left after delete: %s", r)
@@ -187,13 +188,15 @@ func tcpEcho(t *testing.T, cli, srv *kernel.NetNS, addr string) string {
 			return
 		}
 		defer c.Close()
-		_, _ = io.Copy(c, io.LimitReader(c, 5))
+		_, _ = io.Copy(c, io.LimitReader(c, 5)) // the client reads what came back
 	}()
 	var c net.Conn
 	must(t, cli.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, 3*time.Second); return err }))
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	_, _ = c.Write([]byte("hello"))
-	b, _ := io.ReadAll(c)
+	must(t, c.SetDeadline(time.Now().Add(3*time.Second)))
+	_, err := c.Write([]byte("hello"))
+	must(t, err)
+	b, err := io.ReadAll(c)
+	must(t, err)
 	return string(b)
 }

@@ -48,7 +48,7 @@ func TestSharedMountPoint(t *testing.T) {
 		t.Skip("needs root: it mounts")
 	}
 	dir := t.TempDir()
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) }) // not a mount point if the test failed early
 	if got := mountsAt(t, dir); len(got) != 0 {
 		t.Fatalf("a new directory is a mount point: %q", got)
 	}

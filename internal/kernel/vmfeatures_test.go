@@ -75,7 +75,9 @@ func TestVMIPIPTunnelBetweenNamespaces(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("send from namespace a: %v", err)
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, 64)
 	n, from, err := conn.ReadFrom(buf)
 	if err != nil {

@@ -79,8 +79,14 @@ func TestPortGuardTable(t *testing.T) {
 	if err := g.Forget("kdvb", "kdvnothere"); err != nil {
 		t.Fatal(err)
 	}
-	srcs, _ = g.Sources()
-	ports, _ := g.Ports()
+	srcs, err = g.Sources()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports, err := g.Ports()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(srcs) != 1 || srcs[0].Port != a.Port || !slices.Equal(ports, []string{a.Port}) {
 		t.Errorf("after forgetting kdvb: sources %v, ports %v; want only %s", srcs, ports, a.Port)
 	}
