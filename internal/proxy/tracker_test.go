@@ -177,10 +177,10 @@ func changed(d *Desired) string {
 
 func TestTrackerTracksChanges(t *testing.T) {
 	f := newFixture()
-	_ = f.svcs.Add(service("web", "10.1.0.2"))
-	_ = f.svcs.Add(service("api", "10.1.0.3"))
-	_ = f.svcs.Add(service("bad", "bogus"))
-	_ = f.slices.Add(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false)))
+	must(t, f.svcs.Add(service("web", "10.1.0.2")))
+	must(t, f.svcs.Add(service("api", "10.1.0.3")))
+	must(t, f.svcs.Add(service("bad", "bogus")))
+	must(t, f.slices.Add(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false))))
 	if err := f.tr.MarkAll(); err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestTrackerTracksChanges(t *testing.T) {
 	}
 
 	// A slice changes: only its service changed.
-	_ = f.slices.Update(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false), endpoint("10.0.2.2", "node-2", true, true, false)))
+	must(t, f.slices.Update(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false), endpoint("10.0.2.2", "node-2", true, true, false))))
 	f.tr.SliceChanged(slice("web", "web-a"))
 	d, _ = f.tr.Desired(f.node, Config{}, false)
 	if changed(d) != "default/web:http" || len(d.Services[1].Cluster) != 2 {
@@ -210,9 +210,9 @@ func TestTrackerTracksChanges(t *testing.T) {
 	}
 
 	// A port renamed and a service deleted: old and new names changed.
-	_ = f.svcs.Update(service("api", "10.1.0.3", func(s *corev1.Service) { s.Spec.Ports[0].Name = "grpc" }))
+	must(t, f.svcs.Update(service("api", "10.1.0.3", func(s *corev1.Service) { s.Spec.Ports[0].Name = "grpc" })))
 	f.tr.ServiceChanged("default", "api")
-	_ = f.svcs.Delete(service("web", "10.1.0.2"))
+	must(t, f.svcs.Delete(service("web", "10.1.0.2")))
 	f.tr.ServiceChanged("default", "web")
 	d, _ = f.tr.Desired(f.node, Config{}, false)
 	if changed(d) != "default/api:grpc default/api:http default/web:http" || names(d) != "default/api:grpc" {
@@ -220,7 +220,7 @@ func TestTrackerTracksChanges(t *testing.T) {
 	}
 
 	// The bad service is fixed: served from then on, error gone.
-	_ = f.svcs.Update(service("bad", "10.1.0.9"))
+	must(t, f.svcs.Update(service("bad", "10.1.0.9")))
 	f.tr.ServiceChanged("default", "bad")
 	d, errs = f.tr.Desired(f.node, Config{}, false)
 	if len(errs) != 0 || names(d) != "default/api:grpc default/bad:http" {
@@ -231,5 +231,60 @@ func TestTrackerTracksChanges(t *testing.T) {
 	f.node.Zone = "zone-b"
 	if d, _ = f.tr.Desired(f.node, Config{}, false); d.Changed != nil {
 		t.Errorf("node change did not give a full snapshot: %v", d.Changed)
+	}
+}
+
+// TestTrackerIsTheChangeDetector: the backends trust Changed, so the
+// tracker must name exactly what differs: a resync that re-reads every
+// service reports none when nothing changed, an update that changes
+// nothing a backend uses reports none, and a change of any endpoint field
+// or of the settings is seen.
+func TestTrackerIsTheChangeDetector(t *testing.T) {
+	f := newFixture()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(f.svcs.Add(service("web", "10.1.0.2")))
+	must(f.slices.Add(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false))))
+	must(f.tr.MarkAll())
+	f.tr.Desired(f.node, Config{}, false)
+
+	must(f.tr.MarkAll())
+	d, _ := f.tr.Desired(f.node, Config{}, true)
+	if !d.Resync || d.Changed == nil || len(d.Changed) != 0 || !d.Full() {
+		t.Errorf("resync of an unchanged state: resync %v, changed %v", d.Resync, d.Changed)
+	}
+
+	// An annotation: nothing the proxy uses.
+	must(f.svcs.Update(service("web", "10.1.0.2", func(s *corev1.Service) { s.Annotations = map[string]string{"x": "y"} })))
+	f.tr.ServiceChanged("default", "web")
+	if d, _ = f.tr.Desired(f.node, Config{}, false); len(d.Changed) != 0 || d.Full() {
+		t.Errorf("an annotation changed %v", d.Changed)
+	}
+
+	// An endpoint going terminating: seen.
+	must(f.slices.Update(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, true))))
+	f.tr.SliceChanged(slice("web", "web-a"))
+	if d, _ = f.tr.Desired(f.node, Config{}, false); changed(d) != "default/web:http" {
+		t.Errorf("terminating endpoint: changed %q", changed(d))
+	}
+
+	// Other settings: every port resolves anew.
+	if d, _ = f.tr.Desired(f.node, Config{MasqueradeAll: true}, false); d.Changed != nil || !d.Full() {
+		t.Errorf("a settings change gave changed %v", d.Changed)
+	}
+	if d, _ = f.tr.Desired(f.node, Config{MasqueradeAll: true}, false); d.Changed == nil {
+		t.Errorf("the same settings again: changed nil")
+	}
+}
+
+// must fails the test at a setup step that failed.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

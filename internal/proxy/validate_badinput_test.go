@@ -64,11 +64,11 @@ func TestBadServicesAreReported(t *testing.T) {
 		}), `service default/dup: spec.ports[1].name: duplicate port "http" for TCP`},
 	}
 	f := newFixture()
-	_ = f.svcs.Add(service("good", "10.1.0.2"))
-	_ = f.slices.Add(slice("good", "good-a", endpoint("10.0.1.2", "node-1", true, true, false)))
+	must(t, f.svcs.Add(service("good", "10.1.0.2")))
+	must(t, f.slices.Add(slice("good", "good-a", endpoint("10.0.1.2", "node-1", true, true, false))))
 	for _, c := range bad {
-		_ = f.svcs.Add(c.svc)
-		_ = f.slices.Add(slice(c.svc.Name, c.svc.Name+"-a", endpoint("10.0.1.3", "node-1", true, true, false)))
+		must(t, f.svcs.Add(c.svc))
+		must(t, f.slices.Add(slice(c.svc.Name, c.svc.Name+"-a", endpoint("10.0.1.3", "node-1", true, true, false))))
 	}
 	if err := f.tr.MarkAll(); err != nil {
 		t.Fatal(err)
@@ -104,13 +104,13 @@ func joinErrs(errs []error) string {
 // ignores it; when the service appears its endpoints are used.
 func TestSlicesOfUnknownServices(t *testing.T) {
 	f := newFixture()
-	_ = f.svcs.Add(service("web", "10.1.0.2"))
-	_ = f.slices.Add(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false)))
+	must(t, f.svcs.Add(service("web", "10.1.0.2")))
+	must(t, f.slices.Add(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false))))
 	ghost := slice("ghost", "ghost-a", endpoint("10.0.1.9", "node-1", true, true, false))
-	_ = f.slices.Add(ghost)
+	must(t, f.slices.Add(ghost))
 	unlabelled := slice("", "orphan", endpoint("10.0.1.8", "node-1", true, true, false))
 	unlabelled.Labels = nil
-	_ = f.slices.Add(unlabelled)
+	must(t, f.slices.Add(unlabelled))
 	if err := f.tr.MarkAll(); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestSlicesOfUnknownServices(t *testing.T) {
 		t.Fatalf("services %q, errors %v; want default/web:http only, no error", names(d), errs)
 	}
 	// The service appears: its slice's endpoint is served.
-	_ = f.svcs.Add(service("ghost", "10.1.0.9"))
+	must(t, f.svcs.Add(service("ghost", "10.1.0.9")))
 	f.tr.ServiceChanged("default", "ghost")
 	d, errs = f.tr.Desired(f.node, Config{}, false)
 	if len(errs) != 0 || names(d) != "default/ghost:http default/web:http" || len(d.Services[0].Cluster) != 1 {
@@ -164,9 +164,9 @@ func TestHugeService(t *testing.T) {
 	}
 	const slices, perSlice = 100, 1000
 	f := newFixture()
-	_ = f.svcs.Add(service("huge", "10.1.0.2"))
-	_ = f.svcs.Add(service("small", "10.1.0.3"))
-	_ = f.slices.Add(slice("small", "small-a", endpoint("10.0.1.2", "node-1", true, true, false)))
+	must(t, f.svcs.Add(service("huge", "10.1.0.2")))
+	must(t, f.svcs.Add(service("small", "10.1.0.3")))
+	must(t, f.slices.Add(slice("small", "small-a", endpoint("10.0.1.2", "node-1", true, true, false))))
 	for s := range slices {
 		eps := make([]discoveryv1.Endpoint, perSlice)
 		for i := range eps {
@@ -174,7 +174,7 @@ func TestHugeService(t *testing.T) {
 			ip := netip.AddrFrom4([4]byte{10, byte(2 + n>>16), byte(n >> 8), byte(n)})
 			eps[i] = endpoint(ip.String(), fmt.Sprintf("node-%d", n%100), true, true, false)
 		}
-		_ = f.slices.Add(slice("huge", fmt.Sprintf("huge-%03d", s), eps...))
+		must(t, f.slices.Add(slice("huge", fmt.Sprintf("huge-%03d", s), eps...)))
 	}
 	if err := f.tr.MarkAll(); err != nil {
 		t.Fatal(err)
@@ -195,7 +195,7 @@ func TestHugeService(t *testing.T) {
 		t.Errorf("Desired took %v", took)
 	}
 	// The small service changes: only it is recomputed.
-	_ = f.slices.Update(slice("small", "small-a", endpoint("10.0.1.2", "node-1", true, true, false), endpoint("10.0.1.3", "node-1", true, true, false)))
+	must(t, f.slices.Update(slice("small", "small-a", endpoint("10.0.1.2", "node-1", true, true, false), endpoint("10.0.1.3", "node-1", true, true, false))))
 	f.tr.SliceChanged(slice("small", "small-a"))
 	start = time.Now()
 	d, _ = f.tr.Desired(f.node, Config{}, false)

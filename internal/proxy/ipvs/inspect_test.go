@@ -208,14 +208,16 @@ func TestIPVSInspectFixture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// One connection attempt from the node, for the counters.
-	_ = ns.Do(func() error {
-		c, err := net.DialTimeout("tcp4", "10.1.0.2:80", 300*time.Millisecond)
-		if err == nil {
+	// One connection attempt from the node, for the counters: answered
+	// or not, its SYN is counted.
+	if err := ns.Do(func() error {
+		if c, err := net.DialTimeout("tcp4", "10.1.0.2:80", 300*time.Millisecond); err == nil {
 			c.Close()
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// IPVS sums its per-CPU counters in the rate estimator's pass, every
 	// two seconds.
 	var lb *proxy.LBTable

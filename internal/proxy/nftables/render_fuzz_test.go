@@ -143,7 +143,7 @@ func fuzzNetNS(f *testing.F) *kernel.NetNS {
 	stale, _ := kernel.ListNetNS(prefix)
 	for _, n := range stale {
 		if pid, err := strconv.Atoi(strings.TrimPrefix(n, prefix)); err == nil && unix.Kill(pid, 0) == unix.ESRCH {
-			_ = kernel.DeleteNetNS(n)
+			_ = kernel.DeleteNetNS(n) // another worker may be deleting it too
 		}
 	}
 	name := prefix + strconv.Itoa(os.Getpid())
