@@ -198,7 +198,7 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 	pr.needFull = false
 	took := time.Since(start).Seconds()
 	a.metrics.syncDuration.Observe(took)
-	if d.Changed == nil {
+	if d.Full() {
 		a.metrics.fullSyncDuration.Observe(took)
 	} else {
 		a.metrics.partialSyncDuration.Observe(took)
@@ -233,7 +233,7 @@ func (a *Agent) syncProxy(ctx context.Context, local model.Node, full bool) erro
 		a.setConntrack()
 	}
 	pr.prev = d
-	a.log.Debug("proxy synced", "mode", pr.backend.Mode(), "services", len(d.Services), "full", d.Changed == nil, "changed", len(d.Changed))
+	a.log.Debug("proxy synced", "mode", pr.backend.Mode(), "services", len(d.Services), "full", d.Full(), "changed", len(d.Changed))
 	return errors.Join(errs...)
 }
 

@@ -50,7 +50,7 @@ type SyncRun struct {
 	EndpointChangeSeconds float64 `json:"endpointChangeSeconds"`
 	ServiceAddSeconds     float64 `json:"serviceAddSeconds"`
 	// NoopSyncSeconds: a Sync told nothing changed (Desired.Changed
-	// empty); FullResyncSeconds: a periodic full Sync (Changed nil) that
+	// empty); FullResyncSeconds: a periodic full Sync (Resync) that
 	// finds nothing to do.
 	NoopSyncSeconds   float64 `json:"noopSyncSeconds"`
 	FullResyncSeconds float64 `json:"fullResyncSeconds"`

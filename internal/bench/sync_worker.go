@@ -55,7 +55,7 @@ func ServeSyncWorker(ctx context.Context, in io.Reader, out io.Writer) error {
 // process: a first Sync of GenerateDesired(services, endpoints) into the
 // empty namespace, one endpoint of one service replaced (median of 5), one
 // service added (median of 3), a Sync told nothing changed and a full
-// resync (Changed nil) that finds nothing to do. It counts what the first
+// resync (Resync, nothing changed) that finds nothing to do. It counts what the first
 // Sync programmed from the rendered state. The floor and the peak RSS are
 // the parent's to measure; ProcessRSSBytes is this process's own peak.
 func MeasureSyncSpec(ctx context.Context, spec SyncSpec) (SyncRun, error) {
@@ -116,7 +116,8 @@ func MeasureSyncSpec(ctx context.Context, spec SyncSpec) (SyncRun, error) {
 	if run.NoopSyncSeconds, err = timed("no-op sync", d); err != nil {
 		return run, err
 	}
-	d.Changed = nil
+	// The agent's periodic resync: the tracker names no change.
+	d.Changed, d.Resync = map[model.ServicePortName]bool{}, true
 	if run.FullResyncSeconds, err = timed("full resync", d); err != nil {
 		return run, err
 	}

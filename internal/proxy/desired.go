@@ -38,10 +38,20 @@ type Desired struct {
 	// port name, protocol), as the tracker makes them; a Desired built by
 	// hand keeps that order too (backends look ports up by name).
 	Services []*Port
-	// Changed names the ports that changed since the previous Sync (added,
-	// changed or removed). nil means "everything": a full sync.
+	// Changed names the ports that changed since the previous snapshot
+	// (added, changed or removed); the tracker is the one that knows, and
+	// backends trust it. nil means "unknown: any port may have changed"
+	// (a snapshot built by hand, or the node or the settings changed).
 	Changed map[model.ServicePortName]bool
+	// Resync asks the backend to look at the kernel's copy and repair what
+	// someone else changed (the agent's periodic resync).
+	Resync bool
 }
+
+// Full says the backend must not trust its memory of the kernel: on a
+// resync, or when Changed is unknown. A full Sync compares the kernel's
+// copy with what it should hold and repairs it.
+func (d *Desired) Full() bool { return d.Resync || d.Changed == nil }
 
 // NewDesired is an empty Desired for node under cfg, its NodePortIPs
 // computed (NodePortIPs).

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -15,9 +16,10 @@ import (
 )
 
 // Tracker turns Services and EndpointSlices into Desired snapshots. Event
-// handlers mark services dirty; Desired recomputes only those and reports
-// their ports as Changed, so backends touch only what changed, unless a
-// full snapshot is asked for.
+// handlers mark services dirty; Desired recomputes only those, compares
+// them with what it computed before, and reports the ports that differ as
+// Changed: it is the one change detector, the backends touch only what it
+// names. A new node or new settings make everything changed (Changed nil).
 type Tracker struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
@@ -27,6 +29,7 @@ type Tracker struct {
 	ports map[string][]model.ServicePort // per service, as last computed
 	errs  map[string]error               // per service, why it is not served
 	node  model.Node                     // node the cache was resolved for
+	cfg   Config                         // settings of the previous snapshot
 	cache map[string][]*Port             // per service, resolved for node
 }
 
@@ -72,27 +75,37 @@ func (t *Tracker) MarkAll() error {
 	return nil
 }
 
-// Desired computes the snapshot for node. With full, Changed is nil (the
-// backend re-renders everything); otherwise it names the ports of the
-// services that changed since the previous call. Invalid services are left
-// out and reported, each error naming the object and the field; everything
-// else is served.
-func (t *Tracker) Desired(node model.Node, cfg Config, full bool) (*Desired, []error) {
+// Desired computes the snapshot for node. Changed names the ports of the
+// services that changed since the previous call, or is nil when the node
+// or cfg did (every port resolves anew). With resync, the snapshot asks
+// the backend to repair the kernel's copy (Desired.Resync). Invalid
+// services are left out and reported, each error naming the object and
+// the field; everything else is served.
+func (t *Tracker) Desired(node model.Node, cfg Config, resync bool) (*Desired, []error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	changed := map[model.ServicePortName]bool{}
-	if !sameNode(node, t.node) {
-		t.node, t.cache, full = node, map[string][]*Port{}, true
+	if !sameNode(node, t.node) || !reflect.DeepEqual(cfg, t.cfg) {
+		t.node, t.cfg, t.cache, changed = node, cfg, map[string][]*Port{}, nil
+	}
+	mark := func(ports []model.ServicePort) {
+		for _, p := range ports {
+			if changed != nil { // nil: everything changed already
+				changed[p.Name] = true
+			}
+		}
 	}
 	for key := range t.dirty {
-		for _, p := range t.ports[key] {
-			changed[p.Name] = true
-		}
+		old := t.ports[key]
 		ports, err := t.compute(key)
 		delete(t.errs, key)
 		if err != nil {
 			t.errs[key] = err
 		}
+		if reflect.DeepEqual(ports, old) {
+			continue
+		}
+		mark(old)
 		if len(ports) == 0 {
 			delete(t.ports, key)
 			delete(t.cache, key)
@@ -100,16 +113,11 @@ func (t *Tracker) Desired(node model.Node, cfg Config, full bool) (*Desired, []e
 			t.ports[key] = ports
 			t.cache[key] = nil
 		}
-		for _, p := range ports {
-			changed[p.Name] = true
-		}
+		mark(ports)
 	}
 	t.dirty = map[string]bool{}
 	d := NewDesired(cfg, node)
-	d.Changed = changed
-	if full {
-		d.Changed = nil
-	}
+	d.Changed, d.Resync = changed, resync
 	for key, ports := range t.ports {
 		resolved := t.cache[key]
 		if resolved == nil {

@@ -234,6 +234,53 @@ func TestTrackerTracksChanges(t *testing.T) {
 	}
 }
 
+// TestTrackerIsTheChangeDetector: the backends trust Changed, so the
+// tracker must name exactly what differs: a resync that re-reads every
+// service reports none when nothing changed, an update that changes
+// nothing a backend uses reports none, and a change of any endpoint field
+// or of the settings is seen.
+func TestTrackerIsTheChangeDetector(t *testing.T) {
+	f := newFixture()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(f.svcs.Add(service("web", "10.1.0.2")))
+	must(f.slices.Add(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, false))))
+	must(f.tr.MarkAll())
+	f.tr.Desired(f.node, Config{}, false)
+
+	must(f.tr.MarkAll())
+	d, _ := f.tr.Desired(f.node, Config{}, true)
+	if !d.Resync || d.Changed == nil || len(d.Changed) != 0 || !d.Full() {
+		t.Errorf("resync of an unchanged state: resync %v, changed %v", d.Resync, d.Changed)
+	}
+
+	// An annotation: nothing the proxy uses.
+	must(f.svcs.Update(service("web", "10.1.0.2", func(s *corev1.Service) { s.Annotations = map[string]string{"x": "y"} })))
+	f.tr.ServiceChanged("default", "web")
+	if d, _ = f.tr.Desired(f.node, Config{}, false); len(d.Changed) != 0 || d.Full() {
+		t.Errorf("an annotation changed %v", d.Changed)
+	}
+
+	// An endpoint going terminating: seen.
+	must(f.slices.Update(slice("web", "web-a", endpoint("10.0.1.2", "node-1", true, true, true))))
+	f.tr.SliceChanged(slice("web", "web-a"))
+	if d, _ = f.tr.Desired(f.node, Config{}, false); changed(d) != "default/web:http" {
+		t.Errorf("terminating endpoint: changed %q", changed(d))
+	}
+
+	// Other settings: every port resolves anew.
+	if d, _ = f.tr.Desired(f.node, Config{MasqueradeAll: true}, false); d.Changed != nil || !d.Full() {
+		t.Errorf("a settings change gave changed %v", d.Changed)
+	}
+	if d, _ = f.tr.Desired(f.node, Config{MasqueradeAll: true}, false); d.Changed == nil {
+		t.Errorf("the same settings again: changed nil")
+	}
+}
+
 // must fails the test at a setup step that failed.
 func must(t *testing.T, err error) {
 	t.Helper()

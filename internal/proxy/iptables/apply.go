@@ -170,7 +170,7 @@ func (p *Proxier) ensureFlavour(ctx context.Context) error {
 
 // Sync programs d. With d.Changed it renders only the changed ports and
 // restores only the chains whose text changed since the last Sync
-// (nothing at all when none did); a full Sync (d.Changed nil, the first
+// (nothing at all when none did); a full Sync (d.Full, the first
 // one, or after the canary went missing or a Sync failed) reads
 // iptables-save and restores every chain that differs from what it should
 // hold, deletes kdive chains that are no longer wanted and inserts missing
@@ -196,7 +196,7 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 	if err := p.ensureFlavour(ctx); err != nil {
 		return info, err
 	}
-	full := d.Changed == nil || p.applied == nil
+	full := d.Full() || p.applied == nil
 	// What the kernel should hold, when known: a full Sync that finds it
 	// otherwise repairs drift.
 	applied := p.applied

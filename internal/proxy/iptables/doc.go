@@ -50,7 +50,7 @@
 //
 // # Applying
 //
-// A full Sync (the first, Desired.Changed nil, after a failure or a lost
+// A full Sync (the first, Desired.Full, after a failure or a lost
 // canary) reads iptables-save, restores every kdive chain whose rules, as
 // iptables-save prints them back, differ from the desired ones (after a
 // restart or for the periodic resync, usually none), deletes kdive chains

@@ -3,12 +3,12 @@ package ipvs
 import (
 	"context"
 	"fmt"
-	"github.com/kdive/kdive/internal/xtables"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kdive/kdive/internal/xtables"
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
@@ -70,8 +70,8 @@ type Proxier struct {
 	stats    SyncStats
 	// lastFailed makes the next Sync read everything back.
 	lastFailed bool
-	// last is the plan the last successful Sync applied.
-	last *Ruleset
+	// synced: the last Sync succeeded.
+	synced bool
 }
 
 var _ proxy.Backend = (*Proxier)(nil)
@@ -139,12 +139,18 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	r := Render(d, p.config())
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	again := d.Changed == nil && !p.lastFailed && p.last != nil && reflect.DeepEqual(p.last, r)
-	p.last = nil
-	if err := p.apply(ctx, r, d.Changed); err != nil {
+	// A resync of what the last Sync applied, which the tracker says
+	// did not change since: whatever it changes, it repairs.
+	again := d.Resync && d.Changed != nil && len(d.Changed) == 0 && !p.lastFailed && p.synced
+	p.synced = false
+	changed := d.Changed
+	if d.Resync {
+		changed = nil // read every virtual server back
+	}
+	if err := p.apply(ctx, r, changed); err != nil {
 		return err
 	}
-	p.last = r
+	p.synced = true
 	if again && p.stats.Changed() && p.opts.OnRepair != nil {
 		p.opts.OnRepair(p.stats.repairs())
 	}

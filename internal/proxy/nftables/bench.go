@@ -29,8 +29,8 @@ type SyncBench struct {
 	// FirstChange is the first of them, which also starts the nft
 	// session.
 	OneEndpoint, RemoveEndpoint, FirstChange time.Duration
-	// Noop is a Sync told that nothing changed; FullNoop one with
-	// Changed nil (a periodic full resync) that finds nothing to do.
+	// Noop is a Sync told that nothing changed; FullNoop the agent's
+	// periodic resync (Resync, nothing changed) that finds nothing to do.
 	Noop, FullNoop time.Duration
 	// Restart is the first Sync of a new Proxier over the existing table
 	// (an agent restart: the table is replaced whole).
@@ -113,7 +113,8 @@ func MeasureSync(ctx context.Context, node, floor *kernel.NetNS, services, endpo
 	if err := timed(d, &b.Noop); err != nil {
 		return b, fmt.Errorf("measure sync: no-op: %w", err)
 	}
-	d.Changed = nil
+	// The agent's periodic resync: the tracker names no change.
+	d.Changed, d.Resync = map[model.ServicePortName]bool{}, true
 	if err := timed(d, &b.FullNoop); err != nil {
 		return b, fmt.Errorf("measure sync: full no-op: %w", err)
 	}

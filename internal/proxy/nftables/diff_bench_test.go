@@ -26,7 +26,10 @@ func BenchmarkPlanOneEndpoint10k(b *testing.B) {
 	}
 }
 
-func BenchmarkPlanFullNoop10k(b *testing.B) {
+// BenchmarkPlanUnknownNoop10k: a plan told nothing of what changed
+// (Changed nil: a snapshot built by hand, a new node or new settings)
+// renders the whole table and compares it.
+func BenchmarkPlanUnknownNoop10k(b *testing.B) {
 	d := GenerateDesired(10000, 10)
 	p := New(Options{})
 	p.cur = Render(d)

@@ -147,8 +147,8 @@
 //   - a new Proxier over the existing table (agent restart): 1.45 s;
 //   - one endpoint replaced: 0.7 ms (the first change after start 5-9
 //     ms: it starts the session); one endpoint removed (N 10 -> 9): 2.5 ms;
-//   - Sync told nothing changed: 0.05 ms; a full resync (Changed nil)
-//     finding nothing: 23 ms.
+//   - Sync told nothing changed: 0.05 ms; a full resync (Resync, nothing
+//     changed) finding nothing: 23 ms.
 //
 // At 1,000 × 10: first Sync 150 ms (floor 120 ms), one endpoint 0.6 ms,
 // removed 1.2 ms, full resync 2-3 ms. BenchmarkSync10k*,
@@ -168,16 +168,17 @@
 // them), and own chains are recorded when rendered, so a changed port is
 // taken out and put back, and only what differs is sent — a port moving
 // from N to N-1 endpoints is N element deletes, N-1 adds and one
-// service-ips change. Desired.Changed names the ports to look at; when it
-// is nil, ports are compared with copies kept from the last Sync. Node,
-// ClusterCIDRs, MasqueradeAll or NodePortIPs changing makes Sync render
-// everything and diff the whole table. A set whose declaration changes
+// service-ips change. Desired.Changed names the ports to look at (the
+// tracker is the one change detector; the backend keeps no copy of its
+// input to compare). When it is nil (unknown), or Node, ClusterCIDRs,
+// MasqueradeAll or NodePortIPs changed, Sync renders everything and diffs
+// the whole table. A set whose declaration changes
 // (an affinity timeout) makes it replace the table. A Sync that changes
 // nothing sends nothing. When nft fails, the kernel keeps the old rules,
 // Sync returns the error naming the service ports at the lines nft
 // refused, and forgets what it knew, so the next Sync replaces the table.
 //
-// Drift: a full Sync (Changed nil, the agent's periodic resync) checks the
+// Drift: a full Sync (Desired.Full: the agent's periodic resync) checks the
 // kernel's copy. While the namespace's nftables generation (one netlink
 // round trip) is the one at which the table was last known, nobody
 // changed it; otherwise the table is read back (as on adoption) and

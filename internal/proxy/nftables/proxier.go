@@ -21,7 +21,7 @@ type Options struct {
 	// nft.Fake); by default the proxier talks to NetNS's through an
 	// nft.Conn with a session.
 	NFT nft.Interface
-	// OnRepair, when set, is told what a full Sync (Desired.Changed nil)
+	// OnRepair, when set, is told what a full Sync (Desired.Full)
 	// found changed in the kernel's table by someone else and put back:
 	// one entry per chain, set or element (the agent counts them).
 	OnRepair func(objects []string)
@@ -86,11 +86,12 @@ func (p *Proxier) Close() error {
 
 // Sync makes the table implement d. The first Sync adopts the table an
 // earlier proxier left (sending only the difference); without one, and
-// after a failure, it replaces the table in one transaction; later ones send only
-// what changed, for the ports d.Changed names (when nil, for the ports
-// that differ from the last Sync's). A Sync that changes nothing sends
-// nothing. When nft fails, the kernel
-// keeps the previous rules and the next Sync starts over with a replace.
+// after a failure, it replaces the table in one transaction; later ones
+// send only what changed, for the ports d.Changed names (when nil, the
+// difference of the whole table). A Sync that changes nothing sends
+// nothing. A full one (d.Full) also checks the kernel's copy for drift.
+// When nft fails, the kernel keeps the previous rules and the next Sync
+// starts over with a replace.
 func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -99,7 +100,7 @@ func (p *Proxier) Sync(ctx context.Context, d *proxy.Desired) error {
 		p.adopted = p.adopt(ctx, d)
 	}
 	var drift []string
-	if p.cur != nil && d.Changed == nil {
+	if p.cur != nil && d.Full() {
 		var err error
 		if drift, err = p.checkKernel(ctx, d); err != nil {
 			return err

@@ -169,7 +169,6 @@ func newRuleset(g globals) *Ruleset {
 // it can be taken out again.
 type fragment struct {
 	name   model.ServicePortName // owner of the claims
-	in     *proxy.Port           // a copy of what it was rendered from
 	claims []elemRef
 	shared []string // shared chains, each with the map of the same name if any
 	chains []string // the port's own chains
@@ -187,7 +186,7 @@ func (rs *Ruleset) addPort(p *proxy.Port, rec *recorder) {
 	if rs.ports[p.Name] != nil {
 		return // a duplicate name: the first one wins
 	}
-	f := &fragment{name: p.Name, in: clonePort(p)}
+	f := &fragment{name: p.Name}
 	keys := len(p.ClusterIPs) + len(p.ExternalIPs) + len(p.LoadBalancerIPs) + 1
 	f.claims = make([]elemRef, 0, keys*(len(p.Endpoints)+1)+2)
 	b := &portBuilder{rs: rs, rec: rec, f: f, p: p, id: portID(p.ServicePort)}

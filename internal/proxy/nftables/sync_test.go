@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -349,71 +348,5 @@ func TestCleanup(t *testing.T) {
 	mustSync(t, p, proxytest.Fixture())
 	if !strings.HasPrefix(f.scripts[len(f.scripts)-1], "add table") {
 		t.Errorf("Sync after Cleanup should create the table whole")
-	}
-}
-
-// TestPortEqualSeesEveryField changes each field of a port (and of its
-// endpoints) in turn: portEqual must notice, or a full resync would miss
-// a change. A new field in the model fails the count check here.
-func TestPortEqualSeesEveryField(t *testing.T) {
-	for typ, n := range map[reflect.Type]int{
-		reflect.TypeFor[proxy.Port]():        4,
-		reflect.TypeFor[model.ServicePort](): 14,
-		reflect.TypeFor[model.Endpoint]():    10,
-	} {
-		if typ.NumField() != n {
-			t.Errorf("%s has %d fields, portEqual knows %d: update portEqual, clonePort and this test", typ, typ.NumField(), n)
-		}
-	}
-	var p *proxy.Port
-	for _, q := range proxytest.Fixture().Services {
-		if q.Name.String() == "default/local" {
-			p = q
-		}
-	}
-	a4 := netip.MustParseAddr("192.0.2.1")
-	eps := []func(e *model.Endpoint){
-		func(e *model.Endpoint) { e.IP = a4 },
-		func(e *model.Endpoint) { e.Port++ },
-		func(e *model.Endpoint) { e.NodeName += "x" },
-		func(e *model.Endpoint) { e.Zone += "x" },
-		func(e *model.Endpoint) { e.Ready = !e.Ready },
-		func(e *model.Endpoint) { e.Serving = !e.Serving },
-		func(e *model.Endpoint) { e.Terminating = !e.Terminating },
-		func(e *model.Endpoint) { e.ZoneHints = append(e.ZoneHints, "x") },
-		func(e *model.Endpoint) { e.NodeHints = append(e.NodeHints, "x") },
-		func(e *model.Endpoint) { e.Pod += "x" },
-	}
-	muts := []func(q *proxy.Port){
-		func(q *proxy.Port) { q.Name.Port = "x" },
-		func(q *proxy.Port) { q.ClusterIPs[0] = a4 },
-		func(q *proxy.Port) { q.Port++ },
-		func(q *proxy.Port) { q.NodePort++ },
-		func(q *proxy.Port) { q.ExternalIPs = append(q.ExternalIPs, a4) },
-		func(q *proxy.Port) { q.LoadBalancerIPs[0] = a4 },
-		func(q *proxy.Port) { q.LoadBalancerSourceRanges[0] = netip.MustParsePrefix("192.0.2.0/24") },
-		func(q *proxy.Port) { q.AffinityTimeout++ },
-		func(q *proxy.Port) { q.ExternalPolicyLocal = !q.ExternalPolicyLocal },
-		func(q *proxy.Port) { q.InternalPolicyLocal = !q.InternalPolicyLocal },
-		func(q *proxy.Port) { q.HealthCheckNodePort++ },
-		func(q *proxy.Port) { q.PreferClose = !q.PreferClose },
-		func(q *proxy.Port) { q.IPVSScheduler += "x" },
-		func(q *proxy.Port) { q.HasEndpoints = !q.HasEndpoints },
-	}
-	for _, m := range eps {
-		muts = append(muts,
-			func(q *proxy.Port) { m(&q.Endpoints[0]) },
-			func(q *proxy.Port) { m(&q.Cluster[1]) },
-			func(q *proxy.Port) { m(&q.Local[0]) })
-	}
-	for i, m := range muts {
-		q := clonePort(p)
-		m(q)
-		if portEqual(p, q) {
-			t.Errorf("mutation %d went unnoticed", i)
-		}
-		if !portEqual(p, clonePort(p)) {
-			t.Fatalf("a clone differs")
-		}
 	}
 }
