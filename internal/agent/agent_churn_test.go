@@ -287,8 +287,8 @@ func (w *elementWatch) sync(t *testing.T, ns *kernel.NetNS, marker netip.Addr) {
 
 func (w *elementWatch) stop() {
 	if w.cmd.ProcessState == nil {
-		_ = w.cmd.Process.Kill()
-		_ = w.cmd.Wait()
+		_ = w.cmd.Process.Kill() // fails only if it has exited already
+		_ = w.cmd.Wait()         // the kill's "signal: killed"
 		<-w.done
 	}
 }
@@ -357,24 +357,21 @@ func (b *churnBed) runAgent(t *testing.T) {
 }
 
 // converged waits until the kernel's table, read back, equals what the
-// current objects ask for, and returns how long that took, or the
-// differences left at the deadline.
-func (b *churnBed) converged(t *testing.T, deadline time.Duration) (time.Duration, []string) {
+// current objects ask for, and returns how long that took; it fails the
+// test with the differences left when that is not within timeout.
+func (b *churnBed) converged(t *testing.T, timeout time.Duration, what string) time.Duration {
+	t.Helper()
 	node := model.Node{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}
-	start := time.Now()
-	var diffs []string
-	for time.Since(start) < deadline {
+	return ktest.Eventually(t, timeout, what, func() error {
 		in, err := nftables.Inspect(context.Background(), b.node)
-		if err == nil {
-			if diffs = proxy.CompareLB(in.LB(), b.world.expected(t, node)); len(diffs) == 0 {
-				return time.Since(start), nil
-			}
-		} else {
-			diffs = []string{err.Error()}
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return time.Since(start), diffs
+		if diffs := proxy.CompareLB(in.LB(), b.world.expected(t, node)); len(diffs) > 0 {
+			return fmt.Errorf("%d differences, first %v", len(diffs), diffs[0])
+		}
+		return nil
+	})
 }
 
 // churnRun is what one churn wrote and sampled.
@@ -487,9 +484,7 @@ func TestAgentChurn(t *testing.T) {
 	sc := churnScaleFromEnv()
 	b := newChurnBed(t, sc)
 	b.runAgent(t)
-	if took, diffs := b.converged(t, 60*time.Second); diffs != nil {
-		t.Fatalf("the initial %d services not programmed after %s: %d differences, first %v", sc.services, took, len(diffs), diffs[0])
-	}
+	b.converged(t, 60*time.Second, fmt.Sprintf("the initial %d services to be programmed", sc.services))
 	heapProfile(t, "start")
 	total := sc.rate * int(sc.duration/time.Second)
 	mon := watchElements(t, b.node, total+total/10)
@@ -499,10 +494,7 @@ func TestAgentChurn(t *testing.T) {
 	// No backlog: once the writes stop, the kernel equals the final
 	// objects within a fraction of the sync period (30 s): the incremental
 	// syncs kept up, no periodic full resync was needed.
-	took, diffs := b.converged(t, 2*b.cfg.SyncPeriod.Duration)
-	if diffs != nil {
-		t.Fatalf("the kernel does not equal the final objects %s after the churn: %d differences, first %v", took, len(diffs), diffs[0])
-	}
+	took := b.converged(t, 2*b.cfg.SyncPeriod.Duration, "the kernel to equal the final objects after the churn")
 	// How long it took is reported, not asserted (performance is measured,
 	// not tested; converged above already failed on a real backlog).
 	t.Logf("converged %s after the last write", took)

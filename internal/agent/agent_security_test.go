@@ -14,10 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -184,7 +185,9 @@ func exposureAsk(ns *kernel.NetNS, addr string, timeout time.Duration) (string, 
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return "", err
+	}
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(line), err
 }
@@ -230,59 +233,73 @@ func (b *exposureBed) localnetAttacker(t *testing.T) *udpSink {
 	if r, err := b.lan.RouteTo(netip.MustParseAddr("127.0.0.1")); err != nil || r.Gateway != netip.MustParseAddr("192.0.2.10") {
 		t.Fatalf("lan routes 127.0.0.1 as %+v, %v; want via the node", r, err)
 	}
-	return newUDPSink(t, b.node, "127.0.0.1:10999")
+	return newUDPSink(t, b.node, "127.0.0.1:10999", "192.0.2.10:10998")
 }
 
-// udpSink counts the datagrams arriving at a UDP socket.
+// udpSink counts the datagrams arriving at a UDP socket (sink); a second
+// socket on the node's own address (marker) tells when they have all been
+// delivered or dropped.
 type udpSink struct {
-	mu sync.Mutex
-	n  int
+	sink, marker net.PacketConn
 }
 
-func newUDPSink(t *testing.T, ns *kernel.NetNS, addr string) *udpSink {
+func newUDPSink(t *testing.T, ns *kernel.NetNS, addr, markerAddr string) *udpSink {
 	t.Helper()
-	pc, err := ns.ListenPacket("udp", addr)
-	mustNoErr(t, err)
-	t.Cleanup(func() { pc.Close() })
 	s := &udpSink{}
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			if _, _, err := pc.ReadFrom(buf); err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.n++
-			s.mu.Unlock()
-		}
-	}()
+	var err error
+	s.sink, err = ns.ListenPacket("udp", addr)
+	mustNoErr(t, err)
+	t.Cleanup(func() { s.sink.Close() })
+	s.marker, err = ns.ListenPacket("udp", markerAddr)
+	mustNoErr(t, err)
+	t.Cleanup(func() { s.marker.Close() })
 	return s
 }
 
-// arrivals sends three datagrams from lan to 127.0.0.1:10999 and returns
-// how many the node's socket got.
+// arrivals sends three datagrams from lan to the sink's address, then one
+// to the marker's, and returns how many of the three the sink got. The
+// marker crosses the same link behind them, so once it is in, each of them
+// has been delivered or dropped.
 func (s *udpSink) arrivals(t *testing.T, from *kernel.NetNS) int {
 	t.Helper()
-	s.mu.Lock()
-	before := s.n
-	s.mu.Unlock()
-	mustNoErr(t, from.Do(func() error {
-		c, err := net.Dial("udp", "127.0.0.1:10999")
+	send := func(to string, n int) error {
+		c, err := net.Dial("udp", to)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		for range 3 {
+		for range n {
 			if _, err := c.Write([]byte("localnet")); err != nil {
 				return err
 			}
 		}
 		return nil
+	}
+	mustNoErr(t, from.Do(func() error {
+		return errors.Join(send(s.sink.LocalAddr().String(), 3), send(s.marker.LocalAddr().String(), 1))
 	}))
-	time.Sleep(300 * time.Millisecond)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.n - before
+	mustNoErr(t, s.marker.SetReadDeadline(time.Now().Add(5*time.Second)))
+	if _, _, err := s.marker.ReadFrom(make([]byte, 64)); err != nil {
+		t.Fatalf("the marker datagram sent behind them to %s: %v", s.marker.LocalAddr(), err)
+	}
+	// Count what is queued, without waiting for more.
+	raw, err := s.sink.(syscall.Conn).SyscallConn()
+	mustNoErr(t, err)
+	n := 0
+	var recvErr error
+	err = raw.Control(func(fd uintptr) {
+		for {
+			if _, _, err := unix.Recvfrom(int(fd), make([]byte, 64), unix.MSG_DONTWAIT); err != nil {
+				if !errors.Is(err, unix.EAGAIN) {
+					recvErr = err
+				}
+				return
+			}
+			n++
+		}
+	})
+	mustNoErr(t, errors.Join(err, recvErr))
+	return n
 }
 
 // withLocalnet runs fn with the node's route_localnet forced on, then
@@ -365,8 +382,16 @@ func checkExposure(t *testing.T, mode string) {
 	if mode == "iptables" {
 		// Control: the agent gone and its guard flushed, the same
 		// datagrams arrive (route_localnet is still on).
+		// The chain is in the agent's flavour only: flushing it in the
+		// other fails.
+		var flushed []string
 		for _, tool := range []string{"iptables-nft", "iptables-legacy"} {
-			_, _ = b.node.Run(context.Background(), "", tool, "-w", "-F", "KUBE-PROXY-FIREWALL")
+			if _, err := b.node.Run(context.Background(), "", tool, "-w", "-F", "KUBE-PROXY-FIREWALL"); err == nil {
+				flushed = append(flushed, tool)
+			}
+		}
+		if len(flushed) == 0 {
+			t.Fatal("KUBE-PROXY-FIREWALL flushed by neither iptables-nft nor iptables-legacy")
 		}
 		if n := sink.arrivals(t, b.lan); n == 0 {
 			t.Errorf("control: without the guard the neighbour's datagrams do not arrive; the guard's test proves nothing")

@@ -49,7 +49,8 @@ import (
 //   - TestAtomicityPodNetUplinkDown: the uplink is down when a peer
 //     appears: netlink refuses its route.
 
-// realNft is the nft binary, found before any test changes PATH.
+// realNft is the nft binary, found before any test changes PATH (empty
+// when there is none).
 var realNft, _ = exec.LookPath("nft")
 
 // logBuffer records the agent's slog output. hook, when set, runs inside

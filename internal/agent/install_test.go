@@ -74,7 +74,7 @@ func TestInstallCNI(t *testing.T) {
 
 	// The controller-manager assigns the block while install-cni waits.
 	go func() {
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // not a wait: the assignment comes later, as it would
 		n1.Spec.PodCIDR = "10.244.1.0/24"
 		if err := store.Update(func(s *labstore.Snapshot) error { s.Nodes = []corev1.Node{n1}; return nil }); err != nil {
 			t.Error(err)

@@ -28,7 +28,6 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/source/kubetest"
-	"github.com/kdive/kdive/internal/wait"
 )
 
 // The agent on a cluster: a real kube-apiserver and etcd run on the
@@ -106,9 +105,14 @@ minSyncPeriod: 10ms
 	}
 	waitFor := func(what string, cond func() error) {
 		t.Helper()
-		if err := wait.Until(ctx, 30*time.Second, 100*time.Millisecond, cond); err != nil {
-			t.Fatalf("waiting for %s: %v\nagent log:\n%s", what, err, agent.tail(30))
-		}
+		waited := false
+		defer func() {
+			if !waited { // Eventually failed the test
+				t.Logf("agent log:\n%s", agent.tail(30))
+			}
+		}()
+		ktest.Eventually(t, 30*time.Second, what, cond)
+		waited = true
 	}
 	contains := func(get func() string, subs ...string) func() error {
 		return func() error {
@@ -400,14 +404,14 @@ func startAgent(t *testing.T, ns *kernel.NetNS, bin, log string, args ...string)
 	}
 	p := &process{cmd: cmd, log: log, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() { _ = p.stop(syscall.SIGKILL) })
+	t.Cleanup(func() { _ = p.stop(syscall.SIGKILL) }) // the test may have stopped it; its exit is the kill's
 	return p
 }
 
 // stop signals the process and returns its exit error (nil for status 0).
 func (p *process) stop(sig syscall.Signal) error {
 	if p.cmd.ProcessState == nil {
-		_ = p.cmd.Process.Signal(sig)
+		_ = p.cmd.Process.Signal(sig) // fails only if it is exiting already; done says how
 	}
 	select {
 	case err, ok := <-p.done:
@@ -417,7 +421,7 @@ func (p *process) stop(sig syscall.Signal) error {
 		close(p.done)
 		return err
 	case <-time.After(20 * time.Second):
-		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Process.Kill() // the error returned says it had to be killed
 		return fmt.Errorf("did not exit 20 s after %v", sig)
 	}
 }

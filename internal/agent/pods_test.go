@@ -57,7 +57,9 @@ func TestOrphanedAllocations(t *testing.T) {
 	if err := idx.Add(pod("late", "node-1", "10.0.1.5", corev1.PodRunning)); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = lp.orphans(allocs, t0.Add(orphanGrace+time.Second))
+	if got, err = lp.orphans(allocs, t0.Add(orphanGrace+time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	if len(got) != 2 {
 		t.Errorf("after 10.0.1.5 got a pod: orphans = %v, want 10.0.1.3 and 10.0.1.4", got)
 	}
