@@ -204,7 +204,7 @@ func serveUDP(t *testing.T, ns *kernel.NetNS, port int) {
 			if err != nil {
 				return
 			}
-			_, _ = pc.WriteTo([]byte(from.String()), from)
+			_, _ = pc.WriteTo([]byte(from.String()), from) // a reply lost shows at the client
 		}
 	}()
 }
@@ -219,7 +219,9 @@ func ask(ns *kernel.NetNS, network, addr string) (string, error) {
 		return "", err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if err := conn.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		return "", err
+	}
 	if network == "udp" {
 		if _, err := conn.Write([]byte("who am I?")); err != nil {
 			return "", err
@@ -242,7 +244,9 @@ func askFrom(ns *kernel.NetNS, src netip.Addr, addr string) (string, error) {
 			return err
 		}
 		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if err := conn.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+			return err
+		}
 		line, err = bufio.NewReader(conn).ReadString('\n')
 		line = strings.TrimSpace(line)
 		return err

@@ -41,8 +41,9 @@ func tcpRoundTrip(from, to *kernel.NetNS, dst netip.Addr, size int) error {
 			return
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(ioTimeout))
-		_, _ = io.Copy(c, c)
+		if c.SetDeadline(time.Now().Add(ioTimeout)) == nil {
+			_, _ = io.Copy(c, c) // what it failed to echo shows at the client
+		}
 	}()
 	var c net.Conn
 	if err := from.Do(func() (err error) {
@@ -52,9 +53,11 @@ func tcpRoundTrip(from, to *kernel.NetNS, dst netip.Addr, size int) error {
 		return err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(ioTimeout))
+	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		return err
+	}
 	payload := make([]byte, size)
-	_, _ = rand.Read(payload)
+	_, _ = rand.Read(payload) // never fails
 	werr := make(chan error, 1)
 	go func() {
 		_, err := c.Write(payload)
@@ -110,7 +113,9 @@ func udpDF(from, to *kernel.NetNS, dst netip.Addr, payload int) error {
 	if _, err := c.Write(make([]byte, payload)); err != nil {
 		return err
 	}
-	_ = ln.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if err := ln.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		return err
+	}
 	buf := make([]byte, 65536)
 	n, err := ln.Read(buf)
 	if err != nil {

@@ -115,7 +115,7 @@ func TestMirrorFeedsInformers(t *testing.T) {
 			}); err != nil {
 				t.Error(err)
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // not a wait: spreads the changes across the informer's start
 		}
 	}()
 	f.Start(ctx.Done())
