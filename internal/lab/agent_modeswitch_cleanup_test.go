@@ -250,6 +250,8 @@ func (b *switchBed) converge(t *testing.T, what string, cond func(footprint) []s
 			t.Fatalf("%s: after %s:\n  %s\nagent log:\n%s", what, b.wait, strings.Join(problems, "\n  "), fileTail(filepath.Join(b.p.nodeDir(b.node.Name), "agent.log"), 15))
 		}
 		last = f
+		// Not ktest.Eventually: stable means the same a while later, and a
+		// reading runs a dozen commands, not to be repeated every 50 ms.
 		time.Sleep(b.wait / 60) // 0.5 s natively, 2 s in the VM
 	}
 }

@@ -42,7 +42,9 @@ func BenchmarkKubernetesLab(b *testing.B) {
 			lat, err = podReadyLatencies(b, s, "fifty", 50)
 		}
 		mem := labMemory(name)
-		_ = Down(name)
+		if derr := Down(name); derr != nil {
+			b.Errorf("down %s: %v", name, derr)
+		}
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -149,6 +151,7 @@ func labMemory(name string) uint64 {
 			}
 		}
 	}
+	// A lab without the cgroup (not a Kubernetes lab) has no pids in it.
 	_ = filepath.WalkDir(filepath.Join(cgroupFS, "pids", cgroupBase(name)), func(path string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
 			b, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))

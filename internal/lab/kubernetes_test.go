@@ -87,7 +87,9 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 	downed := false
 	t.Cleanup(func() {
 		if !downed {
-			_ = Down(name)
+			if err := Down(name); err != nil {
+				t.Errorf("down %s: %v", name, err)
+			}
 		}
 	})
 	cs, done, err := KubeClient(s)
@@ -319,7 +321,8 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 			_, err := echoFrom(ctx, from, svc.Spec.ClusterIP, 80)
 			return err
 		})
-		time.Sleep(time.Second)
+		defer stream.finish()
+		answered(t, "before the pod goes", 50, stream)
 		pods, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kdive", FieldSelector: "spec.nodeName=" + node.Name})
 		if err != nil || len(pods.Items) != 1 {
 			t.Fatalf("kdive pod on %s: %v (%d found)", node.Name, err, len(pods.Items))
@@ -342,7 +345,9 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 			}
 			return nil
 		})
-		time.Sleep(time.Second)
+		if err == nil {
+			answered(t, "through the new pod", 50, stream)
+		}
 		stream.finish()
 		t.Logf("%s while its kdive pod was replaced: %d requests, %d failed, slowest %s", stream.name, stream.sent, stream.failed, stream.maxLatency)
 		if err != nil {
@@ -418,7 +423,7 @@ func upKubeLab(tb testing.TB, name, preset string) (*State, time.Duration, strin
 // upKubeLabFrom is upKubeLab of any source.
 func upKubeLabFrom(tb testing.TB, name string, src Source) (*State, time.Duration, string) {
 	tb.Helper()
-	_ = Down(name)
+	downLeftover(tb, name)
 	src.Kubernetes = true
 	p, raw, err := Prepare(name, src)
 	if err != nil {

@@ -35,7 +35,7 @@ func upTestLab(t *testing.T, name, text string) *State {
 	ktest.RequireFeature(t, kernel.FeatureVeth)
 	ktest.RequireFeature(t, kernel.FeatureBridge)
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
-	_ = Down(name)
+	downLeftover(t, name)
 	p := mustPlan(t, name, text)
 	s, err := Up(context.Background(), p, UpOptions{LabFile: []byte(text), Binaries: testBins(t)})
 	if err != nil {
@@ -47,6 +47,15 @@ func upTestLab(t *testing.T, name, text string) *State {
 		}
 	})
 	return s
+}
+
+// downLeftover takes down a lab of this name an earlier run left behind;
+// there being none is what usually happens.
+func downLeftover(tb testing.TB, name string) {
+	tb.Helper()
+	if err := Down(name); err != nil && !errors.Is(err, ErrNoLab) {
+		tb.Fatalf("down %s, left by an earlier run: %v", name, err)
+	}
 }
 
 func openNS(t *testing.T, name string) *kernel.NetNS {
@@ -103,7 +112,7 @@ func TestUpDownLeavesNothing(t *testing.T) {
 	case <-waited:
 	case <-time.After(5 * time.Second):
 		t.Error("process in a lab node survived lab down")
-		_ = cmd.Process.Kill()
+		_ = cmd.Process.Kill() // best effort: the test has failed
 	}
 	if nss, err := kernel.ListNetNS(NetNSPrefix(p.Name)); err != nil || len(nss) != 0 {
 		t.Errorf("namespaces left after down: %v, %v", nss, err)
@@ -119,7 +128,7 @@ func TestUpDownLeavesNothing(t *testing.T) {
 func TestFailedUpLeavesNothing(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureVeth)
 	name := "kdt-failup"
-	_ = Down(name)
+	downLeftover(t, name)
 	p := mustPlan(t, name, testLab)
 	p.Nodes[2].RouterPort = p.Nodes[1].RouterPort // the kernel refuses the second link
 	if _, err := Up(context.Background(), p, UpOptions{Binaries: testBins(t)}); err == nil {
@@ -248,14 +257,16 @@ func tcpEcho(cli, srv *kernel.NetNS, addr string) (string, error) {
 			return
 		}
 		defer c.Close()
-		_, _ = io.Copy(c, io.LimitReader(c, 4))
+		_, _ = io.Copy(c, io.LimitReader(c, 4)) // the client reads what came back
 	}()
 	var c net.Conn
 	if err := cli.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, 3*time.Second); return err }); err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if err := c.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		return "", err
+	}
 	if _, err := c.Write([]byte("ping")); err != nil {
 		return "", err
 	}
@@ -281,7 +292,9 @@ func udpDelivered(t *testing.T, cli, srv *kernel.NetNS, src netip.Addr, addr str
 	if _, err := out.WriteTo([]byte(fmt.Sprintf("from %s", src)), dst); err != nil {
 		t.Fatal(err)
 	}
-	_ = pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if err := pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, 64)
 	_, _, err := pc.ReadFrom(buf)
 	return err == nil

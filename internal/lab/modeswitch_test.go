@@ -61,7 +61,7 @@ func stopNodeAgent(t *testing.T, p *Plan, node NodePlan) {
 	}
 	if wait.Until(context.Background(), 20*time.Second, 10*time.Millisecond, gone) != nil {
 		t.Logf("%s's agent ignored SIGTERM for 20 s: SIGKILL", node.Name)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		_ = syscall.Kill(pid, syscall.SIGKILL) // it may be exiting at last; gone below says
 		ktest.Eventually(t, 10*time.Second, node.Name+"'s agent killed", gone)
 	}
 }

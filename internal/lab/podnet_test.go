@@ -82,18 +82,25 @@ func udpDF(ns *kernel.NetNS, ip string, size int) error {
 			return err
 		}
 		defer c.Close()
-		raw, _ := c.(*net.UDPConn).SyscallConn()
+		raw, err := c.(*net.UDPConn).SyscallConn()
+		if err != nil {
+			return err
+		}
 		var serr error
-		_ = raw.Control(func(fd uintptr) {
+		if err := raw.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
-		})
+		}); err != nil {
+			return err
+		}
 		if serr != nil {
 			return serr
 		}
 		if _, err := c.Write(make([]byte, size)); err != nil {
 			return err
 		}
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if err := c.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+			return err
+		}
 		_, err = c.Read(make([]byte, 2048))
 		return err
 	})

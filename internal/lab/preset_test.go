@@ -45,7 +45,7 @@ var presetRoutes = map[string][]string{
 func checkPreset(t *testing.T, preset string) {
 	ktest.RequireFeature(t, kernel.FeatureVeth)
 	name := "kdt-preset-" + strings.ToLower(preset)
-	_ = Down(name)
+	downLeftover(t, name)
 	p, raw, err := Prepare(name, Source{Preset: preset})
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +54,11 @@ func checkPreset(t *testing.T, preset string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = Down(name) })
+	t.Cleanup(func() {
+		if err := Down(name); err != nil {
+			t.Errorf("down %s: %v", name, err)
+		}
+	})
 	node1 := openNS(t, p.Nodes[0].NetNS)
 	rs, err := node1.Routes()
 	if err != nil {

@@ -308,7 +308,7 @@ func checkProxy(t *testing.T, mode string) {
 		}
 		seen := map[string]bool{}
 		for range 7 {
-			time.Sleep(1600 * time.Millisecond)
+			time.Sleep(1600 * time.Millisecond) // not a wait: the 1 s affinity timeout passes
 			seen[askOrFail(t, client, addr).Pod] = true
 		}
 		if len(seen) < 2 {
@@ -409,7 +409,9 @@ func udpAsk(ns *kernel.NetNS, addr string) (reply, error) {
 func udpRoundTrip(c net.Conn) (reply, error) {
 	var r reply
 	for range 3 { // a lost datagram is not a failure; three are
-		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if err := c.SetDeadline(time.Now().Add(time.Second)); err != nil {
+			return r, err
+		}
 		if _, err := c.Write([]byte("q")); err != nil {
 			return r, err
 		}

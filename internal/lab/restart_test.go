@@ -70,7 +70,9 @@ func echoGet(c net.Conn, br *bufio.Reader, keepAlive bool) (reply, error) {
 	if keepAlive {
 		conn = "keep-alive"
 	}
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if err := c.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		return r, err
+	}
 	if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: kdive\r\nConnection: %s\r\n\r\n", conn); err != nil {
 		return r, err
 	}
@@ -126,14 +128,17 @@ func retransmissions(c net.Conn) (uint32, error) {
 	return info.Total_retrans, nil
 }
 
-// stream sends a request every period until stopped, counting.
+// stream sends a request every period until stopped, counting. Its
+// counts are read once it has finished, except through answered.
 type stream struct {
 	name         string
+	mu           sync.Mutex // guards sent while it runs
 	sent, failed int
 	maxLatency   time.Duration
 	errs         []string
 	stop         chan struct{}
 	done         chan struct{}
+	finishOnce   sync.Once
 }
 
 func startStream(name string, period time.Duration, once func() error) *stream {
@@ -145,7 +150,9 @@ func startStream(name string, period time.Duration, once func() error) *stream {
 		for {
 			start := time.Now()
 			err := once()
+			s.mu.Lock()
 			s.sent++
+			s.mu.Unlock()
 			s.maxLatency = max(s.maxLatency, time.Since(start))
 			if err != nil {
 				s.failed++
@@ -163,7 +170,29 @@ func startStream(name string, period time.Duration, once func() error) *stream {
 	return s
 }
 
-func (s *stream) finish() { close(s.stop); <-s.done }
+// finish stops the stream and waits until it has; it may be called more
+// than once.
+func (s *stream) finish() { s.finishOnce.Do(func() { close(s.stop); <-s.done }) }
+
+// answered waits until each stream has sent n more requests, answered or
+// failed (what failed is counted): traffic that crossed whatever came
+// before.
+func answered(t *testing.T, what string, n int, streams ...*stream) {
+	t.Helper()
+	sent := func(s *stream) int { s.mu.Lock(); defer s.mu.Unlock(); return s.sent }
+	from := make([]int, len(streams))
+	for i, s := range streams {
+		from[i] = sent(s)
+	}
+	ktest.Eventually(t, 30*time.Second, fmt.Sprintf("%d requests of each stream %s", n, what), func() error {
+		for i, s := range streams {
+			if got := sent(s) - from[i]; got < n {
+				return fmt.Errorf("%s: %d", s.name, got)
+			}
+		}
+		return nil
+	})
+}
 
 // tablesReplacedAtomically checks nft monitor's output: a table deleted
 // in a transaction must be added again in the same one (a replace, which
@@ -324,7 +353,7 @@ func (b *restartBed) restart(t *testing.T, c *restartCase) {
 		t.Fatal(err)
 	}
 	c.changed = time.Now()
-	time.Sleep(c.delay)
+	time.Sleep(c.delay) // not a wait: the kill lands this long into the agent's sync of the change
 	r, err := RestartAgent(ctx, b.p.Name, b.node.Name, RestartOptions{Kill: c.what != "SIGTERM", Timeout: 60 * time.Second})
 	if err != nil {
 		t.Fatalf("%s: %v", c.what, err)
@@ -351,7 +380,7 @@ func (b *restartBed) crash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // not a wait: the node goes without an agent a while
 	if r, err := RestartAgent(ctx, b.p.Name, b.node.Name, RestartOptions{Binaries: testBins(t)}); err != nil || r.OldPID != 0 {
 		t.Fatalf("starting a crashed agent again: %+v, %v", r, err)
 	}
@@ -365,23 +394,20 @@ func checkRestart(t *testing.T, s *State) {
 	nftMon := ktest.StartMonitor(t, b.n1, "nft", "monitor")
 	ipMon := ktest.StartMonitor(t, b.n1, "ip", "-o", "monitor", "route", "address")
 	streams := b.traffic()
-	var once sync.Once
 	stopStreams := func() {
-		once.Do(func() {
-			for _, st := range streams {
-				st.finish()
-			}
-		})
+		for _, st := range streams {
+			st.finish()
+		}
 	}
 	defer stopStreams()
-	time.Sleep(500 * time.Millisecond)
+	answered(t, "before the first restart", 20, streams...)
 	cases := restartCases()
 	for _, c := range cases {
 		b.restart(t, c)
-		time.Sleep(300 * time.Millisecond)
+		answered(t, "after "+c.what+" "+c.change, 15, streams...)
 	}
 	b.crash(t)
-	time.Sleep(500 * time.Millisecond)
+	answered(t, "after the crash", 20, streams...)
 	stopStreams()
 	if r, err := echoGet(b.conn, b.br, true); err != nil || r.Pod != b.first.Pod {
 		t.Errorf("established connection, after: %+v, %v (was answered by %s)", r, err, b.first.Pod)
