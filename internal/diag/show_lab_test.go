@@ -30,7 +30,9 @@ func TestShowLabPresetD(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	bins := labBins(t)
 	const name = "kdt-show"
-	_ = lab.Down(name)
+	if err := lab.Down(name); err != nil && !errors.Is(err, lab.ErrNoLab) {
+		t.Fatalf("down %s, left by an earlier run: %v", name, err)
+	}
 	plan, raw, err := lab.Prepare(name, lab.Source{Preset: "D"})
 	if err != nil {
 		t.Fatal(err)

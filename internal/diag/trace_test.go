@@ -22,7 +22,7 @@ func upPresetLab(t *testing.T, name, preset string) *lab.Status {
 	for _, f := range []kernel.Feature{kernel.FeatureVeth, kernel.FeatureBridge, kernel.FeatureNFTables} {
 		ktest.RequireFeature(t, f)
 	}
-	_ = lab.Down(name)
+	downLeftover(t, name)
 	p, raw, err := lab.Prepare(name, lab.Source{Preset: preset})
 	if err != nil {
 		t.Fatal(err)
@@ -243,5 +243,14 @@ func checkShow(t *testing.T, labName string, st *lab.Status, preset, remotePod s
 		if !strings.Contains(lb.String(), want) {
 			t.Errorf("preset %s: show lb lacks %s:\n%s", preset, want, lb.String())
 		}
+	}
+}
+
+// downLeftover takes down a lab of this name an earlier run left behind;
+// there being none is what usually happens.
+func downLeftover(t *testing.T, name string) {
+	t.Helper()
+	if err := lab.Down(name); err != nil && !errors.Is(err, lab.ErrNoLab) {
+		t.Fatalf("down %s, left by an earlier run: %v", name, err)
 	}
 }
