@@ -53,7 +53,7 @@ func TestKubernetesLabTools(t *testing.T) {
 	requireKubernetes(t)
 	const name = "kdt-kview"
 	ctx := context.Background()
-	_ = lab.Down(name)
+	downLeftover(t, name)
 	preset, err := lab.PresetYAML("C")
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +86,9 @@ func TestKubernetesLabTools(t *testing.T) {
 			t.Fatal(err)
 		}
 		var b strings.Builder
-		_ = rep.WriteTable(&b)
+		if err := rep.WriteTable(&b); err != nil {
+			t.Fatal(err)
+		}
 		t.Logf("verify (%.1fs):\n%s", time.Since(start).Seconds(), b.String())
 		for _, r := range rep.Results {
 			switch {
@@ -149,7 +151,9 @@ func checkClusterVerify(t *testing.T, s *lab.State) {
 			t.Fatalf("kdive %s: exit %d, %v\n%s\n%s", strings.Join(args, " "), code, err, out, stderr.String())
 		}
 		var b strings.Builder
-		_ = rep.WriteTable(&b)
+		if err := rep.WriteTable(&b); err != nil {
+			t.Fatal(err)
+		}
 		t.Logf("kdive verify --kubeconfig %s (%.1fs, exit %d):\n%s", strings.Join(checks, ","), time.Since(start).Seconds(), code, b.String())
 		return &rep, code
 	}
@@ -308,7 +312,9 @@ func checkKubeStatus(t *testing.T, s *lab.State) {
 		}
 	}
 	var b strings.Builder
-	_ = st.WriteText(&b)
+	if err := st.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(b.String(), lab.ControlPlaneName) {
 		t.Errorf("status does not show the control plane:\n%s", b.String())
 	}
@@ -426,7 +432,9 @@ func checkKubeTrace(t *testing.T, s *lab.State) {
 			t.Fatalf("trace %s -> %s: %v", client, to, err)
 		}
 		var out strings.Builder
-		_ = rep.WriteMinimal(&out)
+		if err := rep.WriteMinimal(&out); err != nil {
+			t.Fatal(err)
+		}
 		if !strings.Contains(out.String(), "lb=DNAT") || !strings.Contains(out.String(), "delivered=yes") || (probe && !strings.Contains(out.String(), "predicted=yes")) {
 			t.Errorf("trace (probe %v) %s -> %s:\n%s", probe, client, to, out.String())
 		}

@@ -43,7 +43,7 @@ func TestVerifyPresetDFaults(t *testing.T) {
 	}
 	const name = "vfy"
 	ctx := context.Background()
-	_ = lab.Down(name)
+	downLeftover(t, name)
 	p, raw, err := lab.Prepare(name, lab.Source{Preset: "D"})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +70,9 @@ func TestVerifyPresetDFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		var b strings.Builder
-		_ = rep.WriteTable(&b)
+		if err := rep.WriteTable(&b); err != nil {
+			t.Fatal(err)
+		}
 		t.Logf("verify %s (%.1fs):\n%s", strings.Join(checks, ","), time.Since(start).Seconds(), b.String())
 		return rep
 	}
@@ -270,7 +272,7 @@ func TestVerifyIPIPPresets(t *testing.T) {
 		t.Run(preset, func(t *testing.T) {
 			name := "vfy" + strings.ToLower(preset)
 			ctx := context.Background()
-			_ = lab.Down(name)
+			downLeftover(t, name)
 			p, raw, err := lab.Prepare(name, lab.Source{Preset: preset})
 			if err != nil {
 				t.Fatal(err)
@@ -291,7 +293,9 @@ func TestVerifyIPIPPresets(t *testing.T) {
 				t.Fatal(err)
 			}
 			var b strings.Builder
-			_ = rep.WriteTable(&b)
+			if err := rep.WriteTable(&b); err != nil {
+				t.Fatal(err)
+			}
 			t.Logf("verify preset %s:\n%s", preset, b.String())
 			for _, r := range rep.Results {
 				switch {
@@ -304,5 +308,14 @@ func TestVerifyIPIPPresets(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// downLeftover takes down a lab of this name an earlier run left behind;
+// there being none is what usually happens.
+func downLeftover(t *testing.T, name string) {
+	t.Helper()
+	if err := lab.Down(name); err != nil && !errors.Is(err, lab.ErrNoLab) {
+		t.Fatalf("down %s, left by an earlier run: %v", name, err)
 	}
 }
