@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +24,8 @@ import (
 // put back by the next periodic sync, at most one sync period later, and
 // counted in kdive_drift_repairs_total{part}. Each test runs an agent
 // in-process (atomicity_test.go's bed) with a 1 s sync period, tampers
-// with the kernel from outside, and waits for the kernel's state to be
-// what it was.
+// with the kernel from outside while the agent's loop is held between two
+// syncs, and waits for the kernel's state to be what it was.
 
 const driftPeriod = time.Second
 
@@ -34,9 +36,16 @@ type driftCase struct {
 	do   func(t *testing.T)
 }
 
-// checkDrift runs each case: the state must differ right after it, and be
-// back within a sync period (plus the sync's own time), with the part's
-// repairs counted.
+// checkDrift runs each case: the state must differ right after it, be
+// back after the next periodic sync of the part, which must have logged
+// the repair, and the part's repairs counted.
+//
+// Each case tampers while the agent's loop is held just after a sync
+// (holdAfterSync), so that no sync can repair the change before the test
+// has seen it: on a loaded machine, syncs in the test VM take longer than
+// the period and run back to back, and one running while the test
+// tampered put the change back before the test could read it ("changed
+// nothing the test can see").
 func (b *agentBed) checkDrift(part string, state func() string, cases []driftCase) {
 	t := b.t
 	t.Helper()
@@ -55,47 +64,89 @@ func (b *agentBed) checkDrift(part string, state func() string, cases []driftCas
 	want := state()
 	var figures []string
 	for _, c := range cases {
-		// Tamper just after a periodic sync (the one that repaired the
-		// case before, if any), so that the change is seen before the
-		// next one can repair it.
-		since := time.Now().Add(-200 * time.Millisecond)
-		ktest.Eventually(t, 2*period+slack, "a periodic sync", ktest.Holds(func() bool { return len(b.logs.since(since, "synced")) > 0 }))
-		time.Sleep(20 * time.Millisecond)
+		resume := b.holdAfterSync(2*period + slack)
 		repairs0 := b.metric(series)
 		c.do(t)
-		at := time.Now()
 		if state() == want {
 			t.Errorf("%s: changed nothing the test can see", c.name)
 		}
+		at := time.Now()
+		resume()
 		var got string
 		took := ktest.Eventually(t, period+slack+5*time.Second, c.name+" repaired", ktest.Holds(func() bool {
 			got = state()
 			return got == want
 		}))
-		// Repaired at all is asserted (bedWait); how soon is reported: on
-		// a loaded machine a sync can start late (docs/reliability.md has
-		// the figures).
+		// Repaired at all, and by the next periodic sync, is asserted;
+		// how soon is reported: on a loaded machine a sync can start
+		// late (docs/reliability.md has the figures).
 		if took > period+slack {
 			t.Logf("%s: repaired after %s, more than one sync period (%s)", c.name, took.Round(time.Millisecond), period)
 		}
 		var repairs float64
 		ktest.Eventually(t, 2*time.Second+slack, c.name+" counted", ktest.Holds(func() bool { repairs = b.metric(series); return repairs > repairs0 }))
-		var syncTook string
-		if rs := b.logs.since(at, "synced"); len(rs) > 0 {
-			syncTook = rs[0].Attrs["took"]
-		}
+		repairing := b.nextFullSync(at, part)
 		logged := false
 		for _, r := range b.logs.since(at, "") {
-			if strings.HasPrefix(r.Msg, "repaired ") && strings.Contains(r.Msg, "drift") {
+			if strings.HasPrefix(r.Msg, "repaired ") && strings.Contains(r.Msg, "drift") && !r.At.After(repairing.At) {
 				logged = true
 			}
 		}
 		if !logged {
-			t.Errorf("%s: no repair logged", c.name)
+			t.Errorf("%s: no repair logged by the next periodic sync of %s (%s):\n%s", c.name, part, repairing, b.logs.dump())
 		}
-		figures = append(figures, fmt.Sprintf("%s: %s (repairing sync %s, +%v repairs)", c.name, took.Round(time.Millisecond), syncTook, repairs-repairs0))
+		figures = append(figures, fmt.Sprintf("%s: %s (repairing sync %s, +%v repairs)", c.name, took.Round(time.Millisecond), repairing.Attrs["took"], repairs-repairs0))
 	}
 	bedResult(t, "%s", strings.Join(figures, "; "))
+}
+
+// holdAfterSync holds the agent's loop at its next "synced" log line,
+// inside the logging call (as recordFailures reads the kernel inside
+// "sync failed"): that sync is done and the next cannot start until
+// resume is called. It fails the test when no sync ends within timeout.
+// resume may be called more than once, and runs at cleanup too, so that
+// a test failing meanwhile does not leave the agent stuck.
+func (b *agentBed) holdAfterSync(timeout time.Duration) (resume func()) {
+	t := b.t
+	t.Helper()
+	held, release := make(chan struct{}), make(chan struct{})
+	var fired atomic.Bool
+	b.logs.setHook(func(r logRecord) {
+		if r.Msg != "synced" || !fired.CompareAndSwap(false, true) {
+			return
+		}
+		close(held)
+		<-release
+	})
+	resume = sync.OnceFunc(func() {
+		b.logs.setHook(nil)
+		close(release)
+	})
+	t.Cleanup(resume)
+	select {
+	case <-held:
+	case <-time.After(timeout):
+		resume()
+		t.Fatalf("no sync ended within %s:\n%s", timeout, b.logs.dump())
+	}
+	return resume
+}
+
+// nextFullSync is the log line of part's first full sync at or after t:
+// the periodic resync (or a retry).
+func (b *agentBed) nextFullSync(t time.Time, part string) logRecord {
+	b.t.Helper()
+	var rec logRecord
+	ktest.Eventually(b.t, 2*b.cfg.SyncPeriod.Duration+5*time.Second, "a full sync of "+part, ktest.Holds(func() bool {
+		for _, r := range b.logs.since(t, "part synced") {
+			if r.Attrs["part"] == part && r.Attrs["full"] == "true" {
+				rec = r
+				return true
+			}
+		}
+		return false
+	}))
+	return rec
 }
 
 var (
