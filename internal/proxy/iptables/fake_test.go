@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // fakeIPTables stands in for the iptables tools of both flavours so Sync,
@@ -211,7 +212,7 @@ func (f *fakeIPTables) restore(fl Flavour, in string) (string, error) {
 				}
 				continue
 			case "-A":
-				if j := jumpTarget(rule); isChainTarget(j) && !work.has(j) {
+				if j := xtables.JumpTarget(rule); isChainTarget(j) && !work.has(j) {
 					return fail()
 				}
 				work.rules[chain] = append(work.rules[chain], rule)
@@ -245,7 +246,7 @@ func (f *fakeIPTables) restore(fl Flavour, in string) (string, error) {
 func (ft *fakeTable) referenced(chain string) bool {
 	for _, rules := range ft.rules {
 		for _, r := range rules {
-			if jumpTarget(r) == chain {
+			if xtables.JumpTarget(r) == chain {
 				return true
 			}
 		}

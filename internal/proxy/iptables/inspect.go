@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Inspection: the kernel's side of `kdive show lb` and `kdive trace`.
@@ -132,7 +132,7 @@ func inspectSaved(f Flavour, out string, local []netip.Addr) (*Inspected, error)
 			}
 			c := &Chain{Table: t, Name: name, Builtin: builtin}
 			for i, rule := range st.Rules[name] {
-				if builtin && !ownedIn(t, jumpTarget(rule)) {
+				if builtin && !ownedIn(t, xtables.JumpTarget(rule)) {
 					continue // not a jump into kdive's chains
 				}
 				r, err := parseSavedRule(rule)

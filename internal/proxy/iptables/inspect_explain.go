@@ -46,15 +46,15 @@ func (x *explainer) say(st step) {
 		case st.chain == nil:
 			x.add(0, "%s %s: no kdive rules", st.table, st.hook)
 		case st.shared:
-			x.add(0, "%s %s, for %s -> %s:%d (chance %s):", st.table, st.hook, s.src, s.dst, s.dport, percent(s.prob))
+			x.add(0, "%s %s, for %s -> %s:%d (chance %s):", st.table, st.hook, s.Src, s.Dst, s.DPort, percent(s.prob))
 		default:
 			x.add(0, "%s %s:", st.table, st.hook)
 		}
 	case stepRoute:
 		if st.local {
-			x.add(0, "routing: %s is this node's address", s.dst)
+			x.add(0, "routing: %s is this node's address", s.Dst)
 		} else {
-			x.add(0, "routing: %s is not this node's address", s.dst)
+			x.add(0, "routing: %s is not this node's address", s.Dst)
 		}
 	case stepRule:
 		x.add(rules, "%s", x.in.ruleText(st.chain, st.rule))
@@ -63,7 +63,7 @@ func (x *explainer) say(st step) {
 	case stepAffinity:
 		x.add(rules, "%s  [affinity: only a client seen in the last %ds; not followed]", x.in.ruleText(st.chain, st.rule), st.chain.Rules[st.rule].Recent.Seconds)
 	case stepDNAT:
-		x.add(rules+1, "DNAT to %s", st.chain.Rules[st.rule].Endpoint)
+		x.add(rules+1, "DNAT to %s", st.chain.Rules[st.rule].ToDestination)
 	case stepMasq:
 		x.add(rules+1, "MASQUERADE: the source becomes the outgoing interface's address")
 	case stepNoChain:
@@ -84,10 +84,10 @@ func (e end) String() string {
 		what = "DROP"
 	case e.flow == flowReject:
 		what = "REJECT"
-	case e.dnat && e.masq:
-		what = fmt.Sprintf("DNAT to %s:%d, masqueraded (KUBE-MARK-MASQ set, KUBE-POSTROUTING MASQUERADE)", e.dst, e.dport)
-	case e.dnat:
-		what = fmt.Sprintf("DNAT to %s:%d, not masqueraded (source %s kept)", e.dst, e.dport, e.src)
+	case e.DNAT && e.masq:
+		what = fmt.Sprintf("DNAT to %s:%d, masqueraded (KUBE-MARK-MASQ set, KUBE-POSTROUTING MASQUERADE)", e.Dst, e.DPort)
+	case e.DNAT:
+		what = fmt.Sprintf("DNAT to %s:%d, not masqueraded (source %s kept)", e.Dst, e.DPort, e.Src)
 	default:
 		what = "ACCEPT, not translated"
 	}

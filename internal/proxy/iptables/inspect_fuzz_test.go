@@ -13,7 +13,7 @@ import (
 // Fuzz tests of the iptables-save reader: it must never panic on what
 // iptables-save (or someone editing the tables) prints, refuse what it
 // does not understand with an error naming the chain and rule, and read
-// back what appendSave writes.
+// back what AppendSave writes.
 
 // seedRules are rule texts (after "-A CHAIN") of the golden file and of
 // a rendered fixture, plus shapes the reader refuses.
@@ -30,7 +30,7 @@ func seedRules(f *testing.F) []string {
 	rs := Render(fixture())
 	for _, c := range append(rs.Chains(), rs.Hooks...) {
 		for i := range c.Rules {
-			rules = append(rules, strings.TrimPrefix(string(c.Rules[i].appendSave(nil)), " "))
+			rules = append(rules, strings.TrimPrefix(string(c.Rules[i].AppendSave(nil)), " "))
 		}
 	}
 	return append(rules,
@@ -41,7 +41,7 @@ func seedRules(f *testing.F) []string {
 }
 
 // FuzzParseSavedRule: a rule the reader accepts is printed back
-// (appendSave) into text it reads as the same rule; the printed form is
+// (AppendSave) into text it reads as the same rule; the printed form is
 // stable from then on.
 func FuzzParseSavedRule(f *testing.F) {
 	for _, r := range seedRules(f) {
@@ -56,16 +56,16 @@ func FuzzParseSavedRule(f *testing.F) {
 			return
 		}
 		if strings.ContainsAny(r.Comment, `"\`) {
-			// appendSave does not escape comments: kdive's are service
+			// AppendSave does not escape comments: kdive's are service
 			// port names, which hold neither (iptables-save escapes both).
 			return
 		}
-		once := string(r.appendSave(nil))
+		once := string(r.AppendSave(nil))
 		r2, err := parseSavedRule(once)
 		if err != nil {
 			t.Fatalf("accepted %q, but not its printed form %q: %v", text, once, err)
 		}
-		if twice := string(r2.appendSave(nil)); twice != once {
+		if twice := string(r2.AppendSave(nil)); twice != once {
 			t.Fatalf("printing is not stable:\n%q\n%q\nfrom %q", once, twice, text)
 		}
 	})

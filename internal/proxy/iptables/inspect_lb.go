@@ -156,7 +156,7 @@ func (b *lbBuilder) shared() {
 		}
 		p := b.get(*r.Service)
 		p.s.ExternalPolicyLocal = p.s.ExternalPolicyLocal || r.Jump == targetDrop
-		if r.DstType == "LOCAL" {
+		if r.DstLocal {
 			for _, ip := range b.nodeIP {
 				p.add(proxy.KindNodePort, netip.AddrPortFrom(ip, r.DPort))
 			}
@@ -197,8 +197,8 @@ func (b *lbBuilder) port(sc *ServiceChains) {
 			p.s.External = []proxy.LBEndpoint{}
 			for i := range c.Rules {
 				r := &c.Rules[i]
-				p.s.ExternalPolicyLocal = p.s.ExternalPolicyLocal || r.SrcType == "LOCAL"
-				last := i == len(c.Rules)-1 && !r.Src.IsValid() && r.SrcType == ""
+				p.s.ExternalPolicyLocal = p.s.ExternalPolicyLocal || r.SrcLocal
+				last := i == len(c.Rules)-1 && !r.Src.IsValid() && !r.SrcLocal
 				if sub := rs.Chain(TableNAT, r.Jump); last && sub != nil && (strings.HasPrefix(r.Jump, prefixSVC) || strings.HasPrefix(r.Jump, prefixSVL)) {
 					p.s.External = shares(sub)
 					p.s.ExternalPolicyLocal = p.s.ExternalPolicyLocal || strings.HasPrefix(r.Jump, prefixSVL)

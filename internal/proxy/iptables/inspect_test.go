@@ -36,7 +36,7 @@ func savedText(rs *Ruleset) string {
 		}
 		for _, c := range cs {
 			for i := range c.Rules {
-				b.WriteString("[1:60] -A " + c.Name + string(c.Rules[i].appendSave(nil)) + "\n")
+				b.WriteString("[1:60] -A " + c.Name + string(c.Rules[i].AppendSave(nil)) + "\n")
 			}
 		}
 		b.WriteString("COMMIT\n")

@@ -3,11 +3,11 @@ package iptables
 import (
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Table is an iptables table.
@@ -77,39 +77,12 @@ type chainKey struct {
 	name  string
 }
 
-// Rule is one iptables rule. Matches are printed in a fixed order (comment,
-// addrtype, recent, statistic, protocol, destination, port, source, mark,
-// conntrack), which is the order upstream kube-proxy writes them in.
+// Rule is one iptables rule (xtables.Rule, the model both iptables-writing
+// modes share) with what the rule is about: the endpoint and the service
+// port. The iptables mode writes its matches in the order upstream
+// kube-proxy writes them (xtables.Rule.WriteKubeProxy).
 type Rule struct {
-	Comment string
-	// SrcType / DstType: "LOCAL" for `-m addrtype --src-type LOCAL`.
-	SrcType, DstType string
-	// Recent is `-m recent` (session affinity); nil for none.
-	Recent *Recent
-	// Probability is `-m statistic --mode random --probability`; 0 is none.
-	Probability float64
-	// Proto is "tcp", "udp" or "sctp" (`-m tcp -p tcp`); empty for any.
-	Proto string
-	// Dst and Src match addresses (zero: any); NotSrc negates Src.
-	Dst    netip.Prefix
-	DPort  uint16
-	Src    netip.Prefix
-	NotSrc bool
-	// Mark matches `-m mark --mark Mark/Mark` (negated with NotMark); 0 is
-	// no match.
-	Mark    uint32
-	NotMark bool
-	// CtState matches `-m conntrack --ctstate CtState`.
-	CtState    string
-	NotCtState bool
-
-	// Jump is the target: a chain, or ACCEPT, DROP, REJECT, RETURN, DNAT
-	// (to Endpoint), MARK (with MarkOr or MarkXor) or MASQUERADE; empty
-	// for a rule that only counts.
-	Jump    string
-	MarkOr  uint32
-	MarkXor uint32
-
+	xtables.Rule
 	// Endpoint is the endpoint the rule is about (the DNAT destination,
 	// the endpoint a KUBE-SVC rule picks); zero for others.
 	Endpoint netip.AddrPort
@@ -120,30 +93,21 @@ type Rule struct {
 
 // equal compares rules by value.
 func (r Rule) equal(o Rule) bool {
-	if (r.Recent == nil) != (o.Recent == nil) || r.Recent != nil && *r.Recent != *o.Recent {
-		return false
-	}
-	r.Recent, o.Recent = nil, nil
-	return r == o
+	return r.Endpoint == o.Endpoint && r.Service == o.Service && r.Rule.Equal(o.Rule)
 }
 
-// Recent is session affinity: KUBE-SEP rules --set the client's address in
-// the list Name, KUBE-SVC rules --rcheck it within Seconds.
-type Recent struct {
-	Name    string
-	Set     bool
-	Seconds int
-}
+// Recent is session affinity (xtables.Recent).
+type Recent = xtables.Recent
 
 // Targets that are not chains.
 const (
-	targetAccept     = "ACCEPT"
-	targetDrop       = "DROP"
-	targetReject     = "REJECT"
-	targetReturn     = "RETURN"
-	targetDNAT       = "DNAT"
-	targetMark       = "MARK"
-	targetMasquerade = "MASQUERADE"
+	targetAccept     = xtables.Accept
+	targetDrop       = xtables.Drop
+	targetReject     = xtables.Reject
+	targetReturn     = xtables.Return
+	targetDNAT       = xtables.DNAT
+	targetMark       = xtables.Mark
+	targetMasquerade = xtables.Masquerade
 )
 
 // Chain finds a chain by table and name: kdive's own chains, and the
@@ -245,155 +209,13 @@ func (c *Chain) text() string {
 	return b.String()
 }
 
-// String is the rule as an `-A CHAIN` line would print it, without the
-// command and chain.
-func (r *Rule) String() string {
-	var b strings.Builder
-	r.appendTo(&b, "", "")
-	return strings.TrimSpace(b.String())
-}
-
-// appendTo writes "<cmd> <chain> <rule>" in iptables-restore syntax.
+// appendTo writes "<cmd> <chain> <rule>" in iptables-restore syntax, as
+// upstream writes it.
 func (r *Rule) appendTo(b *strings.Builder, cmd, chain string) {
-	var scratch [64]byte
 	if cmd != "" {
 		b.WriteString(cmd)
 		b.WriteByte(' ')
 		b.WriteString(chain)
 	}
-	if r.Comment != "" {
-		b.WriteString(" -m comment --comment ")
-		writeQuoted(b, r.Comment)
-	}
-	if r.SrcType != "" || r.DstType != "" {
-		b.WriteString(" -m addrtype")
-		if r.SrcType != "" {
-			b.WriteString(" --src-type ")
-			b.WriteString(r.SrcType)
-		}
-		if r.DstType != "" {
-			b.WriteString(" --dst-type ")
-			b.WriteString(r.DstType)
-		}
-	}
-	if r.Recent != nil {
-		b.WriteString(" -m recent --name ")
-		b.WriteString(r.Recent.Name)
-		if r.Recent.Set {
-			b.WriteString(" --set")
-		} else {
-			b.WriteString(" --rcheck --seconds ")
-			b.Write(strconv.AppendInt(scratch[:0], int64(r.Recent.Seconds), 10))
-			b.WriteString(" --reap")
-		}
-	}
-	if r.Probability != 0 {
-		b.WriteString(" -m statistic --mode random --probability ")
-		b.WriteString(probabilityText(r.Probability))
-	}
-	if r.Proto != "" {
-		b.WriteString(" -m ")
-		b.WriteString(r.Proto)
-		b.WriteString(" -p ")
-		b.WriteString(r.Proto)
-	}
-	if r.Dst.IsValid() {
-		b.WriteString(" -d ")
-		writePrefix(b, r.Dst, scratch[:0])
-	}
-	if r.DPort != 0 {
-		b.WriteString(" --dport ")
-		b.Write(strconv.AppendUint(scratch[:0], uint64(r.DPort), 10))
-	}
-	if r.Src.IsValid() {
-		if r.NotSrc {
-			b.WriteString(" !")
-		}
-		b.WriteString(" -s ")
-		writePrefix(b, r.Src, scratch[:0])
-	}
-	if r.Mark != 0 {
-		b.WriteString(" -m mark")
-		if r.NotMark {
-			b.WriteString(" !")
-		}
-		b.WriteString(" --mark ")
-		writeHex(b, r.Mark)
-		b.WriteByte('/')
-		writeHex(b, r.Mark)
-	}
-	if r.CtState != "" {
-		b.WriteString(" -m conntrack")
-		if r.NotCtState {
-			b.WriteString(" !")
-		}
-		b.WriteString(" --ctstate ")
-		b.WriteString(r.CtState)
-	}
-	r.appendTarget(b, scratch[:0])
-}
-
-func (r *Rule) appendTarget(b *strings.Builder, scratch []byte) {
-	if r.Jump == "" {
-		return
-	}
-	b.WriteString(" -j ")
-	b.WriteString(r.Jump)
-	switch r.Jump {
-	case targetDNAT:
-		b.WriteString(" --to-destination ")
-		b.Write(r.Endpoint.AppendTo(scratch))
-	case targetMark:
-		if r.MarkOr != 0 {
-			b.WriteString(" --or-mark ")
-			writeHex(b, r.MarkOr)
-		} else {
-			b.WriteString(" --xor-mark ")
-			writeHex(b, r.MarkXor)
-		}
-	case targetMasquerade:
-		b.WriteString(" --random-fully")
-	}
-}
-
-// writeQuoted quotes a comment that has spaces, as upstream does.
-func writeQuoted(b *strings.Builder, s string) {
-	if strings.IndexByte(s, ' ') < 0 {
-		b.WriteString(s)
-		return
-	}
-	b.WriteByte('"')
-	b.WriteString(s)
-	b.WriteByte('"')
-}
-
-// writePrefix prints a single address without its /32, as upstream does.
-func writePrefix(b *strings.Builder, p netip.Prefix, scratch []byte) {
-	if p.IsSingleIP() {
-		b.Write(p.Addr().AppendTo(scratch))
-		return
-	}
-	b.Write(p.AppendTo(scratch))
-}
-
-func writeHex(b *strings.Builder, v uint32) {
-	var buf [16]byte
-	b.WriteString("0x")
-	b.Write(strconv.AppendUint(buf[:0], uint64(v), 16))
-}
-
-// precomputed probabilities 1/n, as upstream formats them ("%0.10f").
-var probabilities = func() []string {
-	out := make([]string, 257)
-	for n := 1; n < len(out); n++ {
-		out[n] = strconv.FormatFloat(1/float64(n), 'f', 10, 64)
-	}
-	return out
-}()
-
-func probabilityText(p float64) string {
-	if n := int(1/p + 0.5); n > 0 && n < len(probabilities) && 1/float64(n) == p {
-		return probabilities[n]
-	}
-	return strconv.FormatFloat(p, 'f', 10, 64)
+	r.WriteKubeProxy(b)
 }

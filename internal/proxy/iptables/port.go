@@ -5,6 +5,7 @@ import (
 
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // portRender is the state of rendering one service port, decided as
@@ -66,22 +67,22 @@ func (pr *portRender) natEntry() {
 	port := uint16(p.Port)
 	if pr.hasInternal {
 		for _, ip := range p.ClusterIPs {
-			pr.add(topNATServices, Rule{Comment: cm.clusterIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: pr.internalChain})
+			pr.add(topNATServices, Rule{Rule: xtables.Rule{Comment: cm.clusterIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: pr.internalChain}})
 		}
 	}
 	if !p.HasEndpoints {
 		return
 	}
 	for _, ip := range p.ExternalIPs {
-		pr.add(topNATServices, Rule{Comment: cm.externalIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: pn.ext})
+		pr.add(topNATServices, Rule{Rule: xtables.Rule{Comment: cm.externalIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: pn.ext}})
 	}
 	for _, ip := range p.LoadBalancerIPs {
-		pr.add(topNATServices, Rule{Comment: cm.lbIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: pr.lbChain})
+		pr.add(topNATServices, Rule{Rule: xtables.Rule{Comment: cm.lbIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: pr.lbChain}})
 	}
 	if p.NodePort != 0 {
 		// NodePorts are not subject to loadBalancerSourceRanges (upstream
 		// cannot change that, and neither do we).
-		pr.add(topNATNodePorts, Rule{Comment: pn.str, Proto: pr.proto, DPort: uint16(p.NodePort), Jump: pn.ext})
+		pr.add(topNATNodePorts, Rule{Rule: xtables.Rule{Comment: pn.str, Proto: pr.proto, DPort: uint16(p.NodePort), Jump: pn.ext}})
 	}
 }
 
@@ -97,29 +98,29 @@ func (pr *portRender) filter() {
 	}
 	if !pr.hasInternal {
 		for _, ip := range p.ClusterIPs {
-			pr.add(topFilterServices, Rule{Comment: comment, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: target})
+			pr.add(topFilterServices, Rule{Rule: xtables.Rule{Comment: comment, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: target}})
 		}
 	}
 	if !pr.hasExternal {
 		for _, ip := range p.ExternalIPs {
-			pr.add(topFilterExternal, Rule{Comment: comment, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: target})
+			pr.add(topFilterExternal, Rule{Rule: xtables.Rule{Comment: comment, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: target}})
 		}
 	}
 	for _, ip := range p.LoadBalancerIPs {
 		if pr.usesFW {
-			pr.add(topFilterFirewall, Rule{Comment: cm.firewall, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: targetDrop})
+			pr.add(topFilterFirewall, Rule{Rule: xtables.Rule{Comment: cm.firewall, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: targetDrop}})
 		}
 	}
 	if !pr.hasExternal {
 		for _, ip := range p.LoadBalancerIPs {
-			pr.add(topFilterExternal, Rule{Comment: comment, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: target})
+			pr.add(topFilterExternal, Rule{Rule: xtables.Rule{Comment: comment, Proto: pr.proto, Dst: hostPrefix(ip), DPort: port, Jump: target}})
 		}
 		if p.NodePort != 0 {
-			pr.add(topFilterExternal, Rule{Comment: comment, DstType: "LOCAL", Proto: pr.proto, DPort: uint16(p.NodePort), Jump: target})
+			pr.add(topFilterExternal, Rule{Rule: xtables.Rule{Comment: comment, DstLocal: true, Proto: pr.proto, DPort: uint16(p.NodePort), Jump: target}})
 		}
 	}
 	if p.HealthCheckNodePort != 0 {
-		pr.add(topFilterNodePorts, Rule{Comment: cm.healthCheck, Proto: "tcp", DPort: uint16(p.HealthCheckNodePort), Jump: targetAccept})
+		pr.add(topFilterNodePorts, Rule{Rule: xtables.Rule{Comment: cm.healthCheck, Proto: "tcp", DPort: uint16(p.HealthCheckNodePort), Jump: targetAccept}})
 	}
 }
 
@@ -180,7 +181,7 @@ func (pr *portRender) balance(chain string, eps []model.Endpoint) []Rule {
 	rules := make([]Rule, 0, size)
 	if chain == pr.internalChain {
 		for _, ip := range p.ClusterIPs {
-			r := Rule{Comment: cm.clusterIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: uint16(p.Port), Jump: chainMarkMasq}
+			r := Rule{Rule: xtables.Rule{Comment: cm.clusterIP, Proto: pr.proto, Dst: hostPrefix(ip), DPort: uint16(p.Port), Jump: chainMarkMasq}}
 			switch {
 			case pr.g.masqAll:
 			case pr.g.clusterCIDR.IsValid():
@@ -202,15 +203,12 @@ func (pr *portRender) balance(chain string, eps []model.Endpoint) []Rule {
 	if p.AffinityTimeout > 0 {
 		for _, e := range eps {
 			en := pr.pn.endpoint(e.AddrPort())
-			rules = append(rules, Rule{
-				Comment: comment(en), Recent: &Recent{Name: en.chain, Seconds: p.AffinityTimeout},
-				Jump: en.chain, Endpoint: e.AddrPort(),
-			})
+			rules = append(rules, Rule{Rule: xtables.Rule{Comment: comment(en), Recent: &Recent{Name: en.chain, Seconds: p.AffinityTimeout}, Jump: en.chain}, Endpoint: e.AddrPort()})
 		}
 	}
 	for i, e := range eps {
 		en := pr.pn.endpoint(e.AddrPort())
-		r := Rule{Comment: comment(en), Jump: en.chain, Endpoint: e.AddrPort()}
+		r := Rule{Rule: xtables.Rule{Comment: comment(en), Jump: en.chain}, Endpoint: e.AddrPort()}
 		if i < n-1 {
 			r.Probability = 1 / float64(n-i)
 		}
@@ -227,21 +225,21 @@ func (pr *portRender) external() []Rule {
 	if !p.ExternalPolicyLocal {
 		// Cluster endpoints may be on another node: masquerade so the
 		// reply comes back through this one.
-		rules = append(rules, Rule{Comment: cm.masqExternal, Jump: chainMarkMasq})
+		rules = append(rules, Rule{Rule: xtables.Rule{Comment: cm.masqExternal, Jump: chainMarkMasq}})
 	} else if len(p.Cluster) > 0 {
 		// Traffic from this node's pods and the node itself is not
 		// external: it may use every endpoint (the short circuit).
 		if pr.g.clusterCIDR.IsValid() {
-			rules = append(rules, Rule{Comment: cm.podExternal, Src: pr.g.clusterCIDR, Jump: pn.svc})
+			rules = append(rules, Rule{Rule: xtables.Rule{Comment: cm.podExternal, Src: pr.g.clusterCIDR, Jump: pn.svc}})
 		}
 		// The node's own traffic needs masquerading: its source address
 		// would be the LoadBalancer or node IP itself.
 		rules = append(rules,
-			Rule{Comment: cm.masqLocal, SrcType: "LOCAL", Jump: chainMarkMasq},
-			Rule{Comment: cm.routeLocal, SrcType: "LOCAL", Jump: pn.svc})
+			Rule{Rule: xtables.Rule{Comment: cm.masqLocal, SrcLocal: true, Jump: chainMarkMasq}},
+			Rule{Rule: xtables.Rule{Comment: cm.routeLocal, SrcLocal: true, Jump: pn.svc}})
 	}
 	if pr.hasExternal {
-		rules = append(rules, Rule{Jump: pr.externalChain})
+		rules = append(rules, Rule{Rule: xtables.Rule{Jump: pr.externalChain}})
 	}
 	return rules
 }
@@ -254,17 +252,17 @@ func (pr *portRender) firewall() []Rule {
 	var rules []Rule
 	fromNode := false
 	for _, cidr := range p.LoadBalancerSourceRanges {
-		rules = append(rules, Rule{Comment: cm.lbIP, Src: cidr.Masked(), Jump: pn.ext})
+		rules = append(rules, Rule{Rule: xtables.Rule{Comment: cm.lbIP, Src: cidr.Masked(), Jump: pn.ext}})
 		fromNode = fromNode || (pr.g.nodeIP.IsValid() && cidr.Contains(pr.g.nodeIP))
 	}
 	if fromNode {
 		// A VIP-like load balancer's IP is often a local address: the
 		// node reaching it loops back with the VIP as source.
 		for _, ip := range p.LoadBalancerIPs {
-			rules = append(rules, Rule{Comment: cm.lbIP, Src: hostPrefix(ip), Jump: pn.ext})
+			rules = append(rules, Rule{Rule: xtables.Rule{Comment: cm.lbIP, Src: hostPrefix(ip), Jump: pn.ext}})
 		}
 	}
-	return append(rules, Rule{Comment: cm.fwOther})
+	return append(rules, Rule{Rule: xtables.Rule{Comment: cm.fwOther}})
 }
 
 // endpointChain is a KUBE-SEP chain: masquerade hairpin traffic (the
@@ -276,13 +274,13 @@ func (pr *portRender) endpointChain(ap netip.AddrPort, slab *endpointSlab) {
 	if pr.g.largeCluster {
 		comment = ""
 	}
-	dnat := Rule{Comment: comment, Proto: pr.proto, Jump: targetDNAT, Endpoint: ap, Service: pr.name}
+	dnat := Rule{Rule: xtables.Rule{Comment: comment, Proto: pr.proto, Jump: targetDNAT, ToDestination: ap}, Endpoint: ap, Service: pr.name}
 	if pr.p.AffinityTimeout > 0 {
 		dnat.Recent = &Recent{Name: en.chain, Set: true}
 	}
 	i := len(slab.rules)
 	slab.rules = append(slab.rules,
-		Rule{Comment: comment, Src: hostPrefix(ap.Addr()), Jump: chainMarkMasq, Endpoint: ap, Service: pr.name},
+		Rule{Rule: xtables.Rule{Comment: comment, Src: hostPrefix(ap.Addr()), Jump: chainMarkMasq}, Endpoint: ap, Service: pr.name},
 		dnat)
 	slab.chains = append(slab.chains, Chain{Table: TableNAT, Name: en.chain, Rules: slab.rules[i : i+2 : i+2], Service: pr.name})
 	pr.sc.Chains = append(pr.sc.Chains, &slab.chains[len(slab.chains)-1])

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Render turns a Desired snapshot into the iptables rules that implement
@@ -141,26 +142,26 @@ const (
 )
 
 var (
-	ruleMarkMasq = Rule{Jump: targetMark, MarkOr: MasqueradeMark}
-	ruleCanary   = Rule{Comment: "kdive canary: this rule goes away when someone flushes the table", Jump: targetReturn}
+	ruleMarkMasq = Rule{Rule: xtables.Rule{Jump: targetMark, MarkOr: MasqueradeMark}}
+	ruleCanary   = Rule{Rule: xtables.Rule{Comment: "kdive canary: this rule goes away when someone flushes the table", Jump: targetReturn}}
 	rulesPost    = []Rule{
-		{Mark: MasqueradeMark, NotMark: true, Jump: targetReturn},
-		{Jump: targetMark, MarkXor: MasqueradeMark},
-		{Comment: "kubernetes service traffic requiring SNAT", Jump: targetMasquerade},
+		{Rule: xtables.Rule{Mark: MasqueradeMark, NotMark: true, Jump: targetReturn}},
+		{Rule: xtables.Rule{Jump: targetMark, MarkXor: MasqueradeMark}},
+		{Rule: xtables.Rule{Comment: "kubernetes service traffic requiring SNAT", Jump: targetMasquerade, RandomFully: true}},
 	}
 	rulesForward = []Rule{
-		{CtState: "INVALID", Jump: targetDrop},
-		{Comment: "kubernetes forwarding rules", Mark: MasqueradeMark, Jump: targetAccept},
-		{Comment: "kubernetes forwarding conntrack rule", CtState: "RELATED,ESTABLISHED", Jump: targetAccept},
+		{Rule: xtables.Rule{CtState: xtables.CtInvalid, Jump: targetDrop}},
+		{Rule: xtables.Rule{Comment: "kubernetes forwarding rules", Mark: MasqueradeMark, Jump: targetAccept}},
+		{Rule: xtables.Rule{Comment: "kubernetes forwarding conntrack rule", CtState: xtables.CtRelated | xtables.CtEstablished, Jump: targetAccept}},
 	}
 	// ruleLocalnet blocks connections to 127.0.0.0/8 from elsewhere, which
 	// route_localnet (needed for NodePorts on localhost) would let in
 	// (upstream's KUBE-FIREWALL rule, kubernetes issue 90259).
-	ruleLocalnet = Rule{
+	ruleLocalnet = Rule{Rule: xtables.Rule{
 		Comment: "block incoming localnet connections", Dst: netip.MustParsePrefix("127.0.0.0/8"),
 		Src: netip.MustParsePrefix("127.0.0.0/8"), NotSrc: true,
-		CtState: "RELATED,ESTABLISHED,DNAT", NotCtState: true, Jump: targetDrop,
-	}
+		CtState: xtables.CtRelated | xtables.CtEstablished | xtables.CtDNAT, NotCtState: true, Jump: targetDrop,
+	}}
 	loopback = netip.MustParsePrefix("127.0.0.0/8")
 )
 
@@ -191,10 +192,10 @@ func (r *renderer) top(rs *Ruleset, d *proxy.Desired) []*Chain {
 	localhost := false
 	for _, ip := range d.NodePortIPs {
 		localhost = localhost || ip.IsLoopback()
-		parts[topNATServices] = append(parts[topNATServices], Rule{
+		parts[topNATServices] = append(parts[topNATServices], Rule{Rule: xtables.Rule{
 			Comment: "kubernetes service nodeports; NOTE: this must be the last rule in this chain",
 			Dst:     netip.PrefixFrom(ip, ip.BitLen()), Jump: chainNodePorts,
-		})
+		}})
 	}
 	firewall := parts[topFilterFirewall]
 	if localhost {
@@ -223,7 +224,7 @@ func (r *renderer) top(rs *Ruleset, d *proxy.Desired) []*Chain {
 // upstream's prepends leave them).
 func hooks() []*Chain {
 	newOnly := func(comment, target string) Rule {
-		return Rule{Comment: comment, CtState: "NEW", Jump: target}
+		return Rule{Rule: xtables.Rule{Comment: comment, CtState: xtables.CtNew, Jump: target}}
 	}
 	portals := "kubernetes service portals"
 	external := "kubernetes externally-visible service portals"
@@ -231,12 +232,12 @@ func hooks() []*Chain {
 	return []*Chain{
 		{Table: TableFilter, Name: "INPUT", Builtin: true, Rules: []Rule{
 			newOnly(lbFirewall, chainFirewall),
-			{Comment: "kubernetes health check service ports", Jump: chainNodePorts},
+			{Rule: xtables.Rule{Comment: "kubernetes health check service ports", Jump: chainNodePorts}},
 			newOnly(external, chainExternalServices),
 		}},
 		{Table: TableFilter, Name: "FORWARD", Builtin: true, Rules: []Rule{
 			newOnly(lbFirewall, chainFirewall),
-			{Comment: "kubernetes forwarding rules", Jump: chainForward},
+			{Rule: xtables.Rule{Comment: "kubernetes forwarding rules", Jump: chainForward}},
 			newOnly(portals, chainServices),
 			newOnly(external, chainExternalServices),
 		}},
@@ -244,10 +245,10 @@ func hooks() []*Chain {
 			newOnly(lbFirewall, chainFirewall),
 			newOnly(portals, chainServices),
 		}},
-		{Table: TableNAT, Name: "PREROUTING", Builtin: true, Rules: []Rule{{Comment: portals, Jump: chainServices}}},
-		{Table: TableNAT, Name: "OUTPUT", Builtin: true, Rules: []Rule{{Comment: portals, Jump: chainServices}}},
+		{Table: TableNAT, Name: "PREROUTING", Builtin: true, Rules: []Rule{{Rule: xtables.Rule{Comment: portals, Jump: chainServices}}}},
+		{Table: TableNAT, Name: "OUTPUT", Builtin: true, Rules: []Rule{{Rule: xtables.Rule{Comment: portals, Jump: chainServices}}}},
 		{Table: TableNAT, Name: "POSTROUTING", Builtin: true, Rules: []Rule{
-			{Comment: "kubernetes postrouting rules", Jump: chainPostrouting},
+			{Rule: xtables.Rule{Comment: "kubernetes postrouting rules", Jump: chainPostrouting}},
 		}},
 	}
 }

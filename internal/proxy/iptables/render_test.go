@@ -10,6 +10,7 @@ import (
 
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/golden.rules")
@@ -124,7 +125,7 @@ func TestProbabilities(t *testing.T) {
 			p := 1.0
 			if r.Probability != 0 {
 				var err error
-				if p, err = strconv.ParseFloat(probabilityText(r.Probability), 64); err != nil {
+				if p, err = strconv.ParseFloat(xtables.ProbabilityText(r.Probability), 64); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -1,8 +1,6 @@
 package iptables
 
 import (
-	"strings"
-
 	"github.com/kdive/kdive/internal/xtables"
 )
 
@@ -17,17 +15,6 @@ func parseSave(out string) map[Table]*xtables.SavedTable {
 		s[Table(name)] = t
 	}
 	return s
-}
-
-// jumpTarget is the chain or target a saved rule jumps (or goes) to.
-func jumpTarget(rule string) string {
-	f := strings.Fields(rule)
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "-j" || f[i] == "-g" || f[i] == "--jump" || f[i] == "--goto" {
-			return f[i+1]
-		}
-	}
-	return ""
 }
 
 // ownedIn says whether kdive creates chain name in table t.
@@ -55,7 +42,7 @@ func ours(st *xtables.SavedTable, t Table) []string {
 			continue
 		}
 		for _, r := range rules {
-			if j := jumpTarget(r); ownedIn(t, j) && !keep[j] {
+			if j := xtables.JumpTarget(r); ownedIn(t, j) && !keep[j] {
 				keep[j] = true
 				queue = append(queue, j)
 			}
@@ -65,7 +52,7 @@ func ours(st *xtables.SavedTable, t Table) []string {
 		c := queue[0]
 		queue = queue[1:]
 		for _, r := range st.Rules[c] {
-			if j := jumpTarget(r); ownedIn(t, j) && !keep[j] {
+			if j := xtables.JumpTarget(r); ownedIn(t, j) && !keep[j] {
 				keep[j] = true
 				queue = append(queue, j)
 			}
@@ -89,7 +76,7 @@ func hookRules(st *xtables.SavedTable, t Table) []string {
 	var out []string
 	for _, chain := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
 		for _, r := range st.Rules[chain] {
-			if ownedIn(t, jumpTarget(r)) {
+			if ownedIn(t, xtables.JumpTarget(r)) {
 				out = append(out, "-A "+chain+" "+r)
 			}
 		}
@@ -103,7 +90,7 @@ func hasJump(st *xtables.SavedTable, chain, target string) bool {
 		return false
 	}
 	for _, r := range st.Rules[chain] {
-		if jumpTarget(r) == target {
+		if xtables.JumpTarget(r) == target {
 			return true
 		}
 	}

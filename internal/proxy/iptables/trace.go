@@ -27,8 +27,8 @@ func result(ends []end) proxy.Result {
 			drop = true
 		case e.flow == flowReject:
 			reject = true
-		case e.dnat:
-			k := netip.AddrPortFrom(e.dst, e.dport).String()
+		case e.DNAT:
+			k := netip.AddrPortFrom(e.Dst, e.DPort).String()
 			eps[k] = eps[k] || e.masq
 		}
 	}

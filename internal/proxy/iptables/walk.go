@@ -4,7 +4,9 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // walker follows the first packet of a connection through the rules the
@@ -33,13 +35,9 @@ type walker struct {
 
 // state is the packet as the rules see it, on one way through them.
 type state struct {
-	src, dst netip.Addr
-	proto    string
-	dport    uint16
-	mark     uint32
-	dnat     bool // its destination was DNATed (conntrack state DNAT)
-	masq     bool
-	prob     float64 // the chance the packet goes this way
+	xtables.Packet
+	masq bool
+	prob float64 // the chance the packet goes this way
 }
 
 // flow is how a chain walk ended.
@@ -92,7 +90,7 @@ type step struct {
 }
 
 func newState(p proxy.Packet) state {
-	return state{src: p.Src, dst: p.Dst, proto: strings.ToLower(string(p.Proto)), dport: uint16(p.Port), prob: 1}
+	return state{Packet: xtables.Packet{Src: p.Src, Dst: p.Dst, Proto: strings.ToLower(string(p.Proto)), DPort: uint16(p.Port)}, prob: 1}
 }
 
 func (w *walker) emit(st step) {
@@ -134,7 +132,7 @@ func (w *walker) run(p proxy.Packet) []end {
 // addresses, and the others.
 func (w *walker) route(ss []state) (local, other []state) {
 	for _, s := range ss {
-		l := w.local(s.dst)
+		l := w.Local(s.Dst)
 		w.emit(step{kind: stepRoute, s: s, local: l})
 		if l {
 			local = append(local, s)
@@ -145,7 +143,8 @@ func (w *walker) route(ss []state) (local, other []state) {
 	return local, other
 }
 
-func (w *walker) local(a netip.Addr) bool {
+// Local says a is the node's (xtables.Context).
+func (w *walker) Local(a netip.Addr) bool {
 	if loopback.Contains(a) {
 		return true
 	}
@@ -180,43 +179,8 @@ func (w *walker) stage(table Table, hook string, in []state, final *[]end) []sta
 	return out
 }
 
-// match says whether r matches: 1 yes, 0 no, 2 sometimes.
-func (w *walker) match(r *Rule, s state) int {
-	if r.Proto != "" && r.Proto != s.proto || r.DPort != 0 && r.DPort != s.dport {
-		return 0
-	}
-	if r.Dst.IsValid() && !r.Dst.Contains(s.dst) {
-		return 0
-	}
-	if r.Src.IsValid() && r.Src.Contains(s.src) == r.NotSrc {
-		return 0
-	}
-	if r.SrcType == "LOCAL" && !w.local(s.src) || r.DstType == "LOCAL" && !w.local(s.dst) {
-		return 0
-	}
-	if r.Mark != 0 && (s.mark&r.Mark == r.Mark) == r.NotMark {
-		return 0
-	}
-	if r.CtState != "" && ctMatch(r.CtState, s) == r.NotCtState {
-		return 0
-	}
-	sometimes := r.Recent != nil && !r.Recent.Set || r.Probability > 0 && r.Probability < 1
-	if sometimes {
-		return 2
-	}
-	return 1
-}
-
-// ctMatch: the first packet of a connection is NEW, and DNAT once its
-// destination was translated.
-func ctMatch(states string, s state) bool {
-	for _, st := range strings.Split(states, ",") {
-		if st == "NEW" || st == "DNAT" && s.dnat {
-			return true
-		}
-	}
-	return false
-}
+// IPSet: the iptables mode has none (xtables.Context).
+func (w *walker) IPSet(string) (string, []kernel.IPSetEntry, bool) { return "", nil, false }
 
 const maxDepth = 32
 
@@ -228,12 +192,12 @@ func (w *walker) walk(c *Chain, i int, s state, depth int) []end {
 	}
 	for ; i < len(c.Rules); i++ {
 		r := &c.Rules[i]
-		m := w.match(r, s)
-		if m == 0 {
+		m := r.Match(&s.Packet, w)
+		if m == xtables.NoMatch {
 			continue
 		}
 		at := step{depth: depth, table: c.Table, chain: c, rule: i, s: s}
-		if m == 1 {
+		if m == xtables.Matches {
 			at.kind = stepRule
 			w.emit(at)
 			return w.take(c, i, s, depth)
@@ -264,7 +228,7 @@ func (w *walker) take(c *Chain, i int, s state, depth int) []end {
 	case "":
 		return w.walk(c, i+1, s, depth)
 	case targetMark:
-		s.mark = s.mark | r.MarkOr ^ r.MarkXor
+		s.Mark = r.NewMark(s.Mark)
 		return w.walk(c, i+1, s, depth)
 	case targetReturn:
 		return []end{{s, flowReturn}}
@@ -275,7 +239,7 @@ func (w *walker) take(c *Chain, i int, s state, depth int) []end {
 	case targetReject:
 		return []end{{s, flowReject}}
 	case targetDNAT:
-		s.dst, s.dport, s.dnat = r.Endpoint.Addr(), r.Endpoint.Port(), true
+		s.Dst, s.DPort, s.DNAT = r.ToDestination.Addr(), r.ToDestination.Port(), true
 		w.emit(step{kind: stepDNAT, depth: depth, table: c.Table, chain: c, rule: i, s: s})
 		return []end{{s, flowNAT}}
 	case targetMasquerade:
