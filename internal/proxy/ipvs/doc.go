@@ -48,10 +48,12 @@
 // # Render, trace, apply
 //
 // Render is pure: a Desired snapshot in, a Ruleset out (addresses, virtual
-// servers with real servers, set entries, iptables chains). One walker
-// follows a packet through a Ruleset by interpreting its own iptables text
-// and ipsets, so the case table tests exactly what Sync applies; Trace
-// takes its result and Explain narrates its steps.
+// servers with real servers, set entries, iptables chains of
+// xtables.Rules, which print as iptables-save does). One walker follows a
+// packet through a Ruleset: its own chains, ipsets and virtual servers,
+// each rule's matches judged by xtables (the iptables mode's walker
+// judges them there too), so the case table tests exactly what Sync
+// applies; Trace takes its result and Explain narrates its steps.
 //
 // Sync reads the kernel back (IPVS over netlink via moby/ipvs, kube-ipvs0's
 // addresses, ipsets over netfilter netlink, iptables-save) and applies the

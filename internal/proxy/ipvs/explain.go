@@ -54,7 +54,7 @@ func (x *explainer) say(w *walker, st step) {
 	p := x.p
 	switch st.kind {
 	case stepRule:
-		x.logf(st.depth, "%s %s: %s", st.table, st.chain, st.line)
+		x.logf(st.depth, "%s %s: %s", st.table, st.chain, ruleLine(st.chain, st.rule))
 	case stepSetEntry:
 		x.logf(st.depth, "ipset %s holds %s", st.set, st.entry)
 	case stepMark:

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/kdive/kdive/internal/xtables"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
 	"github.com/kdive/kdive/internal/proxy"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Reading the mode back. Inspect rebuilds a Ruleset from what the kernel
@@ -217,53 +217,49 @@ func (in *inspection) readChains(saved savedTables) {
 		t := saved[table]
 		ours := append(slices.Clone(ipvsOnlyChains[table]), sharedChains[table]...)
 		for _, name := range ours {
-			if rules, ok := t[name]; ok {
-				in.r.Chains = append(in.r.Chains, Chain{Table: table, Name: name, Rules: in.traceable(table, rules)})
+			if lines, ok := t[name]; ok {
+				in.r.Chains = append(in.r.Chains, Chain{Table: table, Name: name, Rules: in.traceable(table, lines)})
 			}
 		}
 		for _, b := range builtinChains {
 			for _, rule := range in.traceable(table, t[b]) {
-				if slices.Contains(ours, parseRule(rule).target) {
-					in.r.Jumps = append(in.r.Jumps, Jump{Table: table, Rule: rule})
+				if slices.Contains(ours, rule.Jump) {
+					in.r.Jumps = append(in.r.Jumps, Jump{Table: table, Chain: b, Rule: rule})
 				}
 			}
 		}
 	}
 }
 
-func (in *inspection) traceable(table string, rules []string) []string {
-	out := make([]string, 0, len(rules))
-	for _, rule := range rules {
-		if err := checkRule(rule); err != nil {
-			in.notes = append(in.notes, fmt.Sprintf("%s: rule not understood, left out of traces (%v): %s", table, err, rule))
+// traceable reads saved rule lines ("-A CHAIN ...") into rules.
+func (in *inspection) traceable(table string, lines []string) []xtables.Rule {
+	out := make([]xtables.Rule, 0, len(lines))
+	for _, line := range lines {
+		r, err := parseLine(line)
+		if err != nil {
+			in.notes = append(in.notes, fmt.Sprintf("%s: rule not understood, left out of traces (%v): %s", table, err, line))
 			continue
 		}
-		out = append(out, rule)
+		out = append(out, r)
 	}
 	return out
 }
 
-// checkRule evaluates every match and target argument of a rule once, so
-// that a rule the walker does not know (another program's, a hand-made
-// one) is found here rather than panicking in Trace.
-func checkRule(line string) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("%v", p)
-		}
-	}()
-	r := parseRule(line)
-	t := &walker{r: &Ruleset{}, proto: "tcp"}
-	for _, m := range r.matches {
-		t.match(m)
+// parseLine reads a saved "-A CHAIN rule" line (xtables.ParseRule),
+// refusing what the walker cannot follow: a rule that matches only
+// sometimes (-m statistic, -m recent), which the mode never writes.
+func parseLine(line string) (xtables.Rule, error) {
+	_, text, _ := strings.Cut(strings.TrimPrefix(line, "-A "), " ")
+	r, err := xtables.ParseRule(text)
+	switch {
+	case err != nil:
+		return xtables.Rule{}, err
+	case r.Recent != nil:
+		return xtables.Rule{}, errors.New("match -m recent")
+	case r.Probability != 0:
+		return xtables.Rule{}, errors.New("match -m statistic")
 	}
-	switch r.target {
-	case "MARK":
-		t.setMark(r.targetArgs)
-	case "SET":
-		t.mapMark(r.targetArgs)
-	}
-	return nil
+	return r, nil
 }
 
 func (in *inspection) addVirtualServer(vs kernel.VirtualServer, rss []kernel.RealServer) {
@@ -347,14 +343,9 @@ func (in *inspection) inNodePortSet(vs kernel.VirtualServer, local bool) bool {
 // cluster IP packet, with no pod CIDR exempted before).
 func configFromRules(r *Ruleset) (cluster []netip.Prefix, masqAll bool) {
 	if fw := r.Chain(tableMangle, chainFirewall); fw != nil {
-		for _, line := range fw.Rules {
-			rl := parseRule(line)
-			for _, m := range rl.matches {
-				if rl.target == "SET" && len(m) == 2 && m[0] == "-s" {
-					if p, err := netip.ParsePrefix(m[1]); err == nil {
-						cluster = append(cluster, p)
-					}
-				}
+		for _, rl := range fw.Rules {
+			if rl.Jump == xtables.SetTarget && rl.Src.IsValid() && !rl.NotSrc {
+				cluster = append(cluster, rl.Src)
 			}
 		}
 	}
@@ -363,22 +354,14 @@ func configFromRules(r *Ruleset) (cluster []netip.Prefix, masqAll bool) {
 		return cluster, false
 	}
 	exempt := false
-	for _, line := range svc.Rules {
-		rl := parseRule(line)
-		set, src := "", false
-		for _, m := range rl.matches {
-			switch {
-			case len(m) >= 5 && m[0] == "-m" && m[1] == "set" && m[2] == "--match-set" && m[3] == setClusterIP && m[4] == "dst,dst":
-				set = m[3]
-			case m[0] == "-s" || len(m) > 1 && m[0] == "!" && m[1] == "-s":
-				src = true
-			}
-		}
+	for _, rl := range svc.Rules {
+		set := rl.Set != nil && !rl.Set.Not && rl.Set.Name == setClusterIP && rl.Set.Flags == "dst,dst"
+		src := rl.Src.IsValid()
 		switch {
-		case set == "":
-		case rl.target == "ACCEPT" && src:
+		case !set:
+		case rl.Jump == xtables.Accept && src:
 			exempt = true
-		case rl.target == chainMarkMasq && !src && !exempt:
+		case rl.Jump == chainMarkMasq && !src && !exempt:
 			masqAll = true
 		}
 	}

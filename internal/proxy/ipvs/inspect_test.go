@@ -152,17 +152,21 @@ func checkLines(t *testing.T, lines []string, want ...string) {
 	}
 }
 
-func TestCheckRule(t *testing.T) {
-	for _, c := range Render(proxytest.Fixture(), Config{RejectUnknownPorts: true}).Chains {
-		for _, rule := range c.Rules {
-			if err := checkRule(rule); err != nil {
-				t.Errorf("%s: %v", rule, err)
+// TestParseLine: the rendered rules read back as themselves; rules the
+// walker cannot follow are refused.
+func TestParseLine(t *testing.T) {
+	r := Render(proxytest.Fixture(), Config{RejectUnknownPorts: true})
+	for _, c := range r.Chains {
+		for i, line := range c.Lines() {
+			got, err := parseLine(line)
+			if err != nil || !got.Equal(c.Rules[i]) {
+				t.Errorf("%s: read back as %s, %v", line, got.String(), err)
 			}
 		}
 	}
 	for _, rule := range []string{"-A PREROUTING -i eth0 -j KUBE-SERVICES", "-A KUBE-SERVICES -m physdev --physdev-in x -j ACCEPT",
-		"-A KUBE-MARK-MASQ -j MARK --set-xmark bogus"} {
-		if checkRule(rule) == nil {
+		"-A KUBE-MARK-MASQ -j MARK --set-xmark bogus", "-A KUBE-SERVICES -m statistic --mode random --probability 0.5 -j ACCEPT"} {
+		if _, err := parseLine(rule); err == nil {
 			t.Errorf("%s: accepted", rule)
 		}
 	}

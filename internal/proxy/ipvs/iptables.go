@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/kdive/kdive/internal/xtables"
 	"slices"
 	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // The iptables side of the mode goes through iptables-save and
@@ -57,6 +57,13 @@ func parseSave(out string) savedTables {
 	return t
 }
 
+// splitWords splits a rule into words (xtables.SplitRule); an
+// unterminated quote runs to the end.
+func splitWords(s string) []string {
+	w, _ := xtables.SplitRule(s)
+	return w
+}
+
 // sameRule compares two rule lines word by word, ignoring the quoting
 // iptables-save chooses.
 func sameRule(a, b string) bool { return slices.Equal(splitWords(a), splitWords(b)) }
@@ -81,9 +88,8 @@ func restoreInput(r *Ruleset, saved savedTables) string {
 		t := saved[table]
 		var missing []string
 		for _, j := range r.Jumps {
-			chain, _, _ := strings.Cut(strings.TrimPrefix(j.Rule, "-A "), " ")
-			if j.Table == table && !hasRule(t[chain], j.Rule) {
-				missing = append(missing, insertLine(j.Rule))
+			if line := j.Line(); j.Table == table && !hasRule(t[j.Chain], line) {
+				missing = append(missing, insertLine(line))
 			}
 		}
 		differs := len(missing) > 0
@@ -92,7 +98,7 @@ func restoreInput(r *Ruleset, saved savedTables) string {
 				continue
 			}
 			have, ok := t[c.Name]
-			differs = differs || !ok || !sameRules(have, c.Rules)
+			differs = differs || !ok || !sameRules(have, c.Lines())
 		}
 		if !differs {
 			continue
@@ -108,7 +114,7 @@ func restoreInput(r *Ruleset, saved savedTables) string {
 		}
 		for _, c := range r.Chains {
 			if c.Table == table {
-				for _, l := range c.Rules {
+				for _, l := range c.Lines() {
 					b.WriteString(l + "\n")
 				}
 			}

@@ -1,10 +1,10 @@
 package ipvs
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // The ipsets, as kube-proxy's IPVS mode names them, plus two of kdive's
@@ -112,9 +112,9 @@ const (
 	chainIPVSFilter    = "KUBE-IPVS-FILTER"
 	chainFirewall      = "KUBE-IPVS-FIREWALL"
 	chainSourceRanges  = "KUBE-SOURCE-RANGES-FIREWALL"
-	commentPortals     = `"kubernetes service portals"`
-	commentPostrouting = `"kubernetes postrouting rules"`
-	commentFirewall    = `"kubernetes ipvs firewall and short circuit"`
+	commentPortals     = "kubernetes service portals"
+	commentPostrouting = "kubernetes postrouting rules"
+	commentFirewall    = "kubernetes ipvs firewall and short circuit"
 )
 
 // ipvsOnlyChains are chains only the IPVS mode creates (per table); the
@@ -130,29 +130,37 @@ var sharedChains = map[string][]string{
 	tableFilter: {chainForward},
 }
 
+// The rules are written in iptables-save's own form (xtables.Rule's
+// String), so that a sync compares them with what iptables-save prints.
+
 func jumps(rejectUnknownPorts bool) []Jump {
+	jump := func(table, builtin, comment, chain string) Jump {
+		return Jump{Table: table, Chain: builtin, Rule: xtables.Rule{Comment: comment, Jump: chain}}
+	}
 	js := []Jump{
-		{tableMangle, "-A PREROUTING -m comment --comment " + commentFirewall + " -j " + chainFirewall},
-		{tableMangle, "-A OUTPUT -m comment --comment " + commentFirewall + " -j " + chainFirewall},
-		{tableNat, "-A PREROUTING -m comment --comment " + commentPortals + " -j " + chainServices},
-		{tableNat, "-A OUTPUT -m comment --comment " + commentPortals + " -j " + chainServices},
-		{tableNat, "-A POSTROUTING -m comment --comment " + commentPostrouting + " -j " + chainPostrouting},
-		{tableFilter, `-A INPUT -m comment --comment "kubernetes health check rules" -j ` + chainNodePort},
-		{tableFilter, `-A FORWARD -m comment --comment "kubernetes forwarding rules" -j ` + chainForward},
+		jump(tableMangle, "PREROUTING", commentFirewall, chainFirewall),
+		jump(tableMangle, "OUTPUT", commentFirewall, chainFirewall),
+		jump(tableNat, "PREROUTING", commentPortals, chainServices),
+		jump(tableNat, "OUTPUT", commentPortals, chainServices),
+		jump(tableNat, "POSTROUTING", commentPostrouting, chainPostrouting),
+		jump(tableFilter, "INPUT", "kubernetes health check rules", chainNodePort),
+		jump(tableFilter, "FORWARD", "kubernetes forwarding rules", chainForward),
 	}
 	if rejectUnknownPorts {
-		js = append(js, Jump{tableFilter, `-A INPUT -m comment --comment "kubernetes ipvs access filter" -j ` + chainIPVSFilter})
+		js = append(js, jump(tableFilter, "INPUT", "kubernetes ipvs access filter", chainIPVSFilter))
 	}
 	return js
 }
 
-func matchSet(r *Ruleset, name string) string {
+// matchSet is `-m set --match-set NAME <the set's flags>`.
+func matchSet(r *Ruleset, name string) *xtables.SetMatch {
 	s := r.Set(name)
-	return fmt.Sprintf("-m set --match-set %s %s", s.Name, s.Match)
+	return &xtables.SetMatch{Name: s.Name, Flags: s.Match}
 }
 
-func comment(r *Ruleset, name string) string {
-	return fmt.Sprintf("-m comment --comment %q", r.Set(name).Comment)
+// inSet is a rule matching set name, with the set's comment.
+func inSet(r *Ruleset, name string, target string) xtables.Rule {
+	return xtables.Rule{Comment: r.Set(name).Comment, Set: matchSet(r, name), Jump: target}
 }
 
 // renderChains writes the constant rules: they depend on the
@@ -167,21 +175,25 @@ func renderChains(r *Ruleset, clusterCIDRs []netip.Prefix, masqueradeAll, reject
 // mangleChains filter before IPVS: LoadBalancer source ranges, the
 // short-circuit marks, DROP for Local policies without local endpoints.
 func mangleChains(r *Ruleset, clusterCIDRs []netip.Prefix) []Chain {
-	mark := fmt.Sprintf("%#x/%#x", shortCircuitBit, shortCircuitBit)
-	var fw []string
-	fw = append(fw, fmt.Sprintf("-A %s %s %s -j %s", chainFirewall, comment(r, setLoadBalancerFW), matchSet(r, setLoadBalancerFW), chainSourceRanges))
-	scTarget := fmt.Sprintf("-j SET --map-set %s dst,dst --map-mark", setShortCircuit)
-	for _, c := range clusterCIDRs {
-		fw = append(fw, fmt.Sprintf("-A %s -s %s %s %s %s", chainFirewall, c, comment(r, setShortCircuit), matchSet(r, setShortCircuit), scTarget))
+	shortCircuit := func(rule xtables.Rule) xtables.Rule {
+		rule.Comment, rule.Set = r.Set(setShortCircuit).Comment, matchSet(r, setShortCircuit)
+		rule.Jump, rule.MapSet = xtables.SetTarget, &xtables.SetMatch{Name: setShortCircuit, Flags: "dst,dst"}
+		return rule
 	}
+	fw := []xtables.Rule{inSet(r, setLoadBalancerFW, chainSourceRanges)}
+	for _, c := range clusterCIDRs {
+		fw = append(fw, shortCircuit(xtables.Rule{Src: c}))
+	}
+	noLocal := inSet(r, setNoLocalEndpoints, xtables.Drop)
+	noLocal.CtState = xtables.CtNew
 	fw = append(fw,
-		fmt.Sprintf("-A %s -m addrtype --src-type LOCAL %s %s %s", chainFirewall, comment(r, setShortCircuit), matchSet(r, setShortCircuit), scTarget),
-		fmt.Sprintf("-A %s -m mark --mark %s -j RETURN", chainFirewall, mark),
-		fmt.Sprintf("-A %s %s -m conntrack --ctstate NEW %s -j DROP", chainFirewall, comment(r, setNoLocalEndpoints), matchSet(r, setNoLocalEndpoints)))
-	sr := []string{
-		fmt.Sprintf("-A %s %s -j RETURN", chainSourceRanges, matchSet(r, setLBSourceCIDR)),
-		fmt.Sprintf("-A %s %s -j RETURN", chainSourceRanges, matchSet(r, setLBSourceIP)),
-		fmt.Sprintf("-A %s -j DROP", chainSourceRanges),
+		shortCircuit(xtables.Rule{SrcLocal: true, Order: xtables.Order{xtables.ModAddrType, xtables.ModComment, xtables.ModSet}}),
+		xtables.Rule{Mark: shortCircuitBit, Jump: xtables.Return},
+		noLocal)
+	sr := []xtables.Rule{
+		{Set: matchSet(r, setLBSourceCIDR), Jump: xtables.Return},
+		{Set: matchSet(r, setLBSourceIP), Jump: xtables.Return},
+		{Jump: xtables.Drop},
 	}
 	return []Chain{{tableMangle, chainFirewall, fw}, {tableMangle, chainSourceRanges, sr}}
 }
@@ -189,36 +201,32 @@ func mangleChains(r *Ruleset, clusterCIDRs []netip.Prefix) []Chain {
 // natChains mark what to masquerade (kube-proxy's IPVS-mode rules) and
 // masquerade it, hairpin and short-circuited node traffic included.
 func natChains(r *Ruleset, clusterCIDRs []netip.Prefix, masqueradeAll bool) []Chain {
-	svc := []string{fmt.Sprintf("-A %s -s 127.0.0.0/8 -j RETURN", chainServices),
-		fmt.Sprintf("-A %s %s %s -j %s", chainServices, comment(r, setLoadBalancer), matchSet(r, setLoadBalancer), chainLoadBalancer)}
+	svc := []xtables.Rule{{Src: netip.MustParsePrefix("127.0.0.0/8"), Jump: xtables.Return}, inSet(r, setLoadBalancer, chainLoadBalancer)}
 	svc = append(svc, clusterIPMasq(r, clusterCIDRs, masqueradeAll)...)
 	svc = append(svc,
-		fmt.Sprintf("-A %s %s %s -j %s", chainServices, comment(r, setExternalIP), matchSet(r, setExternalIP), chainMarkMasq),
-		fmt.Sprintf("-A %s -m addrtype --dst-type LOCAL -j %s", chainServices, chainNodePort),
-		fmt.Sprintf("-A %s %s -j ACCEPT", chainServices, matchSet(r, setClusterIP)),
-		fmt.Sprintf("-A %s %s -j ACCEPT", chainServices, matchSet(r, setLoadBalancer)))
-	lb := []string{
-		fmt.Sprintf("-A %s %s %s -j RETURN", chainLoadBalancer, comment(r, setLoadBalancerLocal), matchSet(r, setLoadBalancerLocal)),
-		fmt.Sprintf("-A %s -j %s", chainLoadBalancer, chainMarkMasq),
-	}
-	var np []string
+		inSet(r, setExternalIP, chainMarkMasq),
+		xtables.Rule{DstLocal: true, Jump: chainNodePort},
+		xtables.Rule{Set: matchSet(r, setClusterIP), Jump: xtables.Accept},
+		xtables.Rule{Set: matchSet(r, setLoadBalancer), Jump: xtables.Accept})
+	lb := []xtables.Rule{inSet(r, setLoadBalancerLocal, xtables.Return), {Jump: chainMarkMasq}}
+	var np []xtables.Rule
 	for _, p := range []struct{ proto, local, all string }{
 		{"tcp", setNodePortLocalTCP, setNodePortTCP}, {"udp", setNodePortLocalUDP, setNodePortUDP},
 		{"sctp", setNodePortLocalSCTP, setNodePortSCTP},
 	} {
-		np = append(np,
-			fmt.Sprintf("-A %s -p %s %s %s -j RETURN", chainNodePort, p.proto, comment(r, p.local), matchSet(r, p.local)),
-			fmt.Sprintf("-A %s -p %s %s %s -j %s", chainNodePort, p.proto, comment(r, p.all), matchSet(r, p.all), chainMarkMasq))
+		local, all := inSet(r, p.local, xtables.Return), inSet(r, p.all, chainMarkMasq)
+		local.Proto, local.BareProto, all.Proto, all.BareProto = p.proto, true, p.proto, true
+		np = append(np, local, all)
 	}
-	post := []string{
-		fmt.Sprintf("-A %s %s %s -j MASQUERADE", chainPostrouting, comment(r, setLoopBack), matchSet(r, setLoopBack)),
-		fmt.Sprintf(`-A %s -m comment --comment "short-circuited node traffic to eTP Local services" -m mark --mark %#x/%#x -m addrtype --src-type LOCAL -j MASQUERADE`,
-			chainPostrouting, shortCircuitBit, shortCircuitBit),
-		fmt.Sprintf("-A %s -m mark ! --mark %#x/%#x -j RETURN", chainPostrouting, masqMark, masqMark),
-		fmt.Sprintf("-A %s -j MARK --set-xmark %#x/0x0", chainPostrouting, masqMark),
-		fmt.Sprintf(`-A %s -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully`, chainPostrouting),
+	post := []xtables.Rule{
+		inSet(r, setLoopBack, xtables.Masquerade),
+		{Comment: "short-circuited node traffic to eTP Local services", Mark: shortCircuitBit, SrcLocal: true,
+			Order: xtables.Order{xtables.ModComment, xtables.ModMark, xtables.ModAddrType}, Jump: xtables.Masquerade},
+		{Mark: masqMark, NotMark: true, Jump: xtables.Return},
+		{Jump: xtables.Mark, MarkXor: masqMark},
+		{Comment: "kubernetes service traffic requiring SNAT", Jump: xtables.Masquerade, RandomFully: true},
 	}
-	masq := []string{fmt.Sprintf("-A %s -j MARK --set-xmark %#x/%#x", chainMarkMasq, masqMark, masqMark)}
+	masq := []xtables.Rule{{Jump: xtables.Mark, MarkOr: masqMark}}
 	return []Chain{
 		{tableNat, chainServices, svc}, {tableNat, chainPostrouting, post}, {tableNat, chainMarkMasq, masq},
 		{tableNat, chainNodePort, np}, {tableNat, chainLoadBalancer, lb},
@@ -227,40 +235,44 @@ func natChains(r *Ruleset, clusterCIDRs []netip.Prefix, masqueradeAll bool) []Ch
 
 // clusterIPMasq marks traffic to cluster IPs from outside the pod network
 // (or all of it with masquerade-all).
-func clusterIPMasq(r *Ruleset, clusterCIDRs []netip.Prefix, masqueradeAll bool) []string {
+func clusterIPMasq(r *Ruleset, clusterCIDRs []netip.Prefix, masqueradeAll bool) []xtables.Rule {
 	switch {
 	case masqueradeAll:
-		return []string{fmt.Sprintf("-A %s %s %s -j %s", chainServices, comment(r, setClusterIP), matchSet(r, setClusterIP), chainMarkMasq)}
+		return []xtables.Rule{inSet(r, setClusterIP, chainMarkMasq)}
 	case len(clusterCIDRs) == 1:
-		return []string{fmt.Sprintf("-A %s ! -s %s %s %s -j %s", chainServices, clusterCIDRs[0], comment(r, setClusterIP), matchSet(r, setClusterIP), chainMarkMasq)}
+		rule := inSet(r, setClusterIP, chainMarkMasq)
+		rule.Src, rule.NotSrc = clusterCIDRs[0], true
+		return []xtables.Rule{rule}
 	case len(clusterCIDRs) > 1:
 		// Pods' traffic to cluster IPs is done in nat; the rest is masqueraded.
-		var out []string
+		var out []xtables.Rule
 		for _, c := range clusterCIDRs {
-			out = append(out, fmt.Sprintf("-A %s -s %s %s -j ACCEPT", chainServices, c, matchSet(r, setClusterIP)))
+			out = append(out, xtables.Rule{Src: c, Set: matchSet(r, setClusterIP), Jump: xtables.Accept})
 		}
-		return append(out, fmt.Sprintf("-A %s %s %s -j %s", chainServices, comment(r, setClusterIP), matchSet(r, setClusterIP), chainMarkMasq))
+		return append(out, inSet(r, setClusterIP, chainMarkMasq))
 	}
 	// No pod CIDR known: masquerade the node's own traffic, whose source
 	// is the service address itself (kube-proxy does the same).
-	return []string{fmt.Sprintf("-A %s %s -m set --match-set %s src,dst -j %s", chainServices, comment(r, setClusterIP), setClusterIP, chainMarkMasq)}
+	rule := inSet(r, setClusterIP, chainMarkMasq)
+	rule.Set.Flags = "src,dst"
+	return []xtables.Rule{rule}
 }
 
 // filterChains accept forwarded service traffic and health check ports
 // under a default-drop policy and, optionally, refuse a service address's
 // other ports (kube-proxy's KUBE-IPVS-FILTER).
 func filterChains(r *Ruleset, rejectUnknownPorts bool) []Chain {
-	fwd := []string{
-		fmt.Sprintf(`-A %s -m comment --comment "kubernetes forwarding rules" -m mark --mark %#x/%#x -j ACCEPT`, chainForward, masqMark, masqMark),
-		fmt.Sprintf(`-A %s -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`, chainForward),
+	fwd := []xtables.Rule{
+		{Comment: "kubernetes forwarding rules", Mark: masqMark, Jump: xtables.Accept},
+		{Comment: "kubernetes forwarding conntrack rule", CtState: xtables.CtRelated | xtables.CtEstablished, Jump: xtables.Accept},
 	}
-	hc := []string{fmt.Sprintf("-A %s %s %s -j ACCEPT", chainNodePort, comment(r, setHealthCheck), matchSet(r, setHealthCheck))}
-	var filter []string
+	hc := []xtables.Rule{inSet(r, setHealthCheck, xtables.Accept)}
+	var filter []xtables.Rule
 	if rejectUnknownPorts {
 		for _, s := range []string{setLoadBalancer, setClusterIP, setExternalIP, setExternalIPLocal, setHealthCheck} {
-			filter = append(filter, fmt.Sprintf("-A %s %s -j RETURN", chainIPVSFilter, matchSet(r, s)))
+			filter = append(filter, xtables.Rule{Set: matchSet(r, s), Jump: xtables.Return})
 		}
-		filter = append(filter, fmt.Sprintf("-A %s -m conntrack --ctstate NEW %s -j REJECT --reject-with icmp-port-unreachable", chainIPVSFilter, matchSet(r, setIPVSIPs)))
+		filter = append(filter, xtables.Rule{CtState: xtables.CtNew, Set: matchSet(r, setIPVSIPs), Jump: xtables.Reject})
 	}
 	return []Chain{{tableFilter, chainForward, fwd}, {tableFilter, chainNodePort, hc}, {tableFilter, chainIPVSFilter, filter}}
 }

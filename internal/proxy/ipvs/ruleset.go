@@ -9,6 +9,7 @@ import (
 
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/model"
+	"github.com/kdive/kdive/internal/xtables"
 )
 
 // Ruleset is the IPVS mode's whole desired state for one node, rendered
@@ -79,16 +80,30 @@ type Set struct {
 type Chain struct {
 	Table string
 	Name  string
-	// Rules are "-A NAME ..." lines as iptables-save prints them.
-	Rules []string
+	Rules []xtables.Rule
+}
+
+// Lines are the chain's rules as iptables-save prints them: "-A NAME ...".
+func (c *Chain) Lines() []string {
+	out := make([]string, len(c.Rules))
+	for i := range c.Rules {
+		out[i] = ruleLine(c.Name, &c.Rules[i])
+	}
+	return out
 }
 
 // Jump is a rule in a built-in chain that enters one of the mode's chains.
 type Jump struct {
 	Table string
-	// Rule is "-A BUILTIN ... -j CHAIN" as iptables-save prints it.
-	Rule string
+	// Chain is the built-in chain.
+	Chain string
+	Rule  xtables.Rule
 }
+
+// Line is the jump as iptables-save prints it: "-A BUILTIN ... -j CHAIN".
+func (j *Jump) Line() string { return ruleLine(j.Chain, &j.Rule) }
+
+func ruleLine(chain string, r *xtables.Rule) string { return "-A " + chain + " " + r.String() }
 
 // Set returns the named set.
 func (r *Ruleset) Set(name string) *Set {
@@ -209,13 +224,13 @@ func (r *Ruleset) IptablesText() string {
 		}
 		for _, j := range r.Jumps {
 			if j.Table == table {
-				b.WriteString(j.Rule + "\n")
+				b.WriteString(j.Line() + "\n")
 			}
 		}
 		for _, c := range r.Chains {
 			if c.Table == table {
-				for _, rule := range c.Rules {
-					b.WriteString(rule + "\n")
+				for _, l := range c.Lines() {
+					b.WriteString(l + "\n")
 				}
 			}
 		}

@@ -1,14 +1,12 @@
 package ipvs
 
 import (
-	"fmt"
-	"github.com/kdive/kdive/internal/proxy"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/kdive/kdive/internal/kernel"
+	"github.com/kdive/kdive/internal/proxy"
 	"github.com/kdive/kdive/internal/xtables"
 )
 
@@ -70,8 +68,8 @@ type step struct {
 	depth int
 	table string
 	chain string
-	line  string // stepRule: the rule as iptables-save prints it
-	set   string // stepSetEntry
+	rule  *xtables.Rule // stepRule
+	set   string        // stepSetEntry
 	entry kernel.IPSetEntry
 	why   string // stepRoute
 	vs    *VirtualServer
@@ -155,7 +153,8 @@ func (w *walker) localWhy(a netip.Addr) string {
 	return ""
 }
 
-func (w *walker) local(a netip.Addr) bool { return w.localWhy(a) != "" }
+// Local says a is one of the node's addresses (xtables.Context).
+func (w *walker) Local(a netip.Addr) bool { return w.localWhy(a) != "" }
 
 func (w *walker) lookup() *VirtualServer {
 	if w.mark != 0 {
@@ -174,10 +173,10 @@ func (w *walker) lookup() *VirtualServer {
 }
 
 // jumpsFrom are r's jump rules in a built-in chain of table, in order.
-func (r *Ruleset) jumpsFrom(table, chain string) []string {
-	var rules []string
+func (r *Ruleset) jumpsFrom(table, chain string) []xtables.Rule {
+	var rules []xtables.Rule
 	for _, j := range r.Jumps {
-		if j.Table == table && strings.HasPrefix(j.Rule, "-A "+chain+" ") {
+		if j.Table == table && j.Chain == chain {
 			rules = append(rules, j.Rule)
 		}
 	}
@@ -195,225 +194,61 @@ func (w *walker) builtin(table, chain string, dst netip.Addr, dport int) string 
 	return v
 }
 
-// run evaluates chain's rules in order; a verdict ends the chain. A jump
-// to a chain that returns (or falls off its end) continues with the next
-// rule.
-func (w *walker) run(table, chain string, rules []string, depth int) string {
-	for _, line := range rules {
-		r := parseRule(line)
-		if !w.matches(r) {
+// packet is the packet as the rules see it now.
+func (w *walker) packet() xtables.Packet {
+	return xtables.Packet{Src: w.p.Src, Dst: w.dst, Proto: w.proto, DPort: uint16(w.dport), Mark: w.mark}
+}
+
+// IPSet is the plan's set (xtables.Context).
+func (w *walker) IPSet(name string) (string, []kernel.IPSetEntry, bool) {
+	s := w.r.Set(name)
+	if s == nil {
+		return "", nil, false
+	}
+	return s.Type, s.Entries, true
+}
+
+// run evaluates chain's rules in order (the matching is xtables.Rule's);
+// a verdict ends the chain. A jump to a chain that returns (or falls off
+// its end) continues with the next rule.
+func (w *walker) run(table, chain string, rules []xtables.Rule, depth int) string {
+	for i := range rules {
+		r := &rules[i]
+		pk := w.packet()
+		if r.Match(&pk, w) == xtables.NoMatch {
 			continue
 		}
-		w.emit(step{kind: stepRule, depth: depth, table: table, chain: chain, line: line})
-		if w.see != nil {
-			for _, m := range r.matches {
-				if len(m) >= 5 && m[0] == "-m" && m[1] == "set" && m[2] == "--match-set" {
-					if entry, ok := w.setEntry(m[3], m[4]); ok {
-						w.emit(step{kind: stepSetEntry, depth: depth + 1, set: m[3], entry: entry})
-					}
-				}
+		w.emit(step{kind: stepRule, depth: depth, table: table, chain: chain, rule: r})
+		if w.see != nil && r.Set != nil {
+			if entry, ok := r.Set.Entry(&pk, w); ok {
+				w.emit(step{kind: stepSetEntry, depth: depth + 1, set: r.Set.Name, entry: entry})
 			}
 		}
-		switch r.target {
-		case "ACCEPT", "DROP", "REJECT", "RETURN":
-			return r.target
-		case "MASQUERADE":
+		switch r.Jump {
+		case xtables.Accept, xtables.Drop, xtables.Reject, xtables.Return:
+			return r.Jump
+		case xtables.Masquerade:
 			w.masq = true
-			return "ACCEPT"
-		case "MARK":
-			w.setMark(r.targetArgs)
+			return xtables.Accept
+		case xtables.Mark:
+			w.mark = r.NewMark(w.mark)
 			w.emit(step{kind: stepMark, depth: depth + 1})
-		case "SET":
-			w.mapMark(r.targetArgs)
+		case xtables.SetTarget:
+			// The entry's skbmark replaces the packet's mark (kdive's
+			// entries mask all bits).
+			if e, ok := r.MapSet.Entry(&pk, w); ok && e.SkbMark != 0 {
+				w.mark = e.SkbMark
+			}
 			w.emit(step{kind: stepMark, depth: depth + 1})
 		default:
-			c := w.r.Chain(table, r.target)
+			c := w.r.Chain(table, r.Jump)
 			if c == nil || depth+1 > 8 {
 				continue
 			}
-			if v := w.run(table, r.target, c.Rules, depth+1); v != "" && v != "RETURN" {
+			if v := w.run(table, r.Jump, c.Rules, depth+1); v != "" && v != "RETURN" {
 				return v
 			}
 		}
 	}
 	return ""
-}
-
-// rule is one parsed iptables-save line.
-type rule struct {
-	matches    [][]string // each: optional "!", option, values ("-s", "10.0.0.0/16"), ("-m", "set", ...) grouped per module
-	target     string
-	targetArgs []string
-}
-
-func parseRule(line string) rule {
-	words := splitWords(line)
-	var r rule
-	var cur []string
-	flush := func() {
-		if len(cur) > 0 {
-			r.matches = append(r.matches, cur)
-			cur = nil
-		}
-	}
-	for i := 2; i < len(words); i++ { // skip "-A CHAIN"
-		w := words[i]
-		switch {
-		case w == "-j":
-			flush()
-			r.target, r.targetArgs = words[i+1], words[i+2:]
-			return r
-		case w == "!" && i+1 < len(words) && slices.Contains([]string{"-s", "-d", "-p"}, words[i+1]):
-			flush()
-			cur = []string{w, words[i+1]}
-			i++
-		case w == "-m" || w == "-s" || w == "-d" || w == "-p":
-			flush()
-			cur = []string{w}
-		default:
-			cur = append(cur, w)
-		}
-	}
-	flush()
-	return r
-}
-
-// splitWords splits a rule into words (xtables.SplitRule); an
-// unterminated quote runs to the end.
-func splitWords(s string) []string {
-	w, _ := xtables.SplitRule(s)
-	return w
-}
-
-func (w *walker) matches(r rule) bool {
-	for _, m := range r.matches {
-		if !w.match(m) {
-			return false
-		}
-	}
-	return true
-}
-
-// match evaluates one match group: ["!", "-s", cidr], ["-p", "tcp"],
-// ["-m", "set", "--match-set", name, flags], ["-m", "mark", "!", "--mark", v/m], ...
-func (w *walker) match(m []string) bool {
-	neg := false
-	if m[0] == "!" {
-		neg, m = true, m[1:]
-	}
-	switch m[0] {
-	case "-s":
-		return neg != netip.MustParsePrefix(m[1]).Contains(w.p.Src)
-	case "-d":
-		return neg != netip.MustParsePrefix(m[1]).Contains(w.dst)
-	case "-p":
-		return neg != (m[1] == w.proto)
-	case "-m":
-		return w.module(m[1], m[2:])
-	}
-	panic(fmt.Sprintf("trace: unknown match %q", m))
-}
-
-func (w *walker) module(name string, args []string) bool {
-	neg := false
-	if len(args) > 0 && args[0] == "!" {
-		neg, args = true, args[1:]
-	}
-	switch name {
-	case "comment":
-		return true
-	case "conntrack": // --ctstate ...: the first packet of a connection is NEW
-		return neg != slices.Contains(strings.Split(args[1], ","), "NEW")
-	case "addrtype": // --src-type / --dst-type LOCAL
-		a := w.p.Src
-		if args[0] == "--dst-type" {
-			a = w.dst
-		}
-		return neg != w.local(a)
-	case "mark": // --mark value/mask
-		v, m := parseMark(args[1])
-		return neg != (w.mark&m == v)
-	case "set": // --match-set NAME flags
-		_, ok := w.setEntry(args[1], args[2])
-		return neg != ok
-	}
-	panic(fmt.Sprintf("trace: unknown module %q", name))
-}
-
-// setEntry finds the set entry matching the packet's fields named by
-// flags (dst,dst,src: destination address, destination port, source).
-func (w *walker) setEntry(name, flags string) (kernel.IPSetEntry, bool) {
-	s := w.r.Set(name)
-	if s == nil {
-		return kernel.IPSetEntry{}, false
-	}
-	f := strings.Split(flags, ",")
-	for _, e := range s.Entries {
-		if w.entryMatches(s.Type, e, f) {
-			return e, true
-		}
-	}
-	return kernel.IPSetEntry{}, false
-}
-
-func (w *walker) addr(flag string) netip.Addr {
-	if flag == "src" {
-		return w.p.Src
-	}
-	return w.dst
-}
-
-func (w *walker) entryMatches(typ string, e kernel.IPSetEntry, f []string) bool {
-	portOK := func(flag string) bool {
-		return flag == "dst" && e.Proto == w.proto && int(e.Port) == w.dport
-	}
-	switch typ {
-	case "bitmap:port":
-		return len(f) == 1 && f[0] == "dst" && int(e.Port) == w.dport
-	case "hash:ip":
-		return e.IP == w.addr(f[0])
-	case "hash:ip,port":
-		return len(f) == 2 && e.IP == w.addr(f[0]) && portOK(f[1])
-	case "hash:ip,port,ip":
-		return len(f) == 3 && e.IP == w.addr(f[0]) && portOK(f[1]) && e.IP2 == w.addr(f[2])
-	case "hash:ip,port,net":
-		return len(f) == 3 && e.IP == w.addr(f[0]) && portOK(f[1]) && e.Net2.Contains(w.addr(f[2]))
-	}
-	return false
-}
-
-// setMark applies MARK --set-xmark value/mask.
-func (w *walker) setMark(args []string) {
-	if len(args) == 2 && args[0] == "--set-xmark" {
-		v, m := parseMark(args[1])
-		w.mark = (w.mark &^ m) ^ v
-	}
-}
-
-// mapMark applies SET --map-set NAME flags --map-mark: the entry's
-// skbmark replaces the packet's mark (kdive's entries mask all bits).
-func (w *walker) mapMark(args []string) {
-	if len(args) >= 4 && args[0] == "--map-set" && args[3] == "--map-mark" {
-		if e, ok := w.setEntry(args[1], args[2]); ok && e.SkbMark != 0 {
-			w.mark = e.SkbMark
-		}
-	}
-}
-
-func parseMark(s string) (value, mask uint32) {
-	v, m, ok := strings.Cut(s, "/")
-	value = parseUint32(v)
-	mask = 0xffffffff
-	if ok {
-		mask = parseUint32(m)
-	}
-	return value, mask
-}
-
-func parseUint32(s string) uint32 {
-	n, err := strconv.ParseUint(s, 0, 32)
-	if err != nil {
-		panic(fmt.Sprintf("trace: bad number %q", s))
-	}
-	return uint32(n)
 }
