@@ -13,7 +13,16 @@
 // (Port.HasEndpoints), and the addresses NodePorts and health check node
 // ports answer on (NodePortIPs, HealthCheckIPs; HealthServer serves the
 // latter). The subpackage proxytest holds the packet-flow case
-// table every backend must pass.
+// table every backend must pass; proxytest/bed sends it through a
+// backend's rules in real network namespaces.
+//
+// Change detection is the Tracker's alone: it recomputes the services
+// events marked, compares each with what it computed before and names the
+// ports that differ in Desired.Changed (nil when the node or the settings
+// changed, so every port resolves anew), in one canonical order
+// (model.ServicePortName.Compare). Backends trust it and keep no copy of
+// their input to compare; Desired.Resync (the agent's periodic resync)
+// asks them to check the kernel's copy for drift as well.
 //
 // The other direction, kernel to meaning, is lbview.go: each backend's
 // Inspect reads what the kernel holds back into one mode-independent
