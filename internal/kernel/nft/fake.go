@@ -20,11 +20,6 @@ type Fake struct {
 	mu     sync.Mutex
 	tables map[string]*fakeTable
 	gen    uint32
-	// Refuse, when set, is asked before each transaction is applied; an
-	// error refuses it (a test's injected failure).
-	Refuse func(tx *Transaction) error
-	// Runs counts the transactions applied.
-	Runs int
 }
 
 var _ Interface = (*Fake)(nil)
@@ -68,11 +63,6 @@ func (t *fakeTable) clone() *fakeTable {
 func (f *Fake) Run(_ context.Context, tx *Transaction) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.Refuse != nil {
-		if err := f.Refuse(tx); err != nil {
-			return err
-		}
-	}
 	key := tx.table.String()
 	var t *fakeTable
 	if cur := f.tables[key]; cur != nil {
@@ -91,7 +81,6 @@ func (f *Fake) Run(_ context.Context, tx *Transaction) error {
 		f.tables[key] = t
 	}
 	f.gen++
-	f.Runs++
 	return nil
 }
 
@@ -127,11 +116,11 @@ func apply(t *fakeTable, o op) (*fakeTable, error) {
 	case *Chain:
 		ch := t.chains[x.Name]
 		switch {
-		case o.verb == add && ch != nil:
-		case o.verb == add || o.verb == create && ch == nil:
+		case (o.verb == add || o.verb == create) && ch == nil:
 			t.chains[x.Name] = &fakeChain{chain: *x}
 		case o.verb == create:
 			return t, errExist
+		case o.verb == add:
 		case ch == nil:
 			return t, errNoEnt
 		case o.verb == flush:
@@ -216,12 +205,11 @@ func apply(t *fakeTable, o op) (*fakeTable, error) {
 	case *Counter:
 		_, ok := t.counters[x.Name]
 		switch {
-		case o.verb == add || o.verb == create && !ok:
-			if !ok {
-				t.counters[x.Name] = *x
-			}
+		case (o.verb == add || o.verb == create) && !ok:
+			t.counters[x.Name] = *x
 		case o.verb == create:
 			return t, errExist
+		case o.verb == add:
 		case !ok:
 			return t, errNoEnt
 		case o.verb == del:

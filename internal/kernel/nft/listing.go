@@ -51,39 +51,29 @@ type ListedCounter struct {
 
 // Set is the set named name, or nil.
 func (l *Listing) Set(name string) *ListedSet {
-	for i := range l.Sets {
-		if l.Sets[i].Name == name {
-			return &l.Sets[i]
-		}
-	}
-	return nil
+	return named(l.Sets, name, func(s *ListedSet) string { return s.Name })
 }
 
 // Map is the map named name, or nil.
 func (l *Listing) Map(name string) *ListedMap {
-	for i := range l.Maps {
-		if l.Maps[i].Name == name {
-			return &l.Maps[i]
-		}
-	}
-	return nil
+	return named(l.Maps, name, func(m *ListedMap) string { return m.Name })
 }
 
 // Chain is the chain named name, or nil.
 func (l *Listing) Chain(name string) *Chain {
-	for i := range l.Chains {
-		if l.Chains[i].Name == name {
-			return &l.Chains[i]
-		}
-	}
-	return nil
+	return named(l.Chains, name, func(c *Chain) string { return c.Name })
 }
 
 // Counter is the counter named name, or nil.
 func (l *Listing) Counter(name string) *ListedCounter {
-	for i := range l.Counters {
-		if l.Counters[i].Name == name {
-			return &l.Counters[i]
+	return named(l.Counters, name, func(c *ListedCounter) string { return c.Name })
+}
+
+// named is the element of xs called name, or nil.
+func named[T any](xs []T, name string, nameOf func(*T) string) *T {
+	for i := range xs {
+		if nameOf(&xs[i]) == name {
+			return &xs[i]
 		}
 	}
 	return nil

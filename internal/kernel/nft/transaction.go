@@ -26,9 +26,6 @@ type labelMark struct {
 // Add(&t) writes it).
 func NewTransaction(t Table) *Transaction { return &Transaction{table: t} }
 
-// Table is the table the transaction changes.
-func (tx *Transaction) Table() Table { return tx.table }
-
 // Add adds the object, or leaves it be when it exists (an element that
 // exists with another value is an error).
 func (tx *Transaction) Add(o Object) { tx.push(add, o) }
