@@ -139,19 +139,19 @@
 // (each operation labelled with its service port, so a refusal names the
 // service) and reads the table back as nft's JSON through the same door.
 //
-// Measured with MeasureSync (medians of 5 runs, 2 cores shared with other
-// work), GenerateDesired(10000, 10): 111,001 elements, 16 rules, a 5.9 MB
-// script:
-//   - first Sync 1.48 s; the floor (the same ruleset, one nft -f, fresh
-//     namespace) 1.15 s: 1.29×; Render alone 135-170 ms;
-//   - a new Proxier over the existing table (agent restart): 1.45 s;
-//   - one endpoint replaced: 0.7 ms (the first change after start 5-9
-//     ms: it starts the session); one endpoint removed (N 10 -> 9): 2.5 ms;
-//   - Sync told nothing changed: 0.05 ms; a full resync (Resync, nothing
-//     changed) finding nothing: 23 ms.
+// Measured with `kdive bench sync` (MeasureSync; kernel 6.18.44-fc-v1272,
+// 2026-12-07, two runs on a quiet machine), GenerateDesired(10000, 10):
+// 111,001 elements, 16 rules, a 5.9 MB script:
+//   - first Sync 2.14-2.55 s; the floor (the same ruleset, one nft -f,
+//     fresh namespace) 1.67-2.10 s: 1.22-1.29×; Render alone 93 ms;
+//   - one endpoint replaced: 1.4-1.5 ms; one service added: 2.9-3.0 ms;
+//   - Sync told nothing changed: 5-43 µs; the periodic resync (Resync,
+//     nothing changed) finding nothing: 26-52 µs.
 //
-// At 1,000 × 10: first Sync 150 ms (floor 120 ms), one endpoint 0.6 ms,
-// removed 1.2 ms, full resync 2-3 ms. BenchmarkSync10k*,
+// At 1,000 × 10: first Sync 229-282 ms (floor 179-181 ms), one endpoint
+// 1.0-1.7 ms, full resync 24-92 µs. Not re-measured since an earlier run:
+// a new Proxier over the existing table (agent restart) 1.45 s, one
+// endpoint removed (N 10 -> 9) 2.5 ms. BenchmarkSync10k*,
 // BenchmarkLoad10kFloor and BenchmarkRender10k measure the same.
 //
 // # What is atomic, and incremental updates
