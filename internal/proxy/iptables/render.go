@@ -99,9 +99,10 @@ func (r *renderer) render(d *proxy.Desired, prev *Ruleset) *Ruleset {
 		sameTop = sameTop && old != nil && sc.sameTop(old)
 		rs.Services = append(rs.Services, sc)
 	}
-	if d.Changed == nil {
-		// Forget the names of ports that are gone (on full renders only:
-		// between them a few stale entries cost less than looking).
+	if reuse == nil {
+		// Forget the names of ports that are gone (on whole renders only:
+		// between them a few stale entries cost less than looking). A
+		// resync's Changed is no longer nil, so ask what was rendered.
 		keep := make(map[model.ServicePortName]bool, len(d.Services))
 		for _, p := range d.Services {
 			keep[p.Name] = true
