@@ -32,7 +32,8 @@ and this node's Pods through client-go informers (from an API server with
 node's CNI network config (10-kdive.conflist), keeps the node's routes and
 tunnels as the pod network mode says, and load-balances Services in the proxy
 mode (nftables, iptables, ipvs). Health on :10256 (/healthz, /livez) and
-metrics on 127.0.0.1:10249 (/metrics) as kube-proxy serves them. SIGTERM
+metrics on 127.0.0.1:10249 (/metrics) as kube-proxy serves them; why the
+agent is unhealthy on 127.0.0.1:10249/status (node-local). SIGTERM
 leaves the datapath in place for the next agent to adopt.
 
 Configuration comes from --config (kind: AgentConfiguration); flags override

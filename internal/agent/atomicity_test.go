@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -285,6 +286,9 @@ func (b *agentBed) get(url string) (int, string) {
 
 func (b *agentBed) healthz() (int, string) { return b.get("http://127.0.0.1:10256/healthz") }
 
+// status is the agent's node-local /status: the detail /healthz leaves out.
+func (b *agentBed) status() (int, string) { return b.get("http://127.0.0.1:10249/status") }
+
 // metric is the value of one series, e.g. `kdive_sync_errors_total{part="proxy"}`
 // (0 when absent).
 func (b *agentBed) metric(series string) float64 {
@@ -353,12 +357,13 @@ func (w failureWindow) gaps() []time.Duration {
 	return out
 }
 
-// atFailure is the agent's state, and what /healthz said, at one "sync
-// failed; retrying" log call.
+// atFailure is the agent's state, and what /healthz and /status said, at
+// one "sync failed; retrying" log call.
 type atFailure struct {
 	state  string
 	code   int
 	health string
+	status string
 }
 
 // failureRecorder records the state at every failed sync, from inside the
@@ -377,7 +382,8 @@ func (b *agentBed) recordFailures(state func() string) *failureRecorder {
 			return
 		}
 		code, body := b.healthz()
-		f := atFailure{state(), code, body}
+		_, status := b.status()
+		f := atFailure{state(), code, body, status}
 		r.mu.Lock()
 		r.seen = append(r.seen, f)
 		r.mu.Unlock()
@@ -443,7 +449,7 @@ func (w failureWindow) checkBackoff(t *testing.T, period time.Duration) {
 
 // checkHealth requires kube-proxy's semantics while a change is stuck:
 // /healthz answers 200 for two sync periods after the change, then 503
-// naming the error, with the error in the body.
+// with kube-proxy's body alone; /status names the error.
 func (b *agentBed) checkHealth(changed time.Time, errPart string) time.Duration {
 	b.t.Helper()
 	period := b.cfg.SyncPeriod.Duration
@@ -460,18 +466,39 @@ func (b *agentBed) checkHealth(changed time.Time, errPart string) time.Duration 
 	if after < 2*period-100*time.Millisecond {
 		b.t.Errorf("/healthz turned 503 %s after the change, before the %s window", after, 2*period)
 	}
-	if !strings.Contains(body, errPart) {
-		b.t.Errorf("/healthz body does not name the error (%q): %s", errPart, body)
-	}
+	b.checkBodies(body, errPart)
 	return after
 }
 
-// checkHealthy requires /healthz 200 with no error.
+// checkBodies requires healthz, a /healthz body, to be kube-proxy's and
+// nothing more (the health port answers anyone who reaches the node) and
+// /status, node-local, to name errPart.
+func (b *agentBed) checkBodies(healthz, errPart string) {
+	b.t.Helper()
+	var keys map[string]any
+	if err := json.Unmarshal([]byte(healthz), &keys); err != nil {
+		b.t.Errorf("/healthz body %q: %v", healthz, err)
+	}
+	for k := range keys {
+		if k != "lastUpdated" && k != "currentTime" && k != "nodeEligible" {
+			b.t.Errorf("/healthz body has %q, which kube-proxy's has not: %s", k, healthz)
+		}
+	}
+	if strings.Contains(healthz, errPart) {
+		b.t.Errorf("/healthz body shows the error (%q) to anyone reaching the node: %s", errPart, healthz)
+	}
+	if _, st := b.status(); !strings.Contains(st, errPart) {
+		b.t.Errorf("/status does not name the error (%q): %s", errPart, st)
+	}
+}
+
+// checkHealthy requires /healthz 200 and no error in /status.
 func (b *agentBed) checkHealthy() {
 	b.t.Helper()
 	ktest.Eventually(b.t, 5*time.Second, "/healthz 200", ktest.Holds(func() bool {
-		code, body := b.healthz()
-		return code == http.StatusOK && !strings.Contains(body, "lastError")
+		code, _ := b.healthz()
+		sc, st := b.status()
+		return code == http.StatusOK && sc == http.StatusOK && !strings.Contains(st, "lastError")
 	}))
 }
 
@@ -646,9 +673,9 @@ func TestAtomicityNFTKernelRejects(t *testing.T) {
 	if rec.Attrs["in"] != "200ms" {
 		t.Errorf("first retry announced in %s, want 200ms", rec.Attrs["in"])
 	}
-	// Within the window: still healthy, but the error is shown.
-	if s.code != http.StatusOK || !strings.Contains(s.health, "default/api") {
-		t.Errorf("/healthz right after the failure: %d %s; want 200 naming the error", s.code, s.health)
+	// Within the window: still healthy; /status shows the error.
+	if s.code != http.StatusOK || !strings.Contains(s.status, "default/api") || strings.Contains(s.health, "default/api") {
+		t.Errorf("right after the failure: /healthz %d %s, /status %s; want 200 with kube-proxy's body, /status naming the error", s.code, s.health, s.status)
 	}
 	took := ktest.Eventually(t, 10*time.Second, "api's rules", ktest.Holds(func() bool {
 		tbl := bed.nftTable()
@@ -724,8 +751,8 @@ func TestAtomicityIPTablesChainInUse(t *testing.T) {
 	if e := rec.Attrs["err"]; !strings.Contains(e, "iptables proxy") || !strings.Contains(e, svcChain) || !strings.Contains(e, "Device or resource busy") {
 		t.Errorf("the log does not name the chain the kernel refused to delete (%s) and why: %s", svcChain, rec)
 	}
-	if s.code != http.StatusOK || !strings.Contains(s.health, svcChain) {
-		t.Errorf("/healthz right after the failure: %d %s; want 200 naming the error", s.code, s.health)
+	if s.code != http.StatusOK || !strings.Contains(s.status, svcChain) || strings.Contains(s.health, svcChain) {
+		t.Errorf("right after the failure: /healthz %d %s, /status %s; want 200 with kube-proxy's body, /status naming the error", s.code, s.health, s.status)
 	}
 	took := ktest.Eventually(t, 10*time.Second, "api's service rule gone", ktest.Holds(func() bool {
 		return !regexp.MustCompile(`(?m)^-A KUBE-SERVICES .*default/api:http`).MatchString(bed.natTable())

@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +18,11 @@ import (
 // cluster: a pod network without spec.podCIDR is no reason to fail the
 // proxy's health) and the whole agent synced at least once, as long as no
 // part has had a change (or failed sync) waiting to be programmed for more
-// than two sync periods; the body names the parts' last errors.
+// than two sync periods. The body is kube-proxy's and says nothing more:
+// the health port listens on every address, and the parts' errors name
+// services, chains and kernel messages, so they go to the log, the
+// metrics (kdive_sync_errors_total) and /status on the node-local metrics
+// port instead.
 type health struct {
 	mu          sync.Mutex
 	period      time.Duration
@@ -80,48 +81,79 @@ func (h *health) synced(part string, err error) {
 	h.lastSuccess = time.Now()
 }
 
-// state is what the handlers report: healthy or not, and the parts' last
-// errors (by part name).
-func (h *health) state(now time.Time) (ok bool, lastError string) {
+// state is what the handlers report: healthy or not.
+func (h *health) state(now time.Time) (ok bool) {
 	ok = !h.lastSuccess.IsZero()
-	var errs []string
-	for _, name := range slices.Sorted(maps.Keys(h.parts)) {
-		p := h.parts[name]
+	for _, p := range h.parts {
 		if !p.ready || !p.pendingFrom.IsZero() && now.Sub(p.pendingFrom) >= 2*h.period {
 			ok = false
 		}
-		if p.lastError != "" {
-			errs = append(errs, p.lastError)
-		}
 	}
-	return ok, strings.Join(errs, "; ")
+	return ok
 }
 
+// healthReply is kube-proxy's /healthz and /livez body, field for field.
 type healthReply struct {
 	LastUpdated  time.Time `json:"lastUpdated"`
 	CurrentTime  time.Time `json:"currentTime"`
 	NodeEligible *bool     `json:"nodeEligible,omitempty"`
-	LastError    string    `json:"lastError,omitempty"`
 }
 
 func (h *health) handler(withNode bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
 		h.mu.Lock()
 		now := time.Now()
-		ok, lastError := h.state(now)
-		r := healthReply{LastUpdated: h.lastSuccess, CurrentTime: now, LastError: lastError}
+		ok := h.state(now)
+		r := healthReply{LastUpdated: h.lastSuccess, CurrentTime: now}
 		h.mu.Unlock()
 		if withNode {
 			eligible := true
 			r.NodeEligible = &eligible
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(r)
+		writeJSON(w, ok, r)
 	}
+}
+
+// Status is the agent's /status on its metrics port (127.0.0.1:10249 by
+// default, so the node alone reads it): the health /healthz reports, and
+// for each part why.
+type Status struct {
+	Healthy     bool                  `json:"healthy"`
+	LastUpdated time.Time             `json:"lastUpdated"`
+	CurrentTime time.Time             `json:"currentTime"`
+	Parts       map[string]PartStatus `json:"parts"`
+}
+
+// PartStatus is one part's (proxy, podnet) state.
+type PartStatus struct {
+	// Ready: synced at least once, or waiting for the cluster.
+	Ready bool `json:"ready"`
+	// PendingSince is the first change (or failed sync) not yet
+	// programmed; zero when none.
+	PendingSince time.Time `json:"pendingSince,omitzero"`
+	// LastError is the last sync's error; empty once a sync succeeds.
+	LastError string `json:"lastError,omitempty"`
+}
+
+func (h *health) statusHandler(w http.ResponseWriter, _ *http.Request) {
+	h.mu.Lock()
+	now := time.Now()
+	st := Status{Healthy: h.state(now), LastUpdated: h.lastSuccess, CurrentTime: now, Parts: map[string]PartStatus{}}
+	for name, p := range h.parts {
+		st.Parts[name] = PartStatus{Ready: p.ready, PendingSince: p.pendingFrom, LastError: p.lastError}
+	}
+	h.mu.Unlock()
+	writeJSON(w, st.Healthy, st)
+}
+
+// writeJSON answers v, with 503 unless ok.
+func writeJSON(w http.ResponseWriter, ok bool, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // serve runs the health and metrics servers until ctx ends. An address
@@ -165,6 +197,7 @@ func (a *Agent) serve(ctx context.Context) (func(), error) {
 	mm := http.NewServeMux()
 	mm.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mm.Handle("/healthz", a.health.handler(true))
+	mm.HandleFunc("/status", a.health.statusHandler)
 	// kube-proxy's status port says its mode; tools and upstream's e2e
 	// ("Networking should check kube-proxy urls") ask it.
 	mm.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {

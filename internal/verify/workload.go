@@ -506,8 +506,8 @@ func (e *env) waitSynced(ctx context.Context, changedAt time.Time) (took time.Du
 				lag = append(lag, fmt.Sprintf("%s: %v", n.Name, err))
 			case !h.LastUpdated.After(changedAt):
 				msg := n.Name + ": no sync since the workload was applied"
-				if h.LastError != "" {
-					msg += " (last error: " + h.LastError + ")"
+				if why := e.agentErrors(ctx, n.host); why != "" {
+					msg += " (last error: " + why + ")"
 				}
 				lag = append(lag, msg)
 			default:
@@ -560,7 +560,32 @@ func sameTimes(a, b map[string]time.Time) bool {
 
 type agentHealth struct {
 	LastUpdated time.Time `json:"lastUpdated"`
-	LastError   string    `json:"lastError"`
+}
+
+// agentStatus is kdive's /status on the node-local metrics port: why an
+// agent is not synced (its /healthz, kube-proxy's, does not say).
+const agentStatus = "http://127.0.0.1:10249/status"
+
+// agentErrors is the last errors of the agent's parts, as its /status
+// names them; empty when it names none or cannot be read (another proxy
+// than kdive's).
+func (e *env) agentErrors(ctx context.Context, from origin) string {
+	a := from.probe(ctx, ProbeRequest{URL: agentStatus, Timeout: time.Second})[0]
+	var st struct {
+		Parts map[string]struct {
+			LastError string `json:"lastError"`
+		} `json:"parts"`
+	}
+	if a.Err() != nil || json.Unmarshal(a.Body, &st) != nil {
+		return ""
+	}
+	var errs []string
+	for _, name := range slices.Sorted(maps.Keys(st.Parts)) {
+		if p := st.Parts[name]; p.LastError != "" {
+			errs = append(errs, name+": "+p.LastError)
+		}
+	}
+	return strings.Join(errs, "; ")
 }
 
 func (e *env) agentHealth(ctx context.Context, from origin) (agentHealth, error) {
