@@ -77,7 +77,10 @@ type Stats struct {
 	// written again (Options.OnRepair).
 	Repairs  int
 	Failures int
-	Last     SyncInfo
+	// Rollbacks are failed Syncs that had committed some transactions
+	// and put back what they changed (see rollback.go).
+	Rollbacks int
+	Last      SyncInfo
 }
 
 // SyncInfo describes the last successful Sync.
@@ -243,10 +246,24 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 	if full {
 		written = func(c *Chain, text string) { pl.hash[chainKey{c.Table, c.Name}] = maphash.String(p.seed, text) }
 	}
-	for _, in := range pl.inputs(p.flavour, written) {
+	inputs := pl.inputs(p.flavour, written)
+	snap, err := p.snapshotFor(ctx, pl, inputs)
+	if err != nil {
+		return info, err
+	}
+	for _, in := range inputs {
 		info.Restores++
 		info.Bytes += len(in)
 		if err := p.restore(ctx, in, rs); err != nil {
+			if snap == nil {
+				return info, err
+			}
+			// The transactions before this one are committed: put them back.
+			if undone, rerr := p.rollback(ctx, pl, snap); rerr != nil {
+				return info, fmt.Errorf("%w; and rolling back what the sync committed before failed: %w", err, rerr)
+			} else if undone {
+				p.stats.Rollbacks++
+			}
 			return info, err
 		}
 	}

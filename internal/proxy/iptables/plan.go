@@ -24,6 +24,9 @@ type plan struct {
 	full bool
 	// fresh: the nat table holds (almost) no kdive chains yet.
 	fresh bool
+	// saved is iptables-save as a full plan read it (nil for a partial
+	// one): the snapshot a rollback returns to.
+	saved map[Table]*xtables.SavedTable
 }
 
 func newPlan(full bool) *plan {
@@ -163,6 +166,10 @@ func (p *Proxier) planFull(ctx context.Context, rs *Ruleset) (*plan, error) {
 	}
 	cur := parseSave(out)
 	pl := newPlan(true)
+	pl.saved = map[Table]*xtables.SavedTable{}
+	for _, t := range tables {
+		pl.saved[t] = cur[t]
+	}
 	want := map[chainKey]bool{}
 	// A chain that holds what it should is left alone (after a restart, or
 	// the periodic resync, that is nearly all of them: iptables-nft would
