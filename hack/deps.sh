@@ -6,10 +6,11 @@ set -euo pipefail
 # kubernetes builds the rest); busybox-static is also the shell of the
 # images it builds; bind9-dnsutils, netcat-openbsd, socat, wget and iperf
 # give the e2e tests' images (agnhost, glibc-dns-testing) the dig, nc,
-# socat, wget and iperf (2) their upstream Alpine images carry.
+# socat, wget and iperf (2) their upstream Alpine images carry; strace
+# shows the tests which file system calls make state durable.
 pkgs=(iproute2 nftables iptables ipset conntrack ipvsadm curl kmod
       qemu-system-x86 linux-image-amd64 busybox-static runc util-linux
-      bind9-dnsutils netcat-openbsd socat wget iperf)
+      bind9-dnsutils netcat-openbsd socat wget iperf strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -297,7 +297,7 @@ func (h *hostPorts) removeLocked(ctx context.Context, a ipam.Attachment, held ne
 	if err := h.delete(ctx, del); err != nil {
 		return fmt.Errorf("remove hostPorts of %s: %w", a, err)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := fileutil.Remove(filepath.Dir(path), filepath.Base(path)); err != nil {
 		return fmt.Errorf("remove hostPorts of %s: %w", a, err)
 	}
 	return nil

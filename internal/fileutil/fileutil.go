@@ -1,7 +1,9 @@
 // Package fileutil holds the two file disciplines kdive's state relies
-// on: a file is replaced atomically (a reader sees the old content or the
-// new, never half of it, even across a crash), and processes that share a
-// state directory take turns through flock(2).
+// on: a file is replaced or removed atomically and durably (a reader sees
+// the old content or the new, never half of it, and once the call returns
+// a power cut keeps the change: the file and then its directory are
+// synced), and processes that share a state directory take turns through
+// flock(2).
 package fileutil
 
 import (
@@ -15,8 +17,10 @@ import (
 
 // WriteAtomic replaces path with data: a temporary dot file in the same
 // directory (".NAME.tmp-*", which readers of the directory can skip),
-// written, given perm, synced, then renamed over path. On error nothing
-// is left behind and path is unchanged.
+// written, given perm, synced, renamed over path, and the directory
+// synced, so that the rename, and with it the new content, survives a
+// power cut. On error nothing is left behind and path is unchanged (or,
+// if only the directory's sync failed, replaced but maybe not durably).
 func WriteAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -33,7 +37,43 @@ func WriteAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	if err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), path)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// Remove removes the files of one directory durably: each is removed (a
+// missing one is no error) and then the directory synced, so that none
+// comes back after a power cut. A released IP address that came back
+// would be handed out twice.
+func Remove(dir string, names ...string) error {
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("remove from %s: %w", dir, err)
+	}
+	return nil
+}
+
+// syncDir syncs a directory: its entries (a rename, a removal) reach the
+// disk.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // WithLock runs fn holding an exclusive flock(2) on dir/name (created with

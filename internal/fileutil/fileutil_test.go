@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kdive/kdive/internal/fileutil/durabletest"
 )
 
 func TestWriteAtomic(t *testing.T) {
@@ -60,5 +62,43 @@ func TestWithLockExcludes(t *testing.T) {
 	wg.Wait()
 	if maxInside != 1 {
 		t.Errorf("%d holders at once, want 1", maxInside)
+	}
+}
+
+// TestDurable requires, of the calls the kernel sees, what a power cut
+// needs: WriteAtomic syncs the temporary file, renames it over the path
+// and then syncs the directory (else the rename, and with it the new
+// content, may be lost); Remove syncs the directory after the unlink
+// (else the file may come back).
+func TestDurable(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "old"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	calls := durabletest.Trace(t, "TestDurableChild", "KDIVE_DURABLE_DIR="+dir)
+	tmpSync := calls.Index(0, "fsync", dir+"/.new.tmp-")
+	rename := calls.Index(tmpSync+1, "rename", dir+"/.new.tmp-", `"`+dir+`/new"`)
+	dirSync := calls.Index(rename+1, "fsync", "<"+dir+">")
+	// The child's Remove comes after WriteAtomic returned.
+	unlink := calls.Index(0, "unlink", `"`+dir+`/old"`)
+	if tmpSync < 0 || rename < 0 || dirSync < 0 || dirSync > unlink {
+		t.Errorf("WriteAtomic: want fsync(temporary file), rename(it, new), fsync(directory) in that order before it returns; got (fsync %d, rename %d, fsync %d, Remove's unlink %d):\n%s", tmpSync, rename, dirSync, unlink, calls)
+	}
+	if unlink < 0 || calls.Index(unlink+1, "fsync", "<"+dir+">") < 0 {
+		t.Errorf("Remove: want unlink(old), then fsync(directory); got:\n%s", calls)
+	}
+}
+
+// TestDurableChild is TestDurable's traced child.
+func TestDurableChild(t *testing.T) {
+	dir := os.Getenv("KDIVE_DURABLE_DIR")
+	if dir == "" {
+		t.Skip("only runs as a child of TestDurable")
+	}
+	if err := WriteAtomic(filepath.Join(dir, "new"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Remove(dir, "old", "missing"); err != nil {
+		t.Fatal(err)
 	}
 }

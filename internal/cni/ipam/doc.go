@@ -15,7 +15,11 @@
 // an address freed by a DEL is not handed to the very next pod (a peer still
 // holding a connection to the old pod would otherwise reach the new one).
 // Files are written to a temporary name and renamed, so a crash never leaves
-// a half-written entry; a file named by an address is the allocation.
+// a half-written entry; a file named by an address is the allocation. The
+// directory is synced after each rename and each removal, before ADD or DEL
+// returns, so that after a power cut an allocation does not vanish (its
+// address would go to a second pod) nor a freed one come back
+// (TestDurableAllocateRelease reads the system calls under strace).
 //
 // # Reserved addresses
 //

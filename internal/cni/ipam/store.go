@@ -1,7 +1,6 @@
 package ipam
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -247,8 +246,10 @@ func (s *Store) writeFile(name, content string) error {
 	return fileutil.WriteAtomic(filepath.Join(s.dir, name), []byte(content), 0o644)
 }
 
+// remove frees a durably: a freed address that came back after a power
+// cut would be handed to a second pod while the first still holds it.
 func (s *Store) remove(a netip.Addr) error {
-	if err := os.Remove(filepath.Join(s.dir, a.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := fileutil.Remove(s.dir, a.String()); err != nil {
 		return fmt.Errorf("free %s: %w", a, err)
 	}
 	return nil
@@ -261,7 +262,7 @@ func (s *Store) CheckWritable() error {
 		if err := s.writeFile(tmpPre+"probe", "probe\n"); err != nil {
 			return err
 		}
-		return os.Remove(filepath.Join(s.dir, tmpPre+"probe"))
+		return fileutil.Remove(s.dir, tmpPre+"probe")
 	})
 	if err != nil {
 		return fmt.Errorf("ipam: data directory %s is not writable: %w", s.dir, err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/kdive/kdive/internal/cni/ipam"
+	"github.com/kdive/kdive/internal/fileutil/durabletest"
 )
 
 // Address plan: 10.0.1.0/24 (a node's pod block as the lab assigns them) and
@@ -245,5 +246,51 @@ func TestIPAMChild(t *testing.T) {
 		if _, err := s.Allocate(att(i)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestDurableAllocateRelease: after a power cut an allocation must not
+// vanish (a second pod would get the address) nor a freed one come back
+// (the address would leak until GC). Of the calls the kernel sees,
+// Allocate's rename of the allocation file and Release's unlink of it
+// must each be followed by a sync of the store's directory before the
+// call returns.
+func TestDurableAllocateRelease(t *testing.T) {
+	s := newStore(t, "10.0.1.0/24")
+	if err := s.CheckWritable(); err != nil {
+		t.Fatal(err)
+	}
+	dir := s.Dir()
+	calls := durabletest.Trace(t, "TestDurableChild", "KDIVE_IPAM_DURABLE_DIR="+dir)
+	file := `"` + dir + `/10.0.1.2"`
+	syncDir := "<" + dir + ">"
+	rename := calls.Index(0, "rename", file)
+	released := calls.Index(0, "unlink", file)
+	if rename < 0 || released < 0 {
+		t.Fatalf("want the allocation of 10.0.1.2 renamed into place and then unlinked; got:\n%s", calls)
+	}
+	if i := calls.Index(rename+1, "fsync", syncDir); i < 0 || i > released {
+		t.Errorf("Allocate did not sync %s after renaming the allocation into place:\n%s", dir, calls)
+	}
+	if calls.Index(released+1, "fsync", syncDir) < 0 {
+		t.Errorf("Release did not sync %s after removing the allocation:\n%s", dir, calls)
+	}
+}
+
+// TestDurableChild is TestDurableAllocateRelease's traced child.
+func TestDurableChild(t *testing.T) {
+	dir := os.Getenv("KDIVE_IPAM_DURABLE_DIR")
+	if dir == "" {
+		t.Skip("only runs as a child of TestDurableAllocateRelease")
+	}
+	s, err := ipam.New(dir, netip.MustParsePrefix("10.0.1.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := mustAlloc(t, s, att(1)); ip != netip.MustParseAddr("10.0.1.2") {
+		t.Fatalf("allocated %s, want 10.0.1.2 in a fresh store", ip)
+	}
+	if freed, err := s.Release(att(1)); err != nil || len(freed) != 1 {
+		t.Fatalf("release: %v %v", freed, err)
 	}
 }
