@@ -24,7 +24,7 @@ import (
 // nothing of kdive behind. TestProxyModeSwitchLeavesNothing
 // (modeswitch_test.go) checks nftables <-> iptables by table and chain
 // names; these tests follow one node through every switch between the
-// three modes with services of every kind programmed, compare everything
+// three modes and none with services of every kind programmed, compare everything
 // each proxy mode, the pod network and the CNI plugin leave in the kernel
 // (below, a node's kdive footprint), and end with --cleanup.
 
@@ -449,21 +449,59 @@ spec:
 `, iface, encap, mode)
 }
 
-// TestModeSwitchCleanup: nftables <-> iptables and to none, natively,
-// routed pods over VXLAN.
+// The two walks below cross each of the 12 ordered pairs of the four
+// modes (nftables, iptables, ipvs, none) exactly once: natively the 6
+// among nftables, iptables and none, in the VM the 6 to and from ipvs
+// (an Eulerian circuit of each graph). TestModeSwitchWalksCoverEveryPair
+// checks that they do.
+var (
+	nativeSwitchWalk = []string{"nftables", "iptables", "none", "nftables", "none", "iptables", "nftables"}
+	ipvsSwitchWalk   = []string{"iptables", "ipvs", "nftables", "ipvs", "none", "ipvs", "iptables"}
+)
+
+// TestModeSwitchCleanup: every switch among nftables, iptables and none,
+// natively, routed pods over VXLAN.
 func TestModeSwitchCleanup(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureVXLAN)
-	s := upTestLab(t, "kdt-msc", switchLab("routed", "vxlan", "nftables"))
-	checkModeSwitches(t, s, []string{"nftables", "iptables", "nftables", "none", "iptables"}, 30*time.Second)
+	s := upTestLab(t, "kdt-msc", switchLab("routed", "vxlan", nativeSwitchWalk[0]))
+	checkModeSwitches(t, s, nativeSwitchWalk, 30*time.Second)
 }
 
 // TestModeSwitchCleanupIPVS runs in the test VM: every switch to and from
-// ipvs (iptables -> ipvs -> nftables -> ipvs -> iptables), bridge mode
-// with per-peer IPIP tunnels (tun-...) across subnets.
+// ipvs, bridge mode with per-peer IPIP tunnels (tun-...) across subnets.
 func TestModeSwitchCleanupIPVS(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureIPIP)
 	ktest.RequireFeature(t, kernel.FeatureIPVS)
 	ktest.RequireFeature(t, kernel.FeatureDummy)
-	s := upTestLab(t, "kdt-mscv", switchLab("bridge", "ipip", "iptables"))
-	checkModeSwitches(t, s, []string{"iptables", "ipvs", "nftables", "ipvs", "iptables"}, 120*time.Second)
+	s := upTestLab(t, "kdt-mscv", switchLab("bridge", "ipip", ipvsSwitchWalk[0]))
+	checkModeSwitches(t, s, ipvsSwitchWalk, 120*time.Second)
+}
+
+// TestModeSwitchWalksCoverEveryPair: the two walks together cross every
+// ordered pair of distinct modes once, natively those without ipvs.
+func TestModeSwitchWalksCoverEveryPair(t *testing.T) {
+	modes := []string{"nftables", "iptables", "ipvs", "none"}
+	crossed := map[[2]string]string{}
+	for _, w := range []struct {
+		name string
+		seq  []string
+	}{{"native", nativeSwitchWalk}, {"VM", ipvsSwitchWalk}} {
+		for i := 1; i < len(w.seq); i++ {
+			pair := [2]string{w.seq[i-1], w.seq[i]}
+			if prev, ok := crossed[pair]; ok {
+				t.Errorf("%s -> %s crossed twice (%s walk, then %s)", pair[0], pair[1], prev, w.name)
+			}
+			if native := pair[0] != "ipvs" && pair[1] != "ipvs"; native != (w.name == "native") {
+				t.Errorf("%s walk crosses %s -> %s, which belongs to the other walk", w.name, pair[0], pair[1])
+			}
+			crossed[pair] = w.name
+		}
+	}
+	for _, from := range modes {
+		for _, to := range modes {
+			if _, ok := crossed[[2]string{from, to}]; from != to && !ok {
+				t.Errorf("no walk crosses %s -> %s", from, to)
+			}
+		}
+	}
 }
