@@ -81,9 +81,8 @@ func (r *Rule) appendModule(b []byte, m Module) []byte {
 	}
 	switch m {
 	case ModComment:
-		b = append(b, ` -m comment --comment "`...)
-		b = append(b, r.Comment...)
-		b = append(b, '"')
+		b = append(b, ` -m comment --comment `...)
+		b = appendQuoted(b, r.Comment)
 	case ModAddrType:
 		b = append(b, " -m addrtype"...)
 		if r.SrcLocal {
@@ -152,7 +151,7 @@ func savedProbability(p float64) float64 {
 // byte: matches in the usual order whatever Order says (comment,
 // addrtype, recent, statistic, `-m tcp -p tcp`, -d, --dport, -s, mark,
 // conntrack, set), a single address without its /32, a comment quoted
-// only when it holds a space, MARK as --or-mark or --xor-mark, REJECT
+// only when it holds a space (or something to escape), MARK as --or-mark or --xor-mark, REJECT
 // without --reject-with.
 func (r *Rule) WriteKubeProxy(b *strings.Builder) {
 	var scratch [64]byte
@@ -238,15 +237,36 @@ func (r *Rule) writeKubeProxyTarget(b *strings.Builder, scratch []byte) {
 	}
 }
 
-// writeQuoted quotes a comment that has spaces, as upstream does.
+// writeQuoted quotes a comment that has spaces (or anything to escape),
+// as upstream does.
 func writeQuoted(b *strings.Builder, s string) {
-	if strings.IndexByte(s, ' ') < 0 {
+	if !strings.ContainsFunc(s, func(c rune) bool { return c == ' ' || c == '"' || c == '\\' || c < 0x20 || c == 0x7f }) {
 		b.WriteString(s)
 		return
 	}
-	b.WriteByte('"')
-	b.WriteString(s)
-	b.WriteByte('"')
+	b.Write(appendQuoted(nil, s))
+}
+
+// appendQuoted appends s in double quotes as iptables-restore reads a
+// quoted word and iptables-save prints one: '"' and '\\' escaped with a
+// backslash. Control characters (a newline would end the rule's line of
+// restore input and start another) are printed as '?': Kubernetes names
+// cannot hold them, and the proxy refuses names Kubernetes would refuse
+// before they reach a rule (proxy.ServicePorts), so only a name that
+// slipped past both would print them.
+func appendQuoted(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20 || c == 0x7f:
+			b = append(b, '?')
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 // writePrefix prints a single address without its /32, as upstream does.
