@@ -247,19 +247,16 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 		written = func(c *Chain, text string) { pl.hash[chainKey{c.Table, c.Name}] = maphash.String(p.seed, text) }
 	}
 	inputs := pl.inputs(p.flavour, written)
-	snap, err := p.snapshotFor(ctx, pl, inputs)
-	if err != nil {
-		return info, err
-	}
+	u := undoFor(pl, inputs)
 	for _, in := range inputs {
 		info.Restores++
 		info.Bytes += len(in)
 		if err := p.restore(ctx, in, rs); err != nil {
-			if snap == nil {
+			if u == nil {
 				return info, err
 			}
 			// The transactions before this one are committed: put them back.
-			if undone, rerr := p.rollback(ctx, pl, snap); rerr != nil {
+			if undone, rerr := p.rollback(ctx, pl, u); rerr != nil {
 				return info, fmt.Errorf("%w; and rolling back what the sync committed before failed: %w", err, rerr)
 			} else if undone {
 				p.stats.Rollbacks++

@@ -15,25 +15,35 @@ import (
 // atomic, not their sequence: when one fails, the ones before it stay
 // committed. A Sync sends one transaction per table it writes, and a
 // batched one (see plan.inputs) several per table in several processes.
-// So before a Sync that sends more than one transaction, the tables of all
-// but the last are read (a full Sync has read them already: plan.saved);
-// the last needs nothing, since nothing runs after it. When a restore
-// fails, the tables are read again and what differs from the snapshot is
-// put back in one transaction per table: each chain the plan writes or
-// deletes gets its previous rules (created again if the Sync deleted it),
-// a chain the Sync created is deleted, and a jump from a built-in chain to
-// one of kdive's that the Sync inserted is deleted. Comparing with the
-// kernel, rather than trusting the error to say which transaction failed,
-// makes it right also when the process was killed (the context ended)
-// after committing some of its transactions.
+// So when a Sync that sent more than one transaction fails, it puts back
+// what it changed in the tables of all but its last transaction (the last
+// is atomic, and nothing runs after it), in one transaction per table:
+// each chain the plan writes or deletes gets its previous rules (created
+// again if the Sync deleted it), a chain the Sync created is deleted, and
+// a jump from a built-in chain to one of kdive's that the Sync inserted is
+// deleted. The undo is the same whichever transaction failed, so it is
+// right also when the process was killed (the context ended) after
+// committing some of its transactions.
 //
-// What it cannot put back: a table that did not exist before the Sync
-// stays (with its built-in chains, empty, policy ACCEPT); the counters of
-// the rules it rewrites start at zero; route_localnet and the other
+// The previous rules come from what the Sync knew before writing. A full
+// Sync read iptables-save already (plan.saved): its rollback reads the
+// tables again and puts back what differs, hooks included. A partial Sync
+// writes only where its last Sync left chains other than it wants now,
+// trusting the kernel to hold what that Sync wrote (the canary tells it
+// when someone flushed the tables), and reads nothing: reading the tables
+// costs seconds at 10,000 services, which the fast path cannot afford. Its
+// rollback writes every chain the plan touches as the last Sync left it
+// (Proxier.prev), and deletes the ones it created; a partial plan inserts
+// no hooks. So a chain of kdive's that someone edited by hand since the
+// last Sync comes back as kdive wrote it, as the next full Sync would do.
+//
+// What a rollback cannot put back: a table that did not exist before the
+// Sync stays (with its built-in chains, empty, policy ACCEPT); the counters
+// of the rules it rewrites start at zero; route_localnet and the other
 // flavour's cleanup (leaveOtherFlavour) are not iptables state of this
 // flavour and stay. It fails, and Sync says so, when the kernel refuses
-// the rollback (someone made a rule jump to a chain this Sync created,
-// between the commit and the rollback) or the tables cannot be read; and
+// it (someone made a rule jump to a chain this Sync created, between the
+// commit and the rollback) or a full Sync's tables cannot be read; and
 // there is none when the agent dies between two transactions (the next
 // agent's first Sync, a full one, completes the change).
 
@@ -41,64 +51,72 @@ import (
 // context ended.
 const rollbackTimeout = 30 * time.Second
 
-// snapshot is each table a rollback may put back, as iptables-save showed
-// it before the Sync; a nil table did not exist.
-type snapshot map[Table]*xtables.SavedTable
+// undo is what a rollback needs: the tables of every transaction but the
+// last, and for a full Sync iptables-save before it (a nil table did not
+// exist).
+type undo struct {
+	tables []Table
+	saved  map[Table]*xtables.SavedTable
+}
 
-// transactions lists the table of each transaction in inputs, in order.
+// transactions lists the table of each transaction in inputs, in order
+// (each starts with a "*table" line).
 func transactions(inputs []string) []Table {
 	var out []Table
 	for _, in := range inputs {
-		for line := range strings.Lines(in) {
-			if line[0] == '*' {
-				out = append(out, Table(strings.TrimSpace(line[1:])))
+		for i := 0; i < len(in); {
+			if in[i] == '*' {
+				end := strings.IndexByte(in[i:], '\n')
+				if end < 0 {
+					end = len(in) - i
+				}
+				out = append(out, Table(in[i+1:i+end]))
 			}
+			next := strings.Index(in[i:], "\n*")
+			if next < 0 {
+				break
+			}
+			i += next + 1
 		}
 	}
 	return out
 }
 
-// snapshotFor reads what a rollback of inputs needs: the tables of every
-// transaction but the last. nil when there is one transaction (atomic).
-func (p *Proxier) snapshotFor(ctx context.Context, pl *plan, inputs []string) (snapshot, error) {
+// undoFor says what a rollback of inputs needs; nil when they are one
+// transaction (atomic).
+func undoFor(pl *plan, inputs []string) *undo {
 	tx := transactions(inputs)
 	if len(tx) < 2 {
-		return nil, nil
+		return nil
 	}
-	snap := snapshot{}
+	u := &undo{saved: pl.saved}
 	for _, t := range tx[:len(tx)-1] {
-		if _, ok := snap[t]; ok {
-			continue
+		if !slices.Contains(u.tables, t) {
+			u.tables = append(u.tables, t)
 		}
-		if pl.saved != nil {
-			snap[t] = pl.saved[t]
-			continue
-		}
-		out, err := xtables.Save(ctx, p.run, p.flavour, string(t))
-		if err != nil {
-			return nil, fmt.Errorf("read iptables before a sync of %d transactions: %w", len(tx), err)
-		}
-		snap[t] = parseSave(out)[t]
 	}
-	return snap, nil
+	return u
 }
 
-// rollback puts back what the plan changed in the snapshot's tables; it
+// rollback puts back what the plan changed in the undo's tables; it
 // reports whether it wrote anything.
-func (p *Proxier) rollback(ctx context.Context, pl *plan, snap snapshot) (bool, error) {
+func (p *Proxier) rollback(ctx context.Context, pl *plan, u *undo) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
 	var b strings.Builder
 	for _, t := range tables {
-		old, ok := snap[t]
-		if !ok {
+		if !slices.Contains(u.tables, t) {
+			continue
+		}
+		if u.saved == nil {
+			p.writeUndoPartial(&b, t, pl.touched(t))
 			continue
 		}
 		out, err := xtables.Save(ctx, p.run, p.flavour, string(t))
 		if err != nil {
 			return false, fmt.Errorf("read %s: %w", t, err)
 		}
-		writeUndo(&b, t, pl.touched(t), old, parseSave(out)[t])
+		writeUndo(&b, t, pl.touched(t), u.saved[t], parseSave(out)[t])
 	}
 	if b.Len() == 0 {
 		return false, nil
@@ -107,6 +125,38 @@ func (p *Proxier) rollback(ctx context.Context, pl *plan, snap snapshot) (bool, 
 		return false, fmt.Errorf("restore: %w", err)
 	}
 	return true, nil
+}
+
+// writeUndoPartial writes the transaction that puts the chains named back
+// as the last Sync left them (p.prev), deleting the ones it did not have.
+func (p *Proxier) writeUndoPartial(b *strings.Builder, t Table, chains []string) {
+	if len(chains) == 0 {
+		return
+	}
+	b.WriteString("*" + string(t) + "\n")
+	var drop []string
+	seen := map[string]bool{}
+	for _, name := range chains {
+		if !seen[name] {
+			seen[name] = true
+			writeChainLine(b, name)
+		}
+	}
+	for _, name := range chains {
+		if !seen[name] {
+			continue
+		}
+		delete(seen, name)
+		if c := p.prev.Chain(t, name); c != nil {
+			c.appendRules(b)
+		} else {
+			drop = append(drop, name)
+		}
+	}
+	for _, name := range drop {
+		b.WriteString("-X " + name + "\n")
+	}
+	b.WriteString("COMMIT\n")
 }
 
 // touched are the chains the plan writes or deletes in table t.

@@ -82,6 +82,61 @@ func TestRollbackLaterBatch(t *testing.T) {
 	}
 }
 
+// TestRollbackFullSync: a node's first Sync (a full one: 450 services,
+// about 14 nat transactions in two processes, then filter's, the last
+// nat one with the jumps from the built-in chains, and mangle's) fails in
+// its last transaction, mangle's: a rule jumping to a chain that does not
+// exist is slipped into it, which iptables-restore refuses (the fault is
+// real, where it hits is chosen). By then filter and nat are committed,
+// hooks included. The rollback takes all of it out: both tables are as
+// they were, an administrator's rules in them untouched. The retry succeeds.
+func TestRollbackFullSync(t *testing.T) {
+	ctx := context.Background()
+	kp := newKernelProxier(t, FlavourNFT)
+	foreign := "*nat\n:FOREIGN - [0:0]\n-A FOREIGN -s 192.0.2.1/32 -j RETURN\n-A PREROUTING -s 192.0.2.2/32 -j FOREIGN\nCOMMIT\n" +
+		"*filter\n-A INPUT -s 192.0.2.3/32 -j ACCEPT\nCOMMIT\n"
+	if _, err := kp.ns.Run(ctx, foreign, FlavourNFT.Restore(), "-w", "--noflush"); err != nil {
+		t.Fatal(err)
+	}
+	before := savedTables(t, kp)
+	run, faults := kp.run, 0
+	kp.run = func(ctx context.Context, stdin, name string, args ...string) (string, error) {
+		if i := strings.Index(stdin, "*mangle\n"); i >= 0 && faults == 0 && strings.HasSuffix(name, "-restore") {
+			faults++
+			stdin = stdin[:i] + strings.Replace(stdin[i:], "COMMIT\n", "-A "+ChainCanary+" -j KDIVE-NO-SUCH-CHAIN\nCOMMIT\n", 1)
+		}
+		return run(ctx, stdin, name, args...)
+	}
+	d := scaleDesired(450, 10)
+	err := kp.Sync(ctx, d)
+	if err == nil || faults != 1 {
+		t.Fatalf("first sync with a bad mangle rule: err = %v (%d faults injected)", err, faults)
+	}
+	sent := kp.sent()
+	if after := savedTables(t, kp); after != before {
+		t.Errorf("nat and filter after the failed sync differ from before:\n%s", setDiff(before, after))
+	}
+	st := kp.Stats()
+	if st.Rollbacks != 1 {
+		t.Errorf("%d rollbacks, want 1", st.Rollbacks)
+	}
+	if st.Rollbacks == 1 && len(sent) > 0 {
+		sent = sent[:len(sent)-1]
+	}
+	if tx := transactions(sent); len(sent) < 2 || len(tx) < 10 || tx[len(tx)-1] != TableMangle {
+		t.Errorf("the sync sent %v in %d restores, want a batched write ending with mangle", tx, len(sent))
+	}
+	if err := kp.Sync(ctx, d); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	nat := iptables(t, kp.ns, FlavourNFT, "save", "-t", "nat")
+	for _, want := range []string{"-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-A FOREIGN -s 192.0.2.1/32 -j RETURN"} {
+		if !strings.Contains(nat, want) {
+			t.Errorf("nat after the retry lacks %q", want)
+		}
+	}
+}
+
 var saveCounters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // savedTables is iptables-save of nat and filter without its comments and
