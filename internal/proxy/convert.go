@@ -5,9 +5,11 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kdive/kdive/internal/model"
 )
@@ -33,6 +35,30 @@ const AnnotationIPVSScheduler = "kdive.dev/ipvs-scheduler"
 // sets none (the API server's default, 3 hours).
 const defaultAffinityTimeout = 10800
 
+// checkNames refuses a service whose namespace, name or port names
+// Kubernetes would refuse. They become rule comments, chain-name hashes,
+// set element comments and IPVS names; the API server validates them, and
+// this is the second line of defence: a name holding a quote, a space or
+// a newline never reaches iptables-restore's or nft's input.
+func checkNames(svc *corev1.Service) error {
+	quoted := fmt.Sprintf("%q", svc.Namespace+"/"+svc.Name)
+	if msgs := validation.IsDNS1123Label(svc.Namespace); len(msgs) > 0 {
+		return fmt.Errorf("service %s: metadata.namespace: %s", quoted, strings.Join(msgs, "; "))
+	}
+	if msgs := validation.IsDNS1035Label(svc.Name); len(msgs) > 0 {
+		return fmt.Errorf("service %s: metadata.name: %s", quoted, strings.Join(msgs, "; "))
+	}
+	for i, sp := range svc.Spec.Ports {
+		if sp.Name == "" {
+			continue
+		}
+		if msgs := validation.IsDNS1123Label(sp.Name); len(msgs) > 0 {
+			return fmt.Errorf("service %s/%s: spec.ports[%d].name: %q: %s", svc.Namespace, svc.Name, i, sp.Name, strings.Join(msgs, "; "))
+		}
+	}
+	return nil
+}
+
 // ServicePorts turns a Service and its EndpointSlices into service ports.
 // Services the proxy does not handle (headless, ExternalName, another
 // proxy's) give none and no error. A service with an invalid field gives
@@ -42,6 +68,9 @@ func ServicePorts(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]m
 	name := svc.Namespace + "/" + svc.Name
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || ignored(svc.Labels) {
 		return nil, nil
+	}
+	if err := checkNames(svc); err != nil {
+		return nil, err
 	}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
