@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/lab/k8s"
 	"github.com/kdive/kdive/internal/source/labstore"
@@ -83,7 +84,7 @@ func (p *Plan) startCloud(ctx context.Context, cp *kernel.NetNS, bins Binaries) 
 	}
 	pid := cmd.Process.Pid
 	_ = cmd.Process.Release()
-	_ = os.WriteFile(strings.TrimSuffix(log, ".log")+".pid", []byte(strconv.Itoa(pid)+"\n"), 0o644)
+	_ = fileutil.WriteAtomic(strings.TrimSuffix(log, ".log")+".pid", []byte(strconv.Itoa(pid)+"\n"), 0o644)
 	return nil
 }
 

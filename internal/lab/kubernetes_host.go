@@ -73,11 +73,7 @@ func (r *hostRecord) write() error {
 	if err != nil {
 		return err
 	}
-	tmp := hostFile + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, hostFile)
+	return fileutil.WriteAtomic(hostFile, b, 0o644)
 }
 
 // claimHost records that Kubernetes lab name uses the host, saving the

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kdive/kdive/internal/fileutil"
 	"github.com/kdive/kdive/internal/kernel"
 )
 
@@ -88,7 +89,7 @@ func startProcess(ns *kernel.NetNS, lab, logFile string, env []string, argv ...s
 	// Nobody waits for it: the lab's processes are reaped by init once
 	// this command exits, and killed by lab down.
 	_ = cmd.Process.Release()
-	if err := os.WriteFile(strings.TrimSuffix(logFile, ".log")+".pid", []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+	if err := fileutil.WriteAtomic(strings.TrimSuffix(logFile, ".log")+".pid", []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
 		return pid, err
 	}
 	return pid, nil

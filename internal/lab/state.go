@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/kdive/kdive/internal/fileutil"
 )
 
 // RunDir holds every lab's runtime state: /run/kdive/labs/NAME/. Nothing of
@@ -53,12 +55,7 @@ func (s *State) save() error {
 	if err != nil {
 		return err
 	}
-	dir := Dir(s.Plan.Name)
-	tmp := filepath.Join(dir, stateFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("write lab state: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, stateFile)); err != nil {
+	if err := fileutil.WriteAtomic(filepath.Join(Dir(s.Plan.Name), stateFile), b, 0o644); err != nil {
 		return fmt.Errorf("write lab state: %w", err)
 	}
 	return nil

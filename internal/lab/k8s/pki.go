@@ -8,12 +8,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/kdive/kdive/internal/fileutil"
 )
 
 // Validity of every certificate the lab issues: labs are short-lived.
@@ -127,8 +128,8 @@ func WriteFiles(dir string, files map[string][]byte) error {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
 		}
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+		if err := fileutil.WriteAtomic(path, b, 0o600); err != nil {
+			return err
 		}
 	}
 	return nil
