@@ -75,6 +75,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer ns.Close()
 		a.opts.NetNS = ns
 	}
+	if cfg.SysctlDir != "" {
+		a.opts.NetNS.SetSysctlDir(cfg.SysctlDir)
+	}
 	client := a.opts.Client
 	if client == nil {
 		var err error

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -65,6 +66,12 @@ type Configuration struct {
 	// MinSyncPeriod is the least time between two syncs, so bursts of
 	// changes coalesce; default 100ms.
 	MinSyncPeriod metav1.Duration `json:"minSyncPeriod,omitempty"`
+	// SysctlDir stands for /proc/sys when the agent writes the node's
+	// network sysctls (every one it writes is under net/); default
+	// /proc/sys. A container that is not privileged sees /proc/sys
+	// read-only: deploy/kdive.yaml mounts the node's /proc/sys/net at
+	// /host/proc/sys/net and sets /host/proc/sys (Cilium's --procfs).
+	SysctlDir string `json:"sysctlDir,omitempty"`
 }
 
 // ClientConnection says where Kubernetes objects come from.
@@ -271,6 +278,9 @@ func (c *Configuration) Validate() error {
 		}
 	} else if err := c.PodNetwork.Validate("podNetwork"); err != nil {
 		errs = append(errs, err)
+	}
+	if c.SysctlDir != "" && !filepath.IsAbs(c.SysctlDir) {
+		bad("sysctlDir", "%q is not an absolute path", c.SysctlDir)
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 9000) {
 		bad("mtu", "%d is outside 576-9000", c.MTU)

@@ -50,7 +50,7 @@ func (n *NetNS) DeleteConntrack(filters ...ConntrackFilter) (int, error) {
 			return 0, fmt.Errorf("delete conntrack entries: filter %s names no address", f)
 		}
 	}
-	c, err := conntrack.Dial(&netlink.Config{NetNS: int(n.fd)})
+	c, err := conntrack.Dial(&netlink.Config{NetNS: n.NetlinkNS()})
 	if err != nil {
 		return 0, fmt.Errorf("conntrack in %s: %w", n, err)
 	}

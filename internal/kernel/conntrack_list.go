@@ -26,7 +26,7 @@ func (e ConntrackEntry) String() string {
 // ListConntrack returns the namespace's tracked connections matching f
 // (all of them with a zero filter).
 func (n *NetNS) ListConntrack(f ConntrackFilter) ([]ConntrackEntry, error) {
-	c, err := conntrack.Dial(&netlink.Config{NetNS: int(n.fd)})
+	c, err := conntrack.Dial(&netlink.Config{NetNS: n.NetlinkNS()})
 	if err != nil {
 		return nil, fmt.Errorf("conntrack in %s: %w", n, err)
 	}

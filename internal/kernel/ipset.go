@@ -104,7 +104,7 @@ type IPSets struct {
 
 // OpenIPSets opens the namespace's IP sets.
 func (n *NetNS) OpenIPSets() (*IPSets, error) {
-	s, err := nl.GetNetlinkSocketAt(n.fd, netns.None(), unix.NETLINK_NETFILTER)
+	s, err := nl.GetNetlinkSocketAt(n.netlinkAt(), netns.None(), unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("open ipset netlink in %s: %w", n, err)
 	}

@@ -93,7 +93,11 @@ func (n *NetNS) OpenIPVS() (*IPVS, error) {
 	if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
 		return nil, fmt.Errorf("open ipvs in %s: %w: %w", n, ErrIPVSUnavailable, err)
 	}
-	h, err := ipvs.New(n.path)
+	path := n.path
+	if n.own { // ipvs.New("") opens its socket where the caller is, without setns
+		path = ""
+	}
+	h, err := ipvs.New(path)
 	if err != nil {
 		return nil, fmt.Errorf("open ipvs in %s: %w", n, err)
 	}

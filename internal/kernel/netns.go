@@ -28,14 +28,40 @@ type NetNS struct {
 	path string
 	fd   netns.NsHandle
 	nl   *netlink.Handle
+	// sysctlDir stands for /proc/sys in sysctl paths (SetSysctlDir).
+	sysctlDir string
+	// own: the namespace is the one the opening thread was in (the
+	// process's, for an agent in its node's namespace), which sockets
+	// are opened in without setns (see handleAt).
+	own bool
 }
 
 // Name is the namespace's name under NetNSDir (empty when opened by path).
 func (n *NetNS) Name() string { return n.name }
 
-// FD is the namespace's file descriptor, for sockets opened in it (see
-// netlink.Config.NetNS); valid until Close.
+// FD is the namespace's file descriptor; valid until Close.
 func (n *NetNS) FD() int { return int(n.fd) }
+
+// NetlinkNS is the namespace for netlink.Config.NetNS (and the libraries
+// built on it): its file descriptor, or 0 (the calling thread's own) when
+// it is the namespace the process was in when it opened it, so the socket
+// is opened without setns(2), which needs CAP_SYS_ADMIN even to enter the
+// namespace the caller is in.
+func (n *NetNS) NetlinkNS() int {
+	if n.own {
+		return 0
+	}
+	return int(n.fd)
+}
+
+// netlinkAt is NetlinkNS for vishvananda/netlink's nl package: None means
+// the calling thread's namespace.
+func (n *NetNS) netlinkAt() netns.NsHandle {
+	if n.own {
+		return netns.None()
+	}
+	return n.fd
+}
 
 // Path is the namespace's file, usable with setns(2) and nsenter --net=.
 func (n *NetNS) Path() string { return n.path }
@@ -185,26 +211,34 @@ func OpenNetNS(nameOrPath string) (*NetNS, error) {
 		fd.Close()
 		return nil, fmt.Errorf("open netns %s: %w", nameOrPath, err)
 	}
-	nl, err := handleAt(fd)
+	own := isCurrent(fd)
+	nl, err := handleAt(fd, own)
 	if err != nil {
 		fd.Close()
 		return nil, fmt.Errorf("open netlink in netns %s: %w", nameOrPath, err)
 	}
-	return &NetNS{name: name, path: path, fd: fd, nl: nl}, nil
+	return &NetNS{name: name, path: path, fd: fd, nl: nl, own: own}, nil
+}
+
+// isCurrent reports whether fd is the calling thread's network namespace.
+func isCurrent(fd netns.NsHandle) bool {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cur, err := netns.Get()
+	if err != nil {
+		return false
+	}
+	defer cur.Close()
+	return cur.Equal(fd)
 }
 
 // handleAt opens a netlink handle in the namespace fd. In the caller's own
 // namespace it does not enter it: setns(2) needs CAP_SYS_ADMIN, which an
-// unprivileged container (kdive install-cni's) lacks, even to enter the
-// namespace it is in.
-func handleAt(fd netns.NsHandle) (*netlink.Handle, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if cur, err := netns.Get(); err == nil {
-		defer cur.Close()
-		if cur.Equal(fd) {
-			return netlink.NewHandle()
-		}
+// unprivileged container (kdive install-cni's, the agent's) lacks, even
+// to enter the namespace it is in.
+func handleAt(fd netns.NsHandle, own bool) (*netlink.Handle, error) {
+	if own {
+		return netlink.NewHandle()
 	}
 	return netlink.NewHandleAt(fd)
 }
@@ -279,6 +313,15 @@ func (n *NetNS) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
+		// Already there: no setns, which needs CAP_SYS_ADMIN even to enter
+		// the namespace the caller is in (an agent in a hostNetwork
+		// container without it works in its own).
+		if orig.Equal(n.fd) {
+			fnErr := fn()
+			runtime.UnlockOSThread()
+			errc <- fnErr
+			return
+		}
 		if err := netns.Set(n.fd); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter netns %s: %w", n, err)

@@ -227,7 +227,7 @@ func HasTable(ns *kernel.NetNS, t Table) (bool, error) {
 	if !ok {
 		return false, fmt.Errorf("nftables family %q", t.Family)
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(ns.FD()))
+	c, err := nftables.New(nftables.WithNetNSFd(ns.NetlinkNS()))
 	if err != nil {
 		return false, err
 	}

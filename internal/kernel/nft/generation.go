@@ -48,7 +48,7 @@ func (c *Conn) Generation() (uint32, error) {
 	c.genMu.Lock()
 	defer c.genMu.Unlock()
 	if c.gen == nil {
-		nc, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.ns.FD()})
+		nc, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.ns.NetlinkNS()})
 		if err != nil {
 			return 0, fmt.Errorf("nftables generation in %s: %w", c.ns, err)
 		}

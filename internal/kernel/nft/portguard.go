@@ -71,7 +71,7 @@ func NewPortGuard(ns *kernel.NetNS, table string) *PortGuard {
 }
 
 func (g *PortGuard) conn() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithNetNSFd(g.ns.FD()))
+	return nftables.New(nftables.WithNetNSFd(g.ns.NetlinkNS()))
 }
 
 func (g *PortGuard) tableRef() *nftables.Table {
