@@ -28,6 +28,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -500,6 +501,14 @@ func TestAgentChurn(t *testing.T) {
 	ktest.RequireFeature(t, kernel.FeatureNFTables)
 	ktest.RequireFeature(t, kernel.FeatureVeth)
 	sc := churnScaleFromEnv()
+	// The fake API's watch buffers 100 events and panics when full: enough
+	// for the writer's steady pace, not for its catch-up after the process
+	// was not scheduled (a fifth of a second at 500 changes/s). Room for
+	// every write; set before the informers watch, put back after the
+	// agent stops (cleanups run last-registered first).
+	chanSize := watch.DefaultChanSize
+	watch.DefaultChanSize = int32(sc.rate*int(sc.duration/time.Second)) + 100
+	t.Cleanup(func() { watch.DefaultChanSize = chanSize })
 	b := newChurnBed(t, sc)
 	b.runAgent(t)
 	b.converged(t, 60*time.Second, fmt.Sprintf("the initial %d services to be programmed", sc.services))
