@@ -256,7 +256,7 @@ func (p *Proxier) sync(ctx context.Context, d *proxy.Desired) (SyncInfo, error) 
 				return info, err
 			}
 			// The transactions before this one are committed: put them back.
-			if undone, rerr := p.rollback(ctx, pl, u); rerr != nil {
+			if undone, rerr := p.rollback(ctx, u); rerr != nil {
 				return info, fmt.Errorf("%w; and rolling back what the sync committed before failed: %w", err, rerr)
 			} else if undone {
 				p.stats.Rollbacks++

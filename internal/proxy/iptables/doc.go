@@ -61,8 +61,10 @@
 // last applied and restores only the chains that differ, deleting the
 // ones that went away; the shared chains (KUBE-SERVICES, ...) go out only
 // when their text changed. A Sync that changes nothing runs no restore.
-// Each COMMIT is atomic, a Sync of several is not: when one fails, the
-// ones before it stay applied, and the next Sync is full.
+// Each COMMIT is atomic, and a Sync of several is made so: when one
+// fails, the Sync puts back what the ones before it committed
+// (rollback.go says how, and what it cannot put back), and the next Sync
+// is full.
 //
 // Before a partial Sync the canary rule is checked in all three tables
 // (one iptables-restore listing them); if someone flushed or deleted it,

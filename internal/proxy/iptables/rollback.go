@@ -16,14 +16,14 @@ import (
 // committed. A Sync sends one transaction per table it writes, and a
 // batched one (see plan.inputs) several per table in several processes.
 // So when a Sync that sent more than one transaction fails, it puts back
-// what it changed in the tables of all but its last transaction (the last
-// is atomic, and nothing runs after it), in one transaction per table:
-// each chain the plan writes or deletes gets its previous rules (created
-// again if the Sync deleted it), a chain the Sync created is deleted, and
-// a jump from a built-in chain to one of kdive's that the Sync inserted is
-// deleted. The undo is the same whichever transaction failed, so it is
-// right also when the process was killed (the context ended) after
-// committing some of its transactions.
+// what all but its last transaction may have changed (the last is atomic,
+// and nothing runs after it), in one transaction per table: each chain
+// they write or delete (each is declared in a ":CHAIN" line first) gets
+// its previous rules (created again if the Sync deleted it), a chain the
+// Sync created is deleted, and a jump from a built-in chain to one of
+// kdive's that the Sync inserted is deleted. The undo is the same
+// whichever transaction failed, so it is right also when the process was
+// killed (the context ended) after committing some of its transactions.
 //
 // The previous rules come from what the Sync knew before writing. A full
 // Sync read iptables-save already (plan.saved): its rollback reads the
@@ -32,7 +32,7 @@ import (
 // trusting the kernel to hold what that Sync wrote (the canary tells it
 // when someone flushed the tables), and reads nothing: reading the tables
 // costs seconds at 10,000 services, which the fast path cannot afford. Its
-// rollback writes every chain the plan touches as the last Sync left it
+// rollback writes each of those chains as the last Sync left it
 // (Proxier.prev), and deletes the ones it created; a partial plan inserts
 // no hooks. So a chain of kdive's that someone edited by hand since the
 // last Sync comes back as kdive wrote it, as the next full Sync would do.
@@ -43,19 +43,19 @@ import (
 // flavour's cleanup (leaveOtherFlavour) are not iptables state of this
 // flavour and stay. It fails, and Sync says so, when the kernel refuses
 // it (someone made a rule jump to a chain this Sync created, between the
-// commit and the rollback) or a full Sync's tables cannot be read; and
-// there is none when the agent dies between two transactions (the next
-// agent's first Sync, a full one, completes the change).
+// commit and the rollback), or a full Sync's tables cannot be read, or it
+// runs out of rollbackTimeout; and there is none when the agent dies
+// between two transactions (the next agent's first Sync, a full one,
+// completes the change).
 
 // rollbackTimeout bounds a rollback, which runs even when the Sync's
 // context ended.
-const rollbackTimeout = 30 * time.Second
+const rollbackTimeout = 2 * time.Minute
 
-// undo is what a rollback needs: the tables of every transaction but the
-// last, and for a full Sync iptables-save before it (a nil table did not
-// exist).
+// undo is what a rollback needs: the Sync's inputs and, for a full Sync,
+// iptables-save before it (a nil table did not exist).
 type undo struct {
-	tables []Table
+	inputs []string
 	saved  map[Table]*xtables.SavedTable
 }
 
@@ -85,38 +85,69 @@ func transactions(inputs []string) []Table {
 // undoFor says what a rollback of inputs needs; nil when they are one
 // transaction (atomic).
 func undoFor(pl *plan, inputs []string) *undo {
-	tx := transactions(inputs)
-	if len(tx) < 2 {
+	if len(transactions(inputs)) < 2 {
 		return nil
 	}
-	u := &undo{saved: pl.saved}
-	for _, t := range tx[:len(tx)-1] {
-		if !slices.Contains(u.tables, t) {
-			u.tables = append(u.tables, t)
-		}
-	}
-	return u
+	return &undo{inputs: inputs, saved: pl.saved}
 }
 
-// rollback puts back what the plan changed in the undo's tables; it
-// reports whether it wrote anything.
-func (p *Proxier) rollback(ctx context.Context, pl *plan, u *undo) (bool, error) {
+// committable lists, by table, the chains that the transactions before
+// the last one declare (every chain a transaction writes or deletes it
+// declares first): all that a failed Sync may have committed. A table
+// with a transaction there is listed even when it declares no chain (it
+// may have inserted hooks).
+func committable(inputs []string) map[Table][]string {
+	type tx struct {
+		table  Table
+		chains []string
+	}
+	var txs []tx
+	for _, in := range inputs {
+		for line := range strings.Lines(in) {
+			switch line[0] {
+			case '*':
+				txs = append(txs, tx{table: Table(strings.TrimSpace(line[1:]))})
+			case ':':
+				if len(txs) > 0 {
+					name, _, _ := strings.Cut(line[1:], " ")
+					txs[len(txs)-1].chains = append(txs[len(txs)-1].chains, name)
+				}
+			}
+		}
+	}
+	out := map[Table][]string{}
+	for i := 0; i+1 < len(txs); i++ {
+		out[txs[i].table] = append(out[txs[i].table], txs[i].chains...)
+	}
+	return out
+}
+
+// rollback puts back what the transactions before the last one may have
+// changed; it reports whether it wrote anything.
+func (p *Proxier) rollback(ctx context.Context, u *undo) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
+	var now map[Table]*xtables.SavedTable
+	if u.saved != nil {
+		// All tables, as planFull reads them: iptables-legacy-save asked
+		// for one creates it.
+		out, err := xtables.Save(ctx, p.run, p.flavour, "")
+		if err != nil {
+			return false, fmt.Errorf("read iptables: %w", err)
+		}
+		now = parseSave(out)
+	}
+	touched := committable(u.inputs)
 	var b strings.Builder
 	for _, t := range tables {
-		if !slices.Contains(u.tables, t) {
-			continue
+		chains, ok := touched[t]
+		switch {
+		case !ok:
+		case u.saved == nil:
+			p.writeUndoPartial(&b, t, chains)
+		default:
+			writeUndo(&b, t, chains, u.saved[t], now[t])
 		}
-		if u.saved == nil {
-			p.writeUndoPartial(&b, t, pl.touched(t))
-			continue
-		}
-		out, err := xtables.Save(ctx, p.run, p.flavour, string(t))
-		if err != nil {
-			return false, fmt.Errorf("read %s: %w", t, err)
-		}
-		writeUndo(&b, t, pl.touched(t), u.saved[t], parseSave(out)[t])
 	}
 	if b.Len() == 0 {
 		return false, nil
@@ -157,22 +188,6 @@ func (p *Proxier) writeUndoPartial(b *strings.Builder, t Table, chains []string)
 		b.WriteString("-X " + name + "\n")
 	}
 	b.WriteString("COMMIT\n")
-}
-
-// touched are the chains the plan writes or deletes in table t.
-func (pl *plan) touched(t Table) []string {
-	var out []string
-	for _, c := range pl.top[t] {
-		out = append(out, c.Name)
-	}
-	if t == TableNAT {
-		for _, g := range pl.svc {
-			for _, c := range g {
-				out = append(out, c.Name)
-			}
-		}
-	}
-	return append(out, pl.del[t]...)
 }
 
 // writeUndo writes the transaction that turns table t from now back into
