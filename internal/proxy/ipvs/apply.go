@@ -15,9 +15,13 @@ import (
 // and rules before the virtual servers that need them, virtual servers
 // before the addresses that attract their traffic; stale addresses go
 // before stale virtual servers, stale set entries last. A failure before
-// the virtual servers (IPVS, kube-ipvs0, ipsets, iptables) changes
-// nothing else; a virtual server that fails is reported and skipped, the
-// others are synced.
+// the virtual servers (IPVS, kube-ipvs0, ipsets, iptables) ends the Sync
+// there: set entries already added stay, and iptables-restore commits
+// each table on its own. A virtual server that fails is put back as it
+// was (syncVirtualServer), reported and skipped; the others, and the
+// addresses and stale objects, are synced: all or nothing per virtual
+// server, not per Sync, as kube-proxy carries on past a service that
+// fails.
 func (p *Proxier) apply(ctx context.Context, r *Ruleset, changed map[model.ServicePortName]bool) (err error) {
 	ns := p.opts.NetNS
 	if p.lastFailed {

@@ -73,10 +73,16 @@ func (p *Proxier) syncVirtualServers(h *kernel.IPVS, r *Ruleset, changed map[mod
 	return stale, errs
 }
 
+// syncVirtualServer makes one virtual server and its real servers the
+// planned ones, all or nothing: when a call fails, what it changed of this
+// virtual server is put back (a new one deleted again, an updated one's
+// settings and real servers restored, draining state included) before the
+// error is returned, so the kernel holds it either as planned or as it was.
 func (p *Proxier) syncVirtualServer(h *kernel.IPVS, vs VirtualServer, have map[string]kernel.VirtualServer,
-	changed map[model.ServicePortName]bool, stats *SyncStats) error {
+	changed map[model.ServicePortName]bool, stats *SyncStats) (err error) {
 	key := vs.Key()
 	cur, ok := have[key]
+	counted := *stats
 	switch {
 	case !ok:
 		if err := h.AddVirtualServer(vs.VirtualServer); err != nil {
@@ -85,6 +91,10 @@ func (p *Proxier) syncVirtualServer(h *kernel.IPVS, vs VirtualServer, have map[s
 		stats.VirtualServersAdded++
 		for _, rs := range vs.RealServers {
 			if err := h.AddRealServer(vs.VirtualServer, rs); err != nil {
+				*stats = counted
+				if derr := h.DeleteVirtualServer(vs.VirtualServer); derr != nil {
+					return fmt.Errorf("%w; deleting the new virtual server again: %w", err, derr)
+				}
 				return err
 			}
 			stats.RealServersAdded++
@@ -95,10 +105,92 @@ func (p *Proxier) syncVirtualServer(h *kernel.IPVS, vs VirtualServer, have map[s
 			return err
 		}
 		stats.VirtualServersUpdated++
+		defer func() {
+			if err != nil {
+				*stats = counted
+				if uerr := h.UpdateVirtualServer(cur); uerr != nil {
+					err = fmt.Errorf("%w; restoring the virtual server's settings: %w", err, uerr)
+				}
+			}
+		}()
 	case changed != nil && !changed[vs.Service] && p.unchanged(key, vs):
 		return nil
 	}
-	return p.syncRealServers(h, vs, stats)
+	before, err := h.RealServers(vs.VirtualServer)
+	if err != nil {
+		return err
+	}
+	drain := p.drainingOf(key)
+	if err := p.syncRealServers(h, vs, before, stats); err != nil {
+		*stats = counted
+		if uerr := restoreRealServers(h, vs.VirtualServer, before); uerr != nil {
+			return fmt.Errorf("%w; putting its real servers back: %w", err, uerr)
+		}
+		p.setDraining(key, drain)
+		return err
+	}
+	return nil
+}
+
+// restoreRealServers makes the virtual server's real servers before's
+// again, with their weights.
+func restoreRealServers(h *kernel.IPVS, vs kernel.VirtualServer, before []kernel.RealServer) error {
+	now, err := h.RealServers(vs)
+	if err != nil {
+		return err
+	}
+	had := map[netip.AddrPort]kernel.RealServer{}
+	for _, rs := range before {
+		had[rs.Address] = rs
+	}
+	for _, rs := range now {
+		old, ok := had[rs.Address]
+		delete(had, rs.Address)
+		switch {
+		case !ok:
+			err = h.DeleteRealServer(vs, rs)
+		case old.Weight != rs.Weight:
+			rs.Weight = old.Weight
+			err = h.UpdateRealServer(vs, rs)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, rs := range before {
+		if _, missing := had[rs.Address]; missing {
+			if err := h.AddRealServer(vs, rs); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// drainingOf copies the draining state of one virtual server's real
+// servers; setDraining puts such a copy back.
+func (p *Proxier) drainingOf(vs string) map[drainKey]drainState {
+	out := map[drainKey]drainState{}
+	for k, st := range p.draining {
+		if k.vs == vs {
+			out[k] = st
+		}
+	}
+	return out
+}
+
+func (p *Proxier) setDraining(vs string, st map[drainKey]drainState) {
+	for k := range p.draining {
+		if k.vs == vs {
+			delete(p.draining, k)
+		}
+	}
+	if len(st) > 0 && p.draining == nil {
+		p.draining = map[drainKey]drainState{}
+	}
+	for k, v := range st {
+		p.draining[k] = v
+	}
 }
 
 // unchanged says the last Sync left this virtual server as planned and
@@ -116,14 +208,10 @@ func (p *Proxier) unchanged(key string, vs VirtualServer) bool {
 	return true
 }
 
-// syncRealServers makes a virtual server's real servers the planned ones:
-// missing ones are added, weights corrected (a draining endpoint that
+// syncRealServers makes a virtual server's real servers (cur, as read)
+// the planned ones: missing ones are added, weights corrected (a draining endpoint that
 // came back gets weight 1 again), others drained.
-func (p *Proxier) syncRealServers(h *kernel.IPVS, vs VirtualServer, stats *SyncStats) error {
-	cur, err := h.RealServers(vs.VirtualServer)
-	if err != nil {
-		return err
-	}
+func (p *Proxier) syncRealServers(h *kernel.IPVS, vs VirtualServer, cur []kernel.RealServer, stats *SyncStats) error {
 	want := map[netip.AddrPort]int{}
 	for _, rs := range vs.RealServers {
 		want[rs.Address] = rs.Weight
