@@ -120,14 +120,23 @@ func TestRollbackFullSync(t *testing.T) {
 	if st.Rollbacks != 1 {
 		t.Errorf("%d rollbacks, want 1", st.Rollbacks)
 	}
+	rollback := ""
 	if st.Rollbacks == 1 && len(sent) > 0 {
-		sent = sent[:len(sent)-1]
+		rollback, sent = sent[len(sent)-1], sent[:len(sent)-1]
 	}
-	if tx := transactions(sent); len(sent) < 2 || len(tx) < 10 || tx[len(tx)-1] != TableMangle {
+	tx := transactions(sent)
+	if len(sent) < 2 || len(tx) < 10 || tx[len(tx)-1] != TableMangle {
 		t.Errorf("the sync sent %v in %d restores, want a batched write ending with mangle", tx, len(sent))
+	}
+	if !strings.Contains(rollback, "-D PREROUTING ") {
+		t.Errorf("the rollback deletes no hook from PREROUTING:\n%.2000s", rollback)
 	}
 	if err := kp.Sync(ctx, d); err != nil {
 		t.Fatalf("the retry: %v", err)
+	}
+	if !t.Failed() {
+		t.Logf("RESULT failed first sync: %d transactions in %d restores, the last (mangle) refused, rollback of %d bytes (%d hook jumps deleted); nat and filter as before",
+			len(tx), len(sent), len(rollback), strings.Count(rollback, "\n-D "))
 	}
 	nat := iptables(t, kp.ns, FlavourNFT, "save", "-t", "nat")
 	for _, want := range []string{"-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-A FOREIGN -s 192.0.2.1/32 -j RETURN"} {
