@@ -372,12 +372,17 @@ func (b *churnBed) runAgent(t *testing.T) {
 }
 
 // converged waits until the kernel's table, read back, equals what the
-// current objects ask for, and returns how long that took; it fails the
-// test with the differences left when that is not within timeout.
-func (b *churnBed) converged(t *testing.T, timeout time.Duration, what string) time.Duration {
+// current objects ask for, and returns when the read that found it so
+// began and ended (the kernel was equal at a moment in between, when nft
+// listed it); it fails the test with the differences left when no read
+// begun within timeout finds that.
+func (b *churnBed) converged(t *testing.T, timeout time.Duration, what string) (began, ended time.Time) {
 	t.Helper()
 	node := model.Node{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}
-	return ktest.Eventually(t, timeout, what, func() error {
+	deadline := time.Now().Add(timeout)
+	var read time.Time
+	ktest.Eventually(t, timeout, what, func() error {
+		read = time.Now()
 		in, err := nftables.Inspect(context.Background(), b.node)
 		if err != nil {
 			return err
@@ -387,6 +392,10 @@ func (b *churnBed) converged(t *testing.T, timeout time.Duration, what string) t
 		}
 		return nil
 	})
+	if read.After(deadline) {
+		t.Fatalf("waiting for %s: only a read begun %s after the deadline found it", what, read.Sub(deadline).Round(time.Millisecond))
+	}
+	return read, time.Now()
 }
 
 // churnRun is what one churn wrote and sampled.
@@ -524,8 +533,7 @@ func TestAgentChurn(t *testing.T) {
 	// With no periodic resync in the test, only the incremental syncs can
 	// have programmed them: a change the agent lost is never programmed.
 	lastWrite := r.changes[len(r.changes)-1].sent
-	b.converged(t, time.Until(lastWrite.Add(churnConverge)), fmt.Sprintf("the kernel to equal the final objects within %s of the last write", churnConverge))
-	took := time.Since(lastWrite)
+	began, ended := b.converged(t, time.Until(lastWrite.Add(churnConverge)), fmt.Sprintf("the kernel to equal the final objects within %s of the last write", churnConverge))
 	if n := scrapeMetric(t, b.node, "kubeproxy_sync_full_proxy_rules_duration_seconds_count"); n != fullSyncs {
 		t.Errorf("%v full syncs during the churn, want none (syncPeriod %s): the convergence bound proves nothing", n-fullSyncs, churnSyncPeriod)
 	}
@@ -567,7 +575,8 @@ func TestAgentChurn(t *testing.T) {
 	t.Logf("RESULT latency write->kernel n=%d p50=%s p90=%s p99=%s max=%s (p90 first third %s, last third %s)",
 		len(l.all), q(l.all, 0.5), q(l.all, 0.9), q(l.all, 0.99), q(l.all, 1), q(l.first, 0.9), q(l.last, 0.9))
 	t.Logf("RESULT %s", scrapeProgramming(t, b.node))
-	t.Logf("RESULT converged %s after the last write", took.Round(time.Millisecond))
+	t.Logf("RESULT converged after the last write: found by a read begun %s and ended %s after it",
+		began.Sub(lastWrite).Round(time.Millisecond), ended.Sub(lastWrite).Round(time.Millisecond))
 	t.Logf("RESULT live heap trend %+.2f MiB over the churn (median %.1f MiB)", growth/(1<<20), median/(1<<20))
 	var samples []string
 	for _, s := range r.mem {
