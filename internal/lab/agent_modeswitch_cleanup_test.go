@@ -167,7 +167,35 @@ func (f footprint) leftovers(mode string) []string {
 	case len(f.iptables) > 1:
 		out = append(out, "KUBE- rules in both iptables flavours")
 	}
+	// The chains only the other iptables-based mode creates (the two
+	// share KUBE-SERVICES, KUBE-POSTROUTING, KUBE-MARK-MASQ, KUBE-FORWARD).
+	for fl, ls := range f.iptables {
+		for _, l := range ls {
+			chain, ok := strings.CutPrefix(strings.Fields(l)[0], ":")
+			if !ok {
+				continue
+			}
+			if mode == "ipvs" && iptablesModeOnly(chain) || mode == "iptables" && ipvsModeOnly(chain) {
+				out = append(out, fmt.Sprintf("iptables-%s: chain %s of the other mode in %s mode", fl, chain, mode))
+			}
+		}
+	}
 	return out
+}
+
+// iptablesModeOnly and ipvsModeOnly name the chains only that mode
+// creates (as internal/proxy/ipvs tells them apart).
+func iptablesModeOnly(chain string) bool {
+	for _, p := range []string{"KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SVL-"} {
+		if strings.HasPrefix(chain, p) {
+			return true
+		}
+	}
+	return slices.Contains([]string{"KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL", "KUBE-KDIVE-CANARY"}, chain)
+}
+
+func ipvsModeOnly(chain string) bool {
+	return slices.Contains([]string{"KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-IPVS-FILTER", "KUBE-IPVS-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL"}, chain)
 }
 
 // programs tells whether f shows mode programming address ip (a cluster
