@@ -385,7 +385,11 @@ func (b *restartBed) restart(t *testing.T, c *restartCase) {
 	}
 	c.changed = time.Now()
 	time.Sleep(c.delay) // not a wait: the kill lands this long into the agent's sync of the change
-	r, err := RestartAgent(ctx, b.p.Name, b.node.Name, RestartOptions{Kill: c.what != "SIGTERM", Timeout: 60 * time.Second})
+	healthy := time.Minute
+	if ktest.InVM() {
+		healthy = 2 * time.Minute // a new agent's first sync took over 60 s in the VM on a busy host
+	}
+	r, err := RestartAgent(ctx, b.p.Name, b.node.Name, RestartOptions{Kill: c.what != "SIGTERM", Timeout: healthy})
 	if err != nil {
 		t.Fatalf("%s: %v", c.what, err)
 	}
