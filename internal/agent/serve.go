@@ -99,11 +99,33 @@ type healthReply struct {
 	NodeEligible *bool     `json:"nodeEligible,omitempty"`
 }
 
-func (h *health) handler(withNode bool) http.HandlerFunc {
+// live is /livez's verdict, kube-proxy's: alive unless a part has had a
+// change (or failed sync) waiting for more than two sync periods. An agent
+// that has not synced yet with nothing waiting, starting or unable to
+// reach the API server, is alive: the kubelet restarting it would change
+// nothing but, in its back-off, delay the first sync once the API server
+// answers again (minutes after an outage of two).
+func (h *health) live(now time.Time) bool {
+	for _, p := range h.parts {
+		if !p.pendingFrom.IsZero() && now.Sub(p.pendingFrom) >= 2*h.period {
+			return false
+		}
+	}
+	return true
+}
+
+// handler serves /healthz (and /livez without withNode, but for its
+// verdict: livez).
+func (h *health) handler(withNode bool) http.HandlerFunc { return h.reply(withNode, h.state) }
+
+// livez serves /livez.
+func (h *health) livez() http.HandlerFunc { return h.reply(false, h.live) }
+
+func (h *health) reply(withNode bool, verdict func(time.Time) bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
 		h.mu.Lock()
 		now := time.Now()
-		ok := h.state(now)
+		ok := verdict(now)
 		r := healthReply{LastUpdated: h.lastSuccess, CurrentTime: now}
 		h.mu.Unlock()
 		if withNode {
@@ -193,7 +215,7 @@ func (a *Agent) serve(ctx context.Context) (func(), error) {
 	}
 	hm := http.NewServeMux()
 	hm.Handle("/healthz", a.health.handler(true))
-	hm.Handle("/livez", a.health.handler(false))
+	hm.Handle("/livez", a.health.livez())
 	mm := http.NewServeMux()
 	mm.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mm.Handle("/healthz", a.health.handler(true))
