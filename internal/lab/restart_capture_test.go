@@ -263,8 +263,9 @@ func (c *lossCapture) verdict(endpointPort uint16, excused func(capturedPkt) boo
 // namespace and how many of those left it for an endpoint: the SYNs from
 // client (its address and port) with one sequence number, the first
 // group to enter after the dial began (a port is used again by later
-// connections, each with its own initial sequence number).
-func (c *lossCapture) synCopies(client netip.AddrPort, dialed time.Time, endpointPort uint16) (in, out int) {
+// connections, each with its own initial sequence number). timing tells
+// when each copy entered (after the dial began) and how long node-1 held it.
+func (c *lossCapture) synCopies(client netip.AddrPort, dialed time.Time, endpointPort uint16) (in, out int, timing string) {
 	var isn uint32
 	var first time.Time
 	for _, p := range c.pkts {
@@ -272,16 +273,42 @@ func (c *lossCapture) synCopies(client netip.AddrPort, dialed time.Time, endpoin
 			isn, first = p.key.seq, p.at
 		}
 	}
+	var entered, left []time.Time
 	for _, p := range c.pkts {
 		switch {
 		case p.key.flags&0x12 != 0x02 || p.key.seq != isn || first.IsZero():
 		case !p.out && p.src == client:
 			in++
+			entered = append(entered, p.at)
 		case p.out && p.dst.Port() == endpointPort:
 			out++
+			left = append(left, p.at)
 		}
 	}
-	return in, out
+	// Each copy that left is the latest one to have entered before it.
+	held := make([]time.Duration, len(entered))
+	for i := range held {
+		held[i] = -1
+	}
+	for _, l := range left {
+		for i := len(entered) - 1; i >= 0; i-- {
+			if held[i] < 0 && !entered[i].After(l) {
+				held[i] = l.Sub(entered[i])
+				break
+			}
+		}
+	}
+	var ts []string
+	for i, e := range entered {
+		t := fmt.Sprintf("copy %d entered at +%s, ", i+1, e.Sub(dialed).Round(time.Millisecond))
+		if held[i] < 0 {
+			t += "never left for an endpoint"
+		} else {
+			t += fmt.Sprintf("left %s later", held[i].Round(time.Millisecond))
+		}
+		ts = append(ts, t)
+	}
+	return in, out, strings.Join(ts, "; ")
 }
 
 // lateSYN is a connection whose SYN was sent more than once.
@@ -301,8 +328,8 @@ func (e *lateSYN) Error() string {
 // copy entered and left for an endpoint); it returns their descriptions.
 func (c *lossCapture) judgeLateSYNs(late []*lateSYN, endpointPort uint16) (lost, ok []string) {
 	for _, l := range late {
-		in, out := c.synCopies(l.local, l.at, endpointPort)
-		desc := fmt.Sprintf("%s %s: %d copies sent, %d entered node-1, %d left it for an endpoint", l.at.Format("15:04:05.000"), l, l.retrans+1, in, out)
+		in, out, timing := c.synCopies(l.local, l.at, endpointPort)
+		desc := fmt.Sprintf("%s %s: %d copies sent, %d entered node-1, %d left it for an endpoint (%s)", l.at.Format("15:04:05.000"), l, l.retrans+1, in, out, timing)
 		if in == int(l.retrans)+1 && out == in {
 			ok = append(ok, desc)
 		} else {
