@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kdive/kdive/deploy"
 	"github.com/kdive/kdive/internal/kernel"
 	"github.com/kdive/kdive/internal/kernel/ktest"
 	"github.com/kdive/kdive/internal/testbin"
@@ -142,6 +143,7 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 		if ds.Status.NumberReady != int32(len(p.Nodes)) {
 			t.Errorf("kdive ready on %d of %d nodes", ds.Status.NumberReady, len(p.Nodes))
 		}
+		checkLeastPrivilege(t, s, cs, ds)
 		all, err := cs.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -370,6 +372,130 @@ func testKubernetesLab(t *testing.T, name string, src Source) {
 	if got := cgroupSubtreeControl(t); got != subtree {
 		t.Errorf("the cgroup2 root's subtree_control is %q after lab down, %q before", got, subtree)
 	}
+}
+
+// agentCapabilities are the capabilities deploy/kdive.yaml gives the
+// agent, each with its reason in a comment there; every other is dropped.
+var agentCapabilities = []corev1.Capability{"NET_ADMIN", "NET_RAW"}
+
+// checkLeastPrivilege checks kdive's DaemonSet as the API server has it:
+// no container privileged or able to gain privileges, every capability
+// dropped but agentCapabilities for the agent (documented in the manifest)
+// and none for install-cni, /opt/cni/bin read-only in the agent and
+// writable in install-cni, the node's /proc/sys/net where the agent's
+// sysctlDir says; and that each node's agent runs with exactly those
+// capabilities in effect.
+func checkLeastPrivilege(t *testing.T, s *State, cs kubernetes.Interface, ds *appsv1.DaemonSet) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
+		sc := c.SecurityContext
+		if sc == nil || sc.Capabilities == nil {
+			t.Errorf("container %s has no securityContext capabilities", c.Name)
+			continue
+		}
+		if sc.Privileged != nil && *sc.Privileged {
+			t.Errorf("container %s is privileged", c.Name)
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			t.Errorf("container %s may gain privileges (allowPrivilegeEscalation not false)", c.Name)
+		}
+		if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+			t.Errorf("container %s drops %v, want [ALL]", c.Name, sc.Capabilities.Drop)
+		}
+		var want []corev1.Capability
+		if c.Name == "agent" {
+			want = agentCapabilities
+		}
+		if got := slices.Sorted(slices.Values(sc.Capabilities.Add)); !slices.Equal(got, want) {
+			t.Errorf("container %s adds capabilities %v, want %v", c.Name, got, want)
+		}
+		for _, m := range c.VolumeMounts {
+			if m.Name == "cni-bin" && m.ReadOnly != (c.Name == "agent") {
+				t.Errorf("container %s mounts /opt/cni/bin at %s read-only=%v, want %v", c.Name, m.MountPath, m.ReadOnly, c.Name == "agent")
+			}
+		}
+		if c.Name == "agent" && !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+			return m.Name == "proc-sys-net" && m.MountPath == "/host/proc/sys/net" && !m.ReadOnly
+		}) {
+			t.Errorf("the agent does not mount the node's /proc/sys/net writable at /host/proc/sys/net: %+v", c.VolumeMounts)
+		}
+	}
+	for _, c := range agentCapabilities {
+		if !bytes.Contains(deploy.Manifest, []byte("#   "+string(c)+" ")) {
+			t.Errorf("deploy/kdive.yaml does not say why the agent needs %s", c)
+		}
+	}
+	cm, err := cs.CoreV1().ConfigMaps("kube-system").Get(context.Background(), "kdive", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(cm.Data["agent.yaml"], "sysctlDir: /host/proc/sys\n") {
+		t.Errorf("the agent's configuration does not set sysctlDir: /host/proc/sys:\n%s", cm.Data["agent.yaml"])
+	}
+	// What the runtime gave each agent: CapEff in its /proc status.
+	var mask uint64
+	for _, c := range agentCapabilities {
+		mask |= 1 << capabilityBits[c]
+	}
+	pods, err := cs.CoreV1().Pods("kube-system").List(context.Background(), metav1.ListOptions{LabelSelector: "k8s-app=kdive"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pod := range pods.Items {
+		pids, err := containerPIDs(s.Plan.Name, &pod, "agent")
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		for _, pid := range pids {
+			status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			var eff uint64
+			for _, l := range strings.Split(string(status), "\n") {
+				if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+					eff, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+				}
+			}
+			if eff != mask {
+				t.Errorf("agent pid %d of %s on %s has capabilities %#x in effect, want %#x (%v)", pid, pod.Name, pod.Spec.NodeName, eff, mask, agentCapabilities)
+			}
+		}
+	}
+}
+
+// capabilityBits are the numbers of the capabilities agentCapabilities
+// may name (linux/capability.h).
+var capabilityBits = map[corev1.Capability]uint{"NET_ADMIN": 12, "NET_RAW": 13, "SYS_MODULE": 16, "SYS_ADMIN": 21}
+
+// containerPIDs are the processes of container name of pod, found in
+// the lab's cgroups (kubepods/.../pod<UID>/<container ID>).
+func containerPIDs(lab string, pod *corev1.Pod, name string) ([]int, error) {
+	var id string
+	for _, c := range pod.Status.ContainerStatuses {
+		if c.Name == name {
+			_, id, _ = strings.Cut(c.ContainerID, "://")
+		}
+	}
+	if id == "" {
+		return nil, fmt.Errorf("pod %s has no running container %s", pod.Name, name)
+	}
+	var pids []int
+	_ = filepath.WalkDir(labCgroup(lab), func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || !strings.Contains(path, "pod"+string(pod.UID)) || !strings.Contains(filepath.Base(path), id) {
+			return nil
+		}
+		procs, _ := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+		for _, f := range strings.Fields(string(procs)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("no process of container %s (%s) of %s in the lab's cgroups", name, id, pod.Name)
+	}
+	return pids, nil
 }
 
 // kubeWait is how long a Kubernetes lab test waits for what takes d
