@@ -11,6 +11,7 @@ package durabletest
 
 import (
 	"bufio"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +33,14 @@ type Calls []Call
 // traced are the calls Trace records.
 const traced = "fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat"
 
-var line = regexp.MustCompile(`^(?:\d+\s+)?(\w+)\((.*)\)\s+= (-?\d+)`)
+// A call is printed on one line, or, when another thread's call comes in
+// between, in two: "PID NAME(ARGS <unfinished ...>" and later
+// "PID <... NAME resumed>REST) = RESULT".
+var (
+	line       = regexp.MustCompile(`^(?:(\d+)\s+)?(\w+)\((.*)\)\s+= (-?\d+)`)
+	unfinished = regexp.MustCompile(`^(?:(\d+)\s+)?(\w+)\((.*) <unfinished \.\.\.>$`)
+	resumed    = regexp.MustCompile(`^(?:(\d+)\s+)?<\.\.\. (\w+) resumed>(.*)\)\s+= (-?\d+)`)
+)
 
 // Trace runs the test binary's test child (a test that does the work when
 // env says so and skips otherwise) under strace and returns its
@@ -58,15 +66,38 @@ func Trace(t *testing.T, child string, env ...string) Calls {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	calls, err := parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return calls
+}
+
+// parse reads strace's output: the successful calls, in order.
+func parse(r io.Reader) (Calls, error) {
 	var calls Calls
-	sc := bufio.NewScanner(f)
+	pending := map[string]string{} // pid -> the unfinished call's arguments
+	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		m := line.FindStringSubmatch(sc.Text())
-		if m == nil || m[3] != "0" {
-			continue // unfinished/resumed halves, failed calls
+		text := sc.Text()
+		if m := unfinished.FindStringSubmatch(text); m != nil {
+			pending[m[1]+" "+m[2]] = m[3]
+			continue
 		}
-		name := m[1]
+		var name, args, result string
+		if m := line.FindStringSubmatch(text); m != nil {
+			name, args, result = m[2], m[3], m[4]
+		} else if m := resumed.FindStringSubmatch(text); m != nil {
+			key := m[1] + " " + m[2]
+			name, args, result = m[2], pending[key]+m[3], m[4]
+			delete(pending, key)
+		} else {
+			continue
+		}
+		if result != "0" {
+			continue // failed calls
+		}
 		switch name {
 		case "renameat", "renameat2":
 			name = "rename"
@@ -75,12 +106,9 @@ func Trace(t *testing.T, child string, env ...string) Calls {
 		case "fdatasync":
 			name = "fsync"
 		}
-		calls = append(calls, Call{name, m[2]})
+		calls = append(calls, Call{name, args})
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return calls
+	return calls, sc.Err()
 }
 
 // Index is the index of the first call at or after from named name whose
