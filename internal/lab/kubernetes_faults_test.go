@@ -581,13 +581,14 @@ func (b *faultBed) apiServerDown(t *testing.T) {
 	waitAfter(after, true)
 	waitAfter(before, false)
 	t.Logf("changes made after the API server returned took effect on %s within %s", b.node.Name, time.Since(back).Round(100*time.Millisecond))
+	var restarts int32
 	b.waitKdive(t, "kdive on "+b.node.Name+" ready", func(pod *corev1.Pod) error {
-		if agentRestarts(pod) <= agentRestarts(old) {
+		if restarts = agentRestarts(pod) - agentRestarts(old); restarts <= 0 {
 			return fmt.Errorf("agent not restarted")
 		}
-		t.Logf("the agent on %s restarted %d times since the kill", b.node.Name, agentRestarts(pod)-agentRestarts(old))
 		return nil
 	})
+	t.Logf("the agent on %s restarted %d times since the kill", b.node.Name, restarts)
 	answered(t, "after the API server returned", 50, again...)
 	report(t, "after the API server returned", time.Since(back), again)
 	if err := b.cs.CoreV1().Services("default").Delete(ctx, "fault-after", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
