@@ -34,7 +34,7 @@ func TestHealthBodiesLeakNothing(t *testing.T) {
 		keys []string
 	}{
 		{"/healthz", h.handler(true), []string{"currentTime", "lastUpdated", "nodeEligible"}},
-		{"/livez", h.handler(false), []string{"currentTime", "lastUpdated"}},
+		{"/livez", h.livez(), []string{"currentTime", "lastUpdated"}},
 	} {
 		code, body := get(c.hf)
 		if code != http.StatusOK {
