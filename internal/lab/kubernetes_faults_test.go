@@ -371,6 +371,23 @@ func agentRestarts(pod *corev1.Pod) int32 {
 	return -1
 }
 
+// waitNodeAndKdive waits for the faulted node to be Ready and its kdive
+// pod ready again.
+func (b *faultBed) waitNodeAndKdive(t *testing.T) {
+	t.Helper()
+	ktest.Eventually(t, 3*time.Minute, b.node.Name+" Ready", func() error {
+		n, err := b.cs.CoreV1().Nodes().Get(context.Background(), b.node.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !nodeReady(n) {
+			return fmt.Errorf("not Ready")
+		}
+		return nil
+	})
+	b.waitKdive(t, "kdive on "+b.node.Name+" ready", func(*corev1.Pod) error { return nil })
+}
+
 func (b *faultBed) deletePod(t *testing.T) {
 	ctx := context.Background()
 	streams := b.start(t, nil)
@@ -458,7 +475,6 @@ func (b *faultBed) stopComponent(t *testing.T, dir, name string) {
 }
 
 func (b *faultBed) restartRuntime(t *testing.T) {
-	ctx := context.Background()
 	streams := b.start(t, nil)
 	answered(t, "before the restart", 25, streams...)
 	dir := b.p.nodeDir(b.node.Name)
@@ -493,17 +509,7 @@ func (b *faultBed) restartRuntime(t *testing.T) {
 		}
 		return nil
 	})
-	ktest.Eventually(t, 3*time.Minute, b.node.Name+" Ready", func() error {
-		n, err := b.cs.CoreV1().Nodes().Get(ctx, b.node.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if !nodeReady(n) {
-			return fmt.Errorf("not Ready")
-		}
-		return nil
-	})
-	b.waitKdive(t, "kdive on "+b.node.Name+" ready", func(*corev1.Pod) error { return nil })
+	b.waitNodeAndKdive(t)
 	took := time.Since(start)
 	answered(t, "after the restart", 50, streams...)
 	report(t, "containerd and kubelet restarted", took, streams)
@@ -632,17 +638,7 @@ func (b *faultBed) cutOff(t *testing.T) {
 		t.Logf("across the cut: %s: %d sent, %d failed", st.name, st.sent, st.failed)
 		lost, sent = lost+st.failed, sent+st.sent
 	}
-	ktest.Eventually(t, 3*time.Minute, b.node.Name+" Ready", func() error {
-		n, err := b.cs.CoreV1().Nodes().Get(ctx, b.node.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if !nodeReady(n) {
-			return fmt.Errorf("not Ready")
-		}
-		return nil
-	})
-	b.waitKdive(t, "kdive on "+b.node.Name+" ready", func(*corev1.Pod) error { return nil })
+	b.waitNodeAndKdive(t)
 	// Every stream's address answers again, then none may fail.
 	ktest.Eventually(t, time.Minute, "every address to answer again", func() error {
 		for _, tg := range b.targets() {
