@@ -29,7 +29,10 @@
 // other reconciler goes on meanwhile, and the agent keeps serving what it
 // last programmed. /healthz is healthy only while neither has a change
 // stuck for two sync periods; a pod network waiting for spec.podCIDR
-// (ErrNotReady) is not unhealthy.
+// (ErrNotReady) is not unhealthy. /healthz and /livez answer kube-proxy's
+// body alone (their port answers anyone reaching the node); why a part is
+// unhealthy, its pending change and last error, is on /status on the
+// node-local metrics port.
 //
 // The agent is the only place that logs: libraries return errors.
 package agent
