@@ -74,6 +74,13 @@ func TestKubernetesLabCloudPods(t *testing.T) {
 // minutes there: make test-kubernetes-vm runs it, make test does not.
 func TestKubernetesLabIPVS(t *testing.T) {
 	requireKubernetes(t)
+	if !ktest.InVM() {
+		for _, f := range []kernel.Feature{kernel.FeatureIPIP, kernel.FeatureIPVS} {
+			if err := kernel.Probe(f); err != nil {
+				t.Skipf("kernel lacks %s (%v); `make test-kubernetes-vm` runs this test in the test VM (make test does not)", f, err)
+			}
+		}
+	}
 	ktest.RequireFeature(t, kernel.FeatureIPIP)
 	ktest.RequireFeature(t, kernel.FeatureIPVS)
 	testKubernetesLab(t, "kdt-kipvs", Source{Preset: "A"})
