@@ -3,10 +3,8 @@ package lab
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -245,27 +243,9 @@ func faultGet(ns *kernel.NetNS, addr string) (reply, error) {
 	} else if n > 0 {
 		return reply{}, fmt.Errorf("connection to %s: SYN sent %d more times: a packet was lost", addr, n)
 	}
-	var r reply
-	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		return r, err
-	}
-	if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: kdive\r\nConnection: close\r\n\r\n"); err != nil {
-		return r, err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	r, err := echoGetWithin(c, bufio.NewReader(c), false, 10*time.Second)
 	if err != nil {
-		return r, err
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return r, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return r, fmt.Errorf("%s: %s", addr, resp.Status)
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return r, err
+		return r, fmt.Errorf("%s: %w", addr, err)
 	}
 	if n, err := retransmissions(c); err != nil {
 		return r, err

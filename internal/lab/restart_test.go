@@ -63,14 +63,20 @@ spec:
 // holding each client's affinity), so every mode must keep affinity.
 const nftablesKeepsAffinity = true
 
-// echoGet sends one HTTP/1.1 GET on c and reads the echo server's reply.
+// echoGet sends one HTTP/1.1 GET on c and reads the echo server's reply
+// within requestTimeout.
 func echoGet(c net.Conn, br *bufio.Reader, keepAlive bool) (reply, error) {
+	return echoGetWithin(c, br, keepAlive, requestTimeout())
+}
+
+// echoGetWithin is echoGet with its own time limit.
+func echoGetWithin(c net.Conn, br *bufio.Reader, keepAlive bool, timeout time.Duration) (reply, error) {
 	var r reply
 	conn := "close"
 	if keepAlive {
 		conn = "keep-alive"
 	}
-	if err := c.SetDeadline(time.Now().Add(requestTimeout())); err != nil {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return r, err
 	}
 	if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: kdive\r\nConnection: %s\r\n\r\n", conn); err != nil {
